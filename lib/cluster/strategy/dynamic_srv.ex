@@ -1,0 +1,90 @@
+defmodule Cluster.Strategy.DynamicSrv do
+  @moduledoc """
+  A libcluster strategy that finds nodes through DNS SRV records and keeps
+  the cluster equal to what DNS lists, without losing members when DNS fails.
+
+  It plugs into libcluster 3.x as any strategy does, and also runs without
+  libcluster (the package does not depend on it): then the `connect`,
+  `disconnect` and `list_nodes` MFAs are applied with the same semantics.
+
+      config :libcluster,
+        topologies: [
+          dyn_srv: [
+            strategy: Cluster.Strategy.DynamicSrv,
+            config: [service: "my-service.service.consul", polling_interval: 5_000]
+          ]
+        ]
+
+  | key | meaning | default |
+  | --- | --- | --- |
+  | `service` | the service domain; SRV targets `<label>.<service>` become nodes `:"<label>@<service>"` | required |
+  | `query` | the SRV name asked, when it differs from `service` (e.g. `_my-service._tcp.service.consul`) | `service` |
+  | `polling_interval` | ms between polls (plus up to 10% jitter) | `5000` |
+  | `disconnect_on_deregister` | disconnect nodes that left DNS; when `false`, they stay while their connection lives | `true` |
+  | `resolver` | a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped SRV tuples (or `{:error, reason}`); anything else is logged as an unexpected response and changes nothing | the Rust resolver |
+  | `nameservers` | `[{ip_tuple, port}]` to ask | `DYNAMIC_SRV_NAMESERVERS`, else `/etc/resolv.conf` |
+  | `timeout` | deadline of one lookup, ms | `DYNAMIC_SRV_TIMEOUT_MS`, else 3000 |
+  | `protocol` | `:udp` (truncated answers retried over TCP) or `:tcp` | `:udp` |
+  | `max_nodes` | the most node names (hence atoms) taken from one answer | `1024` |
+
+  The membership rules (grace before a disconnect, what a failed lookup
+  does, parallel connects) are those of `DynamicSrv.Membership`. Each poll
+  also fills the `DynamicSrv.PortBook`, so `DynamicSrv.Epmd` connects to the
+  nodes it lists without asking DNS again.
+
+  A missing `service` or a bad value is logged as one error naming the key
+  and the value, and the strategy does not start (`:ignore`); the rest of
+  the system keeps running.
+  """
+  require Logger
+
+  @schema [
+    service: {:string, :required},
+    query: {:string, nil},
+    polling_interval: {:pos_integer, 5_000},
+    disconnect_on_deregister: {:boolean, true},
+    resolver: {{:fun, 1}, nil},
+    nameservers: {:nameservers, nil},
+    timeout: {:pos_integer, nil},
+    protocol: {{:in, [:udp, :tcp]}, :udp},
+    max_nodes: {:pos_integer, 1024}
+  ]
+
+  @doc false
+  def child_spec(args), do: %{id: __MODULE__, type: :worker, start: {__MODULE__, :start_link, [args]}}
+
+  @doc "Started by libcluster's supervisor with `[%Cluster.Strategy.State{}]`."
+  @spec start_link([map()]) :: GenServer.on_start() | :ignore
+  def start_link([%{topology: topology, config: config} = state]) do
+    case DynamicSrv.Config.validate(config || [], @schema, "Cluster.Strategy.DynamicSrv (topology #{topology})") do
+      {:ok, config} ->
+        DynamicSrv.Membership.start_link(
+          topology: topology,
+          poll: fn -> DynamicSrv.Srv.poll(srv_config(config)) end,
+          interval: config.polling_interval,
+          disconnect_removed: config.disconnect_on_deregister,
+          connect: Map.get(state, :connect) || {:net_kernel, :connect_node, []},
+          disconnect: Map.get(state, :disconnect) || {:erlang, :disconnect_node, []},
+          list_nodes: Map.get(state, :list_nodes) || {:erlang, :nodes, [:connected]}
+        )
+
+      {:error, message} ->
+        Logger.error(message, topology: topology)
+        :ignore
+    end
+  end
+
+  defp srv_config(config) do
+    resolver_opts =
+      for key <- [:nameservers, :timeout, :protocol], value = config[key], do: {key, value}
+
+    %{
+      service: config.service,
+      query: config.query,
+      resolver: config.resolver,
+      resolver_opts: resolver_opts,
+      max_nodes: config.max_nodes,
+      book_ttl: 3 * config.polling_interval
+    }
+  end
+end

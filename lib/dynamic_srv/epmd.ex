@@ -1,0 +1,270 @@
+defmodule DynamicSrv.Epmd do
+  @moduledoc """
+  An epmd client module for distribution on a dynamically assigned port, with
+  no epmd daemon: peers' addresses and ports come from DNS.
+
+  Start nodes with
+
+      ERL_DIST_PORT=4370 ELIXIR_ERL_OPTIONS="-start_epmd false -epmd_module Elixir.DynamicSrv.Epmd" \\
+        elixir --name node-0@my-service.service.consul -S mix run --no-halt
+
+  | callback | answer |
+  | --- | --- |
+  | `listen_port_please/2` | `ERL_DIST_PORT`; `0` for the `rem-`/`rpc-` helper nodes of releases |
+  | `register_node/2,3` | `{:ok, -1}`: nothing to register with |
+  | `address_please/3` | loopback and `ERL_DIST_PORT` for the local node (and for its helpers asking for it); otherwise the port book, else DNS |
+  | `port_please/2,3` | the port part of the same resolution |
+  | `names/1` | `{:error, :address}`: there is no daemon to ask |
+
+  ## Resolution of `name@host`
+
+  1. The `DynamicSrv.PortBook`, filled by the membership engine's SRV polls.
+  2. DNS, two queries in flight at once: SRV of `name.host` (a per-node
+     record, as Consul tags give) and A (`:inet`) or AAAA (`:inet6`) of
+     `name.host`. Without a per-node SRV record, the SRV answer of `host` is
+     asked, and the record whose target is `name.host` gives the port.
+     Addresses the server sent in the additional section stand in for a
+     failed A/AAAA answer.
+
+  Each answer (also a failure) is kept for one second: OTP asks twice per
+  connection attempt, and the second ask costs no DNS. Lookups use the
+  `DYNAMIC_SRV_NAMESERVERS` and `DYNAMIC_SRV_TIMEOUT_MS` settings.
+
+  ## At boot
+
+  `start_link/0` runs while the kernel boots, before Logger and the file
+  server: it validates the environment (see `DynamicSrv.Env`) and on a bad
+  value writes one line to standard error and stops the VM with status 1.
+  """
+
+  alias DynamicSrv.{Env, PortBook, Resolver}
+
+  @version 5
+  @attempt_ttl 1_000
+  @config_key {__MODULE__, :dist_port}
+  @helper ~r/^(?:rem|rpc)-[^-]+-(.+)$/
+
+  @doc false
+  @spec start_link() :: {:ok, pid()} | no_return()
+  def start_link do
+    with {:ok, port} <- boot_dist_port(),
+         :ok <- boot_nif(),
+         {:ok, _} <- Env.resolver_defaults() do
+      :persistent_term.put(@config_key, port)
+      PortBook.start_link()
+    else
+      {:error, message} -> fatal(message)
+    end
+  end
+
+  defp boot_dist_port do
+    case Env.dist_port() do
+      {:ok, port} -> {:ok, port}
+      {:error, :unset} -> {:ok, nil}
+      {:error, _} = error -> error
+    end
+  end
+
+  defp boot_nif do
+    if Code.ensure_loaded?(DynamicSrv.Native) do
+      :ok
+    else
+      {:error,
+       "the NIF of libcluster_dynamic_srv could not be loaded from its priv/native directory: " <>
+         "build the package with mix compile (it needs cargo) and keep priv/ in the release"}
+    end
+  end
+
+  @doc "The distribution listen port for the local node `name`."
+  @spec listen_port_please(charlist() | String.t(), charlist() | String.t()) ::
+          {:ok, :inet.port_number()}
+  def listen_port_please(name, host) do
+    name = to_string(name)
+
+    cond do
+      helper?(name) ->
+        {:ok, 0}
+
+      port = dist_port() ->
+        {:ok, port}
+
+      true ->
+        fatal(Env.dist_port_unset_message("#{name}@#{host}"))
+    end
+  end
+
+  @doc false
+  @spec register_node(atom() | charlist(), :inet.port_number()) :: {:ok, integer()}
+  def register_node(name, port), do: register_node(name, port, :inet_tcp)
+
+  @doc false
+  @spec register_node(atom() | charlist(), :inet.port_number(), atom()) :: {:ok, integer()}
+  def register_node(_name, _port, _family), do: {:ok, -1}
+
+  @doc false
+  @spec names(term()) :: {:error, :address}
+  def names(_host), do: {:error, :address}
+
+  @doc """
+  The address, port and distribution version of the node `name@host`.
+  Never raises; never waits past the lookup timeout.
+  """
+  @spec address_please(charlist() | String.t(), charlist() | String.t() | :inet.ip_address(), :inet | :inet6) ::
+          {:ok, :inet.ip_address(), :inet.port_number(), 5} | {:error, term()}
+  def address_please(name, host, family) do
+    name = to_string(name)
+    host = host_string(host)
+
+    if local?(name, host) do
+      local_answer(family)
+    else
+      node = name <> "@" <> host
+
+      case PortBook.fetch(node, family) do
+        {:ok, ip, port} when ip != nil -> {:ok, ip, port, @version}
+        {:ok, nil, port} -> remember(node, family, resolve_address(name, host, family, port))
+        {:error, _} = error -> error
+        :miss -> remember(node, family, resolve(name, host, family))
+      end
+    end
+  catch
+    kind, reason -> {:error, {:address_please, kind, reason}}
+  end
+
+  @doc false
+  @spec port_please(charlist() | String.t(), term()) :: {:port, :inet.port_number(), 5} | :noport
+  def port_please(name, host), do: port_please(name, host, :infinity)
+
+  @doc false
+  @spec port_please(charlist() | String.t(), term(), timeout()) ::
+          {:port, :inet.port_number(), 5} | :noport
+  def port_please(name, host, _timeout) do
+    case address_please(name, host, family_of_host(host)) do
+      {:ok, _ip, port, version} -> {:port, port, version}
+      {:error, _} -> :noport
+    end
+  end
+
+  defp remember(node, family, {:ok, ip, port, _} = answer) do
+    PortBook.put(node, family, {:ok, ip, port}, @attempt_ttl)
+    answer
+  end
+
+  defp remember(node, family, {:error, _} = error) do
+    PortBook.put(node, family, error, @attempt_ttl)
+    error
+  end
+
+  defp resolve(name, host, family) do
+    fqdn = name <> "." <> host
+    srv = Resolver.request(fqdn, :srv)
+    ip = Resolver.request(fqdn, ip_type(family))
+
+    # Both queries are in flight; collect both answers before deciding.
+    srv_answer = finish(srv)
+    ip_answer = finish(ip)
+
+    with {:ok, record} <- port_record(srv_answer, fqdn, host),
+         {:ok, address} <- address(ip_answer, record, family) do
+      {:ok, address, record.port, @version}
+    end
+  end
+
+  defp resolve_address(name, host, family, port) do
+    case Resolver.lookup_ip(name <> "." <> host, family) do
+      {:ok, [ip | _]} -> {:ok, ip, port, @version}
+      {:ok, []} -> {:error, :no_data}
+      {:error, _} = error -> error
+    end
+  end
+
+  defp finish({:ok, request}), do: Resolver.await(request)
+  defp finish({:error, _} = error), do: error
+
+  # A per-node SRV record (Consul tag style) gives the port; without one, the
+  # service's answer must have a record whose target is this node.
+  defp port_record({:ok, [_ | _] = records}, fqdn, _host),
+    do: {:ok, Enum.find(records, hd(records), &same_name?(&1.target, fqdn))}
+
+  defp port_record({:ok, []}, fqdn, host), do: port_record({:error, :no_data}, fqdn, host)
+
+  defp port_record({:error, reason}, fqdn, host) when reason in [:nxdomain, :no_data] do
+    with {:ok, records} <- Resolver.lookup_srv(host) do
+      case Enum.find(records, &same_name?(&1.target, fqdn)) do
+        nil -> {:error, {:not_in_srv_answer, host}}
+        record -> {:ok, record}
+      end
+    end
+  end
+
+  defp port_record({:error, _} = error, _fqdn, _host), do: error
+
+  defp address({:ok, [%{address: ip} | _]}, _record, _family), do: {:ok, ip}
+
+  defp address(answer, record, family) do
+    case Enum.find(record.addresses, &(PortBook.family_of(&1) == family)) do
+      nil -> with({:ok, []} <- answer, do: {:error, :no_data})
+      ip -> {:ok, ip}
+    end
+  end
+
+  defp same_name?(a, b), do: String.downcase(String.trim_trailing(a, ".")) == String.downcase(b)
+
+  defp ip_type(:inet), do: :a
+  defp ip_type(:inet6), do: :aaaa
+
+  defp family_of_host(host) when is_tuple(host), do: PortBook.family_of(host)
+  defp family_of_host(_host), do: :inet
+
+  defp host_string(host) when is_tuple(host), do: to_string(:inet.ntoa(host))
+  defp host_string(host), do: to_string(host)
+
+  # The local node, or a release helper of it (rem-XXXX-<name>, rpc-XXXX-<name>)
+  # asking for it.
+  defp local?(name, host) do
+    case String.split(Atom.to_string(node()), "@", parts: 2) do
+      [^name, ^host] -> true
+      [local, ^host] -> helper_of(local) == name
+      _ -> false
+    end
+  end
+
+  defp local_answer(family) do
+    case dist_port() do
+      nil -> {:error, :no_local_port}
+      port -> {:ok, loopback(family), port, @version}
+    end
+  end
+
+  defp helper?(name), do: Regex.match?(@helper, name)
+
+  defp helper_of(name) do
+    case Regex.run(@helper, name, capture: :all_but_first) do
+      [main] -> main
+      nil -> nil
+    end
+  end
+
+  defp loopback(:inet), do: {127, 0, 0, 1}
+  defp loopback(:inet6), do: {0, 0, 0, 0, 0, 0, 0, 1}
+
+  defp dist_port do
+    case :persistent_term.get(@config_key, :unread) do
+      :unread ->
+        case Env.dist_port() do
+          {:ok, port} -> port
+          {:error, _} -> nil
+        end
+
+      port ->
+        port
+    end
+  end
+
+  # Before standard_error exists: write straight to file descriptor 2.
+  defp fatal(message) do
+    port = :erlang.open_port({:fd, 2, 2}, [:out, :binary])
+    :erlang.port_command(port, ["DynamicSrv.Epmd: ", message, "\n"])
+    :erlang.halt(1)
+  end
+end

@@ -1,0 +1,240 @@
+defmodule DynamicSrv.Membership do
+  @moduledoc """
+  The membership engine: polls a provider for the list of nodes that should
+  form the cluster, connects the ones that are not connected and disconnects
+  the ones that left. `Cluster.Strategy.DynamicSrv` and the standalone
+  runner (`config :libcluster_dynamic_srv, via: ...`) both run on it, so the
+  poll, diff and connect logic exists once.
+
+  ## Options
+
+  | option | meaning | default |
+  | --- | --- | --- |
+  | `:poll` | `(-> {:ok, [node()]} \\| {:error, reason})`, the provider | required |
+  | `:topology` | a name for logs and libcluster | `:dynamic_srv` |
+  | `:interval` | ms between polls (a jitter of up to 10% is added) | `5000` |
+  | `:disconnect_removed` | disconnect nodes that left the answer | `true` |
+  | `:connect` / `:disconnect` / `:list_nodes` | MFAs, the node appended as last argument | `:net_kernel.connect_node/1`, `:erlang.disconnect_node/1`, `:erlang.nodes(:connected)` |
+  | `:connect_timeout` | how long one round of connects may take, in ms | `min(interval, 10_000)` |
+  | `:poll_timeout` | how long the provider may take, in ms | `30_000` |
+  | `:log_results` | log each connect and disconnect at info level | `true` |
+  | `:name` | the process name | none |
+
+  ## Rules
+
+  * The first poll runs at start, then every `:interval`.
+  * Every listed node that is not connected is connected on every poll, in
+    parallel and within `:connect_timeout`, so a dead peer cannot stall the
+    loop. The local node is never connected.
+  * A node is disconnected only when successful answers stop listing it:
+    it must be missing from two consecutive answers (a grace against an
+    answer that flaps). With `disconnect_removed: false` it is never
+    disconnected, and forgotten once its connection is gone.
+  * A failed poll (timeout, SERVFAIL, refused, network, a crashed provider)
+    changes nothing: the last membership stands and its nodes are still
+    reconnected. The failure is logged when it starts and when it ends.
+  * When libcluster's `Cluster.Strategy` is loaded, connects and disconnects
+    go through `Cluster.Strategy.connect_nodes/4` and `disconnect_nodes/4`,
+    so libcluster logs and emits telemetry as for its own strategies.
+  """
+  use GenServer
+  require Logger
+
+  @libcluster Cluster.Strategy
+  @removal_grace 2
+  @jitter 0.1
+
+  defstruct [
+    :poll,
+    :topology,
+    :interval,
+    :disconnect_removed,
+    :connect,
+    :disconnect,
+    :list_nodes,
+    :connect_timeout,
+    :poll_timeout,
+    :log_results,
+    members: MapSet.new(),
+    missing: %{},
+    failing: nil,
+    polls: 0
+  ]
+
+  @type t :: %__MODULE__{}
+
+  @spec start_link(keyword()) :: GenServer.on_start()
+  def start_link(opts) do
+    {name, opts} = Keyword.pop(opts, :name)
+    GenServer.start_link(__MODULE__, opts, if(name, do: [name: name], else: []))
+  end
+
+  @doc "The nodes the engine currently counts as members."
+  @spec members(GenServer.server()) :: [node()]
+  def members(server), do: GenServer.call(server, :members)
+
+  @impl true
+  def init(opts) do
+    interval = Keyword.get(opts, :interval, 5_000)
+
+    state = %__MODULE__{
+      poll: Keyword.fetch!(opts, :poll),
+      topology: Keyword.get(opts, :topology, :dynamic_srv),
+      interval: interval,
+      disconnect_removed: Keyword.get(opts, :disconnect_removed, true),
+      connect: Keyword.get(opts, :connect, {:net_kernel, :connect_node, []}),
+      disconnect: Keyword.get(opts, :disconnect, {:erlang, :disconnect_node, []}),
+      list_nodes: Keyword.get(opts, :list_nodes, {:erlang, :nodes, [:connected]}),
+      connect_timeout: Keyword.get(opts, :connect_timeout, min(interval, 10_000)),
+      poll_timeout: Keyword.get(opts, :poll_timeout, 30_000),
+      log_results: Keyword.get(opts, :log_results, true)
+    }
+
+    Logger.metadata(topology: state.topology)
+    {:ok, state, {:continue, :poll}}
+  end
+
+  @impl true
+  def handle_continue(:poll, state), do: {:noreply, poll_and_schedule(state)}
+
+  @impl true
+  def handle_info(:poll, state), do: {:noreply, poll_and_schedule(state)}
+
+  # A late reply of a provider that gave up waiting.
+  def handle_info({_tag, ref, _result}, state) when is_reference(ref), do: {:noreply, state}
+  def handle_info(_other, state), do: {:noreply, state}
+
+  @impl true
+  def handle_call(:members, _from, state), do: {:reply, MapSet.to_list(state.members), state}
+
+  defp poll_and_schedule(state) do
+    state = state |> poll() |> Map.update!(:polls, &(&1 + 1))
+    Process.send_after(self(), :poll, state.interval + :rand.uniform(max(round(state.interval * @jitter), 1)))
+    state
+  end
+
+  defp poll(state) do
+    case run_provider(state) do
+      {:ok, nodes} ->
+        state |> recovered() |> apply_answer(MapSet.delete(MapSet.new(nodes), node()))
+
+      {:error, reason} ->
+        state = failed(state, reason)
+        connect(state, state.members)
+        state
+    end
+  end
+
+  defp apply_answer(state, listed) do
+    connected = MapSet.new(list_nodes(state))
+    gone = MapSet.difference(state.members, listed)
+
+    {removed, missing} =
+      Enum.reduce(gone, {[], %{}}, fn node, {removed, missing} ->
+        count = Map.get(state.missing, node, 0) + 1
+
+        cond do
+          not state.disconnect_removed and not MapSet.member?(connected, node) -> {[node | removed], missing}
+          not state.disconnect_removed -> {removed, Map.put(missing, node, count)}
+          count >= @removal_grace -> {[node | removed], missing}
+          true -> {removed, Map.put(missing, node, count)}
+        end
+      end)
+
+    if state.disconnect_removed, do: disconnect(state, removed)
+    members = MapSet.union(listed, MapSet.new(Map.keys(missing)))
+    connect(state, listed)
+    %{state | members: members, missing: missing}
+  end
+
+  defp recovered(%{failing: nil} = state), do: state
+
+  defp recovered(state) do
+    Logger.info("membership source answers again after #{state.failing.polls} failed poll(s)")
+    %{state | failing: nil}
+  end
+
+  defp failed(%{failing: nil} = state, reason) do
+    Logger.warning(
+      "membership source failed: #{format_reason(reason)}; keeping the #{MapSet.size(state.members)} known member(s) until it answers again",
+      reason: inspect(reason)
+    )
+
+    %{state | failing: %{reason: reason, polls: 1}}
+  end
+
+  defp failed(state, _reason), do: update_in(state.failing.polls, &(&1 + 1))
+
+  defp format_reason({:unexpected_response, response}),
+    do: "unexpected response from the resolver: #{inspect(response, limit: 5)}"
+
+  defp format_reason(reason), do: inspect(reason)
+
+  # Runs the provider in its own process so that a hung or crashing
+  # provider costs at most :poll_timeout and never takes the engine down.
+  defp run_provider(%{poll: poll, poll_timeout: timeout}) do
+    {pid, ref} = spawn_monitor(fn -> exit({:poll_result, poll.()}) end)
+
+    receive do
+      {:DOWN, ^ref, :process, ^pid, {:poll_result, {:ok, nodes}}} when is_list(nodes) -> {:ok, nodes}
+      {:DOWN, ^ref, :process, ^pid, {:poll_result, {:error, _} = error}} -> error
+      {:DOWN, ^ref, :process, ^pid, {:poll_result, other}} -> {:error, {:unexpected_response, other}}
+      {:DOWN, ^ref, :process, ^pid, reason} -> {:error, {:provider_crashed, reason}}
+    after
+      timeout ->
+        Process.exit(pid, :kill)
+        receive do: ({:DOWN, ^ref, :process, ^pid, _} -> :ok)
+        {:error, :poll_timeout}
+    end
+  end
+
+  defp connect(state, nodes) do
+    connected = MapSet.new(list_nodes(state))
+    todo = nodes |> Enum.reject(&(&1 == node() or MapSet.member?(connected, &1)))
+
+    todo
+    |> Task.async_stream(&connect_one(state, &1),
+      timeout: state.connect_timeout,
+      on_timeout: :kill_task,
+      max_concurrency: 64,
+      ordered: false
+    )
+    |> Stream.run()
+  end
+
+  defp connect_one(%{connect: connect} = state, node) do
+    if libcluster?() do
+      apply(@libcluster, :connect_nodes, [state.topology, connect, state.list_nodes, [node]])
+    else
+      {m, f, a} = connect
+      result = apply(m, f, a ++ [node])
+      if state.log_results, do: log_connect(node, result)
+      result
+    end
+  catch
+    kind, reason -> Logger.warning("connecting #{node} failed: #{Exception.format_banner(kind, reason)}")
+  end
+
+  defp disconnect(_state, []), do: :ok
+
+  defp disconnect(%{disconnect: disconnect} = state, nodes) do
+    if libcluster?() do
+      apply(@libcluster, :disconnect_nodes, [state.topology, disconnect, state.list_nodes, nodes])
+    else
+      connected = MapSet.new(list_nodes(state))
+      {m, f, a} = disconnect
+
+      for node <- nodes, MapSet.member?(connected, node) do
+        result = apply(m, f, a ++ [node])
+        if state.log_results, do: Logger.info("disconnected from #{node} (#{inspect(result)})", node: node)
+      end
+    end
+  end
+
+  defp log_connect(node, true), do: Logger.info("connected to #{node}", node: node)
+  defp log_connect(node, result), do: Logger.warning("unable to connect to #{node}: #{inspect(result)}", node: node)
+
+  defp list_nodes(%{list_nodes: {m, f, a}}), do: apply(m, f, a)
+
+  defp libcluster?, do: Code.ensure_loaded?(@libcluster) and function_exported?(@libcluster, :connect_nodes, 4)
+end

@@ -1,0 +1,146 @@
+defmodule DynamicSrv.Resolver do
+  @moduledoc """
+  Asynchronous DNS lookups (SRV, A, AAAA) done by the Rust NIF.
+
+  A lookup never occupies a BEAM scheduler while it waits on the network: the
+  NIF hands the query to a tokio runtime and returns at once, and the answer
+  arrives as a message to the calling process. Every lookup is bounded by its
+  timeout.
+
+  ## Options
+
+  They follow `:inet_res` where the two overlap.
+
+  | option | meaning | default |
+  | --- | --- | --- |
+  | `:nameservers` | `[{ip_tuple, port}]` to ask, e.g. `[{{127, 0, 0, 1}, 8600}]` for a Consul agent | `DYNAMIC_SRV_NAMESERVERS`, else `/etc/resolv.conf` |
+  | `:timeout` | deadline of the whole lookup, in ms | `DYNAMIC_SRV_TIMEOUT_MS`, else 3000 |
+  | `:attempts` | tries per nameserver within the deadline | 2 |
+  | `:protocol` | `:udp` (truncated answers are retried over TCP) or `:tcp` (always TCP) | `:udp` |
+
+  EDNS0 is advertised with a large payload, and answers with a TTL of 0 are
+  never cached.
+
+  ## Errors
+
+  `:nxdomain`, `:no_data` (the name exists, without records of that type),
+  `:timeout`, `:servfail`, `:refused`, `{:invalid_name, message}`,
+  `{:bad_settings, message}` and `{:other, message}`.
+  """
+
+  @reply_tag :dynamic_srv_dns
+  # The NIF always replies within the deadline; this margin only covers
+  # scheduling noise.
+  @reply_margin 1_000
+  @default_attempts 2
+
+  @type name :: String.t() | charlist()
+  @type family :: :inet | :inet6
+  @type srv_record :: %{
+          priority: non_neg_integer(),
+          weight: non_neg_integer(),
+          port: :inet.port_number(),
+          target: String.t(),
+          ttl: non_neg_integer(),
+          addresses: [:inet.ip_address()]
+        }
+  @type reason ::
+          :nxdomain
+          | :no_data
+          | :timeout
+          | :servfail
+          | :refused
+          | {:invalid_name, String.t()}
+          | {:bad_settings, String.t()}
+          | {:other, String.t()}
+  @type option ::
+          {:nameservers, [{:inet.ip_address(), :inet.port_number()}]}
+          | {:timeout, pos_integer()}
+          | {:attempts, pos_integer()}
+          | {:protocol, :udp | :tcp}
+  @opaque request :: {reference(), :srv | :a | :aaaa, integer()}
+
+  @doc """
+  Looks up the SRV records of `name`. Each record carries the addresses the
+  server sent for its target in the additional section (often empty).
+  """
+  @spec lookup_srv(name(), [option()]) :: {:ok, [srv_record()]} | {:error, reason()}
+  def lookup_srv(name, opts \\ []) do
+    with {:ok, request} <- request(name, :srv, opts), do: await(request)
+  end
+
+  @doc "Looks up the A (`:inet`) or AAAA (`:inet6`) addresses of `name`."
+  @spec lookup_ip(name(), family(), [option()]) :: {:ok, [:inet.ip_address()]} | {:error, reason()}
+  def lookup_ip(name, family, opts \\ []) when family in [:inet, :inet6] do
+    with {:ok, request} <- request(name, type_of(family), opts),
+         {:ok, records} <- await(request) do
+      {:ok, Enum.map(records, & &1.address)}
+    end
+  end
+
+  @doc """
+  Starts a lookup without waiting for it, so several can be in flight from one
+  process; collect each with `await/1`. Records of `:a`/`:aaaa` are maps with
+  `:address` and `:ttl`.
+  """
+  @spec request(name(), :srv | :a | :aaaa, [option()]) :: {:ok, request()} | {:error, reason()}
+  def request(name, type, opts \\ []) when type in [:srv, :a, :aaaa] do
+    with {:ok, settings, timeout} <- settings(opts) do
+      ref = make_ref()
+
+      case DynamicSrv.Native.lookup(ref, type, to_string(name), settings) do
+        :ok -> {:ok, {ref, type, System.monotonic_time(:millisecond) + timeout + @reply_margin}}
+        {:error, _} = error -> error
+      end
+    end
+  end
+
+  @doc "Waits for the answer of a lookup started with `request/3`."
+  @spec await(request()) :: {:ok, [map()]} | {:error, reason()}
+  def await({ref, type, deadline}) do
+    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {@reply_tag, ^ref, {:ok, records}} -> {:ok, Enum.map(records, &record(type, &1))}
+      {@reply_tag, ^ref, {:error, _} = error} -> error
+    after
+      wait -> {:error, :timeout}
+    end
+  end
+
+  @doc """
+  The message tag of NIF replies. A process that gave up waiting may still
+  receive a late reply; `c:GenServer.handle_info/2` clauses can match it with
+  `{tag, _ref, _result}` and drop it.
+  """
+  @spec reply_tag() :: atom()
+  def reply_tag, do: @reply_tag
+
+  defp type_of(:inet), do: :a
+  defp type_of(:inet6), do: :aaaa
+
+  defp record(:srv, {priority, weight, port, target, ttl, addresses}),
+    do: %{priority: priority, weight: weight, port: port, target: target, ttl: ttl, addresses: addresses}
+
+  defp record(_, {address, ttl}), do: %{address: address, ttl: ttl}
+
+  defp settings(opts) do
+    case DynamicSrv.Env.resolver_defaults() do
+      {:ok, defaults} ->
+        timeout = Keyword.get(opts, :timeout, defaults.timeout)
+        nameservers = Keyword.get(opts, :nameservers, defaults.nameservers)
+        attempts = Keyword.get(opts, :attempts, @default_attempts)
+        protocol = Keyword.get(opts, :protocol, :udp)
+        validate({nameservers, timeout, attempts, protocol})
+
+      {:error, message} ->
+        {:error, {:bad_settings, message}}
+    end
+  end
+
+  defp validate({_, timeout, _, _} = settings) when is_integer(timeout) and timeout > 0,
+    do: {:ok, settings, timeout}
+
+  defp validate({_, timeout, _, _}),
+    do: {:error, {:bad_settings, "timeout: #{inspect(timeout)} is not a positive number of milliseconds"}}
+end

@@ -1,0 +1,103 @@
+defmodule DynamicSrv.Srv do
+  @moduledoc """
+  One SRV poll: the query, the answer, the node names and the port book.
+  `Cluster.Strategy.DynamicSrv` and `DynamicSrv.Via.Srv` both poll through
+  this module.
+
+  | key | meaning | default |
+  | --- | --- | --- |
+  | `:service` | the service domain: targets `<label>.<service>` become `:"<label>@<service>"` | required |
+  | `:query` | the SRV name asked, when it differs from `service` (e.g. `_app._tcp.service.consul`) | `service` |
+  | `:resolver` | a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped `[{priority, weight, port, target}]` (or `{:error, reason}`) instead of the built-in resolver | none |
+  | `:nameservers` / `:timeout` / `:protocol` | options of `DynamicSrv.Resolver` | see there |
+  | `:max_nodes` | the most node names (hence atoms) taken from one answer | `1024` |
+  | `:book_ttl` | how long the port book keeps what a poll found, in ms | `15000` |
+
+  NXDOMAIN and an answer without SRV records count as an authoritative empty
+  answer; any other failure is an error, so that the caller keeps its last
+  membership.
+  """
+  require Logger
+
+  alias DynamicSrv.{PortBook, Resolver, Target}
+
+  @type config :: %{
+          required(:service) => String.t(),
+          optional(:query) => String.t(),
+          optional(:resolver) => (charlist() -> term()) | nil,
+          optional(:resolver_opts) => keyword(),
+          optional(:max_nodes) => pos_integer(),
+          optional(:book_ttl) => non_neg_integer()
+        }
+
+  @doc "Asks DNS and returns the node names the answer lists."
+  @spec poll(config()) :: {:ok, [node()]} | {:error, term()}
+  def poll(config) do
+    query = Map.get(config, :query) || config.service
+
+    with {:ok, records} <- lookup(query, config),
+         {:ok, pairs, ignored} <-
+           Target.to_nodes(Enum.map(records, & &1.target), config.service, Map.get(config, :max_nodes, 1024)) do
+      log_ignored(ignored)
+      book(records, pairs, Map.get(config, :book_ttl, 15_000))
+      {:ok, Enum.map(pairs, &elem(&1, 1))}
+    end
+  end
+
+  defp lookup(query, %{resolver: resolver}) when is_function(resolver, 1) do
+    case resolver.(String.to_charlist(query)) do
+      records when is_list(records) ->
+        if Enum.all?(records, &inet_res_srv?/1),
+          do: {:ok, Enum.map(records, &from_inet_res/1)},
+          else: {:error, {:unexpected_response, records}}
+
+      {:error, _} = error ->
+        error
+
+      other ->
+        {:error, {:unexpected_response, other}}
+    end
+  catch
+    kind, reason -> {:error, {:resolver_crashed, Exception.format_banner(kind, reason)}}
+  end
+
+  defp lookup(query, config) do
+    case Resolver.lookup_srv(query, Map.get(config, :resolver_opts, [])) do
+      {:ok, records} -> {:ok, records}
+      {:error, reason} when reason in [:nxdomain, :no_data] -> {:ok, []}
+      {:error, _} = error -> error
+    end
+  end
+
+  defp inet_res_srv?({p, w, port, target})
+       when is_integer(p) and is_integer(w) and is_integer(port) and (is_list(target) or is_binary(target)),
+       do: true
+
+  defp inet_res_srv?(_), do: false
+
+  defp from_inet_res({priority, weight, port, target}) do
+    %{priority: priority, weight: weight, port: port, target: to_string(target), ttl: 0, addresses: []}
+  rescue
+    _ -> %{priority: priority, weight: weight, port: port, target: "", ttl: 0, addresses: []}
+  end
+
+  defp book(records, pairs, ttl) do
+    by_target = Map.new(pairs)
+
+    for %{target: target, port: port, addresses: addresses} <- records,
+        node = Map.get(by_target, target) do
+      PortBook.put_srv(Atom.to_string(node), port, addresses, ttl)
+    end
+
+    :ok
+  end
+
+  defp log_ignored([]), do: :ok
+
+  defp log_ignored(ignored) do
+    Logger.debug(fn ->
+      {target, reason} = hd(ignored)
+      "ignored #{length(ignored)} SRV target(s), e.g. #{inspect(target)}: #{reason}"
+    end)
+  end
+end

@@ -1,0 +1,215 @@
+defmodule Cluster.Strategy.DynamicSrvTest do
+  use ExUnit.Case, async: true
+  import ExUnit.CaptureLog
+
+  alias Cluster.Strategy.DynamicSrv, as: Strategy
+  alias DynamicSrv.Test.{Recorder, State}
+
+  @svc "my-service.service.consul"
+  @interval 100
+
+  # A resolver function whose answer the test changes through an Agent.
+  defp resolver(answer) do
+    {:ok, agent} = Agent.start_link(fn -> answer end)
+    test = self()
+
+    fun = fn query ->
+      send(test, {:resolved, query})
+      Agent.get(agent, & &1)
+    end
+
+    {fun, fn new -> Agent.update(agent, fn _ -> new end) end}
+  end
+
+  defp srv(labels), do: for(l <- labels, do: {0, 1, 4000, ~c"#{l}.#{@svc}"})
+
+  defp start(config, recorder) do
+    state = struct(State, [topology: :dyn_srv, config: config] ++ Recorder.mfas(recorder))
+    assert {:ok, pid} = Strategy.start_link([state])
+    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+    pid
+  end
+
+  setup do
+    %{recorder: Recorder.start(self())}
+  end
+
+  test "connects the nodes its answer lists", %{recorder: rec} do
+    {fun, _} = resolver(srv(["node-a", "node-b"]))
+    start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+
+    assert_receive {:connect, :"node-a@my-service.service.consul"}
+    assert_receive {:connect, :"node-b@my-service.service.consul"}
+    assert_receive {:resolved, ~c"my-service.service.consul"}
+  end
+
+  test "disconnects a node once two answers in a row leave it out", %{recorder: rec} do
+    {fun, set} = resolver(srv(["node-a", "node-b"]))
+    pid = start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+    assert_receive {:connect, :"node-b@my-service.service.consul"}
+
+    set.(srv(["node-a"]))
+    assert_receive {:disconnect, :"node-b@my-service.service.consul"}, 5 * @interval
+    refute_received {:disconnect, :"node-a@my-service.service.consul"}
+    assert DynamicSrv.Membership.members(pid) == [:"node-a@my-service.service.consul"]
+  end
+
+  test "one answer that flaps does not disconnect anyone", %{recorder: rec} do
+    {fun, set} = resolver(srv(["node-a", "node-b"]))
+    start([service: @svc, polling_interval: 1_000, resolver: fun], rec)
+    assert_receive {:connect, :"node-b@my-service.service.consul"}
+
+    set.(srv(["node-a"]))
+    assert_receive {:resolved, _}, 2_000
+    set.(srv(["node-a", "node-b"]))
+    refute_receive {:disconnect, _}, 2_500
+  end
+
+  test "keeps its membership between polls", %{recorder: rec} do
+    {fun, _} = resolver(srv(["node-a"]))
+    pid = start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+    assert_receive {:connect, _}
+    for _ <- 1..3, do: assert_receive({:resolved, _}, 5 * @interval)
+    assert DynamicSrv.Membership.members(pid) == [:"node-a@my-service.service.consul"]
+    refute_received {:connect, _}
+  end
+
+  test "reconnects a listed node whose connection dropped", %{recorder: rec} do
+    {fun, _} = resolver(srv(["node-a"]))
+    start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+    assert_receive {:connect, node}
+    Recorder.drop(rec, node)
+    assert_receive {:connect, ^node}, 5 * @interval
+  end
+
+  test "an unexpected response from the resolver is logged and changes nothing", %{recorder: rec} do
+    {fun, set} = resolver(srv(["node-a"]))
+
+    log =
+      capture_log(fn ->
+        start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+        assert_receive {:connect, _}
+        set.(:not_a_list)
+        for _ <- 1..4, do: assert_receive({:resolved, _}, 5 * @interval)
+        refute_received {:disconnect, _}
+      end)
+
+    assert log =~ "unexpected response from the resolver"
+    # Logged when the failure starts, not on every poll.
+    assert length(String.split(log, "unexpected response")) == 2
+  end
+
+  test "a failing lookup keeps every member and logs once at start and once at the end", %{recorder: rec} do
+    {fun, set} = resolver(srv(["node-a", "node-b"]))
+
+    log =
+      capture_log(fn ->
+        start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+        assert_receive {:connect, :"node-b@my-service.service.consul"}
+        set.({:error, :timeout})
+        for _ <- 1..5, do: assert_receive({:resolved, _}, 5 * @interval)
+        refute_received {:disconnect, _}
+        set.(srv(["node-a"]))
+        assert_receive {:disconnect, :"node-b@my-service.service.consul"}, 5 * @interval
+      end)
+
+    assert length(String.split(log, "membership source failed")) == 2
+    assert log =~ "answers again after"
+  end
+
+  test "an empty answer is authoritative: nodes are removed", %{recorder: rec} do
+    {fun, set} = resolver(srv(["node-a"]))
+    start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+    assert_receive {:connect, _}
+    set.([])
+    assert_receive {:disconnect, :"node-a@my-service.service.consul"}, 5 * @interval
+  end
+
+  test "with disconnect_on_deregister: false a node that left DNS stays connected", %{recorder: rec} do
+    {fun, set} = resolver(srv(["node-a", "node-b"]))
+    pid = start([service: @svc, polling_interval: @interval, resolver: fun, disconnect_on_deregister: false], rec)
+    assert_receive {:connect, :"node-b@my-service.service.consul"}
+    set.(srv(["node-a"]))
+    for _ <- 1..4, do: assert_receive({:resolved, _}, 5 * @interval)
+    refute_received {:disconnect, _}
+    assert length(DynamicSrv.Membership.members(pid)) == 2
+
+    # Once its connection is gone, it is forgotten and not reconnected.
+    Recorder.drop(rec, :"node-b@my-service.service.consul")
+    for _ <- 1..3, do: assert_receive({:resolved, _}, 5 * @interval)
+    assert DynamicSrv.Membership.members(pid) == [:"node-a@my-service.service.consul"]
+  end
+
+  test "targets of another shape are ignored; the service's dots are literal", %{recorder: rec} do
+    answer =
+      srv(["node-a"]) ++
+        [
+          {0, 1, 4000, ~c"node-b.other.domain"},
+          {0, 1, 4000, ~c"node-c.my-serviceXservice.consul"},
+          {0, 1, 4000, ~c"a.b.my-service.service.consul"},
+          {0, 1, 4000, ~c"bad label!.my-service.service.consul"}
+        ]
+
+    {fun, _} = resolver(answer)
+    pid = start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+    assert_receive {:connect, :"node-a@my-service.service.consul"}
+    for _ <- 1..2, do: assert_receive({:resolved, _}, 5 * @interval)
+    refute_received {:connect, _}
+    assert DynamicSrv.Membership.members(pid) == [:"node-a@my-service.service.consul"]
+  end
+
+  test "query asks another SRV name than the service", %{recorder: rec} do
+    {fun, _} = resolver(srv(["node-a"]))
+    start([service: @svc, query: "_my-service._tcp.service.consul", polling_interval: @interval, resolver: fun], rec)
+    assert_receive {:resolved, ~c"_my-service._tcp.service.consul"}
+    assert_receive {:connect, :"node-a@my-service.service.consul"}
+  end
+
+  test "a 5,000-target answer creates at most max_nodes atoms", %{recorder: rec} do
+    tag = System.unique_integer([:positive])
+    answer = for i <- 1..5_000, do: {0, 1, 4000, ~c"fresh-#{tag}-#{i}.#{@svc}"}
+    {fun, _} = resolver(answer)
+    before = :erlang.system_info(:atom_count)
+    start([service: @svc, polling_interval: 60_000, resolver: fun, max_nodes: 50], rec)
+    assert_receive {:resolved, _}
+    for _ <- 1..50, do: assert_receive({:connect, _}, 2_000)
+    refute_receive {:connect, _}, 200
+    assert :erlang.system_info(:atom_count) - before <= 50
+  end
+
+  test "junk targets create no atom", %{recorder: rec} do
+    tag = System.unique_integer([:positive])
+    junk = for i <- 1..500, do: {0, 1, 4000, ~c"junk #{tag} #{i}!.#{@svc}"}
+    {fun, _} = resolver(junk ++ [{0, 1, 4000, ~c"x.y.#{tag}.elsewhere"}])
+    before = :erlang.system_info(:atom_count)
+    start([service: @svc, polling_interval: 60_000, resolver: fun], rec)
+    assert_receive {:resolved, _}
+    refute_receive {:connect, _}, 200
+    assert :erlang.system_info(:atom_count) - before < 10
+  end
+
+  test "a missing service or a bad value stops the strategy with one message", %{recorder: rec} do
+    for {config, expected} <- [
+          {[], ":service key is required"},
+          {[service: ""], ":service is \"\""},
+          {[service: @svc, polling_interval: 0], ":polling_interval is 0"},
+          {[service: @svc, polling_interval: "5s"], ~s(:polling_interval is "5s")},
+          {[service: @svc, disconnect_on_deregister: :yes], ":disconnect_on_deregister is :yes"},
+          {[service: @svc, resolver: fn -> [] end], ":resolver is"},
+          {[service: @svc, nameservers: ["127.0.0.1"]], ":nameservers is"},
+          {[service: @svc, timeout: -5], ":timeout is -5"},
+          {[service: @svc, protocol: :sctp], ":protocol is :sctp"},
+          {[service: @svc, max_nodes: :infinity], ":max_nodes is :infinity"}
+        ] do
+      state = struct(State, [topology: :dyn_srv, config: config] ++ Recorder.mfas(rec))
+      log = capture_log(fn -> assert Strategy.start_link([state]) == :ignore end)
+      assert log =~ expected
+      assert log =~ "topology dyn_srv"
+    end
+  end
+
+  test "meta: nil and libcluster's child spec" do
+    state = %State{topology: :t, config: [service: @svc], meta: nil}
+    assert %{start: {Strategy, :start_link, [[^state]]}} = Strategy.child_spec([state])
+  end
+end

@@ -1,0 +1,131 @@
+defmodule DynamicSrv.EpmdClusterTest do
+  @moduledoc """
+  Real BEAM nodes, each on its own ERL_DIST_PORT, with no epmd daemon,
+  finding each other through DNS only.
+  """
+  use ExUnit.Case, async: false
+
+  alias DynamicSrv.Test.{DnsServer, Node}
+
+  @svc "svc.service.consul"
+  @moduletag timeout: 180_000
+
+  setup_all do
+    ports = for _ <- 0..2, do: DnsServer.free_port()
+
+    # node-0 and node-1 also have a per-node SRV record (Consul tag style);
+    # node-2 is only in the service's answer.
+    records =
+      Enum.flat_map(Enum.with_index(ports), fn {port, i} ->
+        target = "node-#{i}.#{@svc}"
+        tag = if i < 2, do: [{:srv, target, target, port}], else: []
+        [{:srv, @svc, target, port}, {:a, target, {127, 0, 0, 1}}] ++ tag
+      end) ++ [{:srv, @svc, "decoy.other.consul", 1}]
+
+    dns = DnsServer.start(records, log_queries: true)
+    env = [{"DYNAMIC_SRV_NAMESERVERS", DnsServer.env_value(dns)}, {"DYNAMIC_SRV_TIMEOUT_MS", "1000"}]
+
+    nodes =
+      for {port, i} <- Enum.with_index(ports) do
+        Node.start("node-#{i}@#{@svc}", dist_port: port, env: env)
+      end
+
+    on_exit(fn ->
+      Enum.each(nodes, &Node.stop/1)
+      DnsServer.stop(dns)
+    end)
+
+    %{dns: dns, env: env, nodes: nodes, ports: ports}
+  end
+
+  test "three nodes form a full mesh through DNS with no epmd running", %{nodes: nodes, ports: ports} do
+    [n0, n1, _n2] = nodes
+
+    assert Node.eval(n0, ~s|Node.connect(:"node-1@#{@svc}")|) == true
+    assert Node.eval(n0, ~s|Node.connect(:"node-2@#{@svc}")|) == true
+    assert Node.eval(n1, ~s|Node.connect(:"node-2@#{@svc}")|) == true
+
+    for {node, i} <- Enum.with_index(nodes) do
+      expected = for j <- 0..2, j != i, do: :"node-#{j}@#{@svc}"
+      assert Enum.sort(Node.eval(node, "Node.list()")) == expected
+    end
+
+    # Each node listens on its own ERL_DIST_PORT.
+    for port <- ports do
+      assert {:ok, socket} = :gen_tcp.connect({127, 0, 0, 1}, port, [], 1_000)
+      :gen_tcp.close(socket)
+    end
+
+    # No epmd daemon: no such process, nothing on 4369.
+    assert {_, 1} = System.cmd("pgrep", ["-x", "epmd"])
+    assert {:error, :econnrefused} = :gen_tcp.connect({127, 0, 0, 1}, 4369, [], 1_000)
+  end
+
+  test "the port comes from the record whose target is the node, not the first record", %{nodes: [n0 | _], ports: ports} do
+    # node-2 has no per-node SRV record: its port is found in the service's answer.
+    assert {:ok, {127, 0, 0, 1}, port, 5} =
+             Node.eval(n0, ~s|DynamicSrv.Epmd.address_please(~c"node-2", ~c"#{@svc}", :inet)|)
+
+    assert port == Enum.at(ports, 2)
+  end
+
+  test "an unknown node gives false, costs one round of DNS, and the caller stays up", %{dns: dns, nodes: [n0 | _]} do
+    before = DnsServer.query_count(dns)
+    assert Node.eval(n0, ~s|Node.connect(:"ghost@#{@svc}")|) == false
+    queries = DnsServer.query_count(dns) - before
+    # SRV and A of ghost.svc.service.consul, then the service's SRV answer:
+    # once, although OTP asks for the address twice per attempt.
+    assert queries in 1..3, "#{queries} queries for one connection attempt"
+    assert Node.eval(n0, "1 + 1") == 2
+  end
+
+  test "a rem- helper of node-0 reaches node-0 through the local path, without DNS", %{ports: ports} do
+    {:ok, silent} = :gen_udp.open(0, ip: {127, 0, 0, 1})
+    {:ok, silent_port} = :inet.port(silent)
+
+    helper =
+      Node.start("rem-1a2b-node-0@#{@svc}",
+        dist_port: Enum.at(ports, 0),
+        hidden: true,
+        env: [{"DYNAMIC_SRV_NAMESERVERS", "127.0.0.1:#{silent_port}"}, {"DYNAMIC_SRV_TIMEOUT_MS", "300"}]
+      )
+
+    try do
+      assert Node.eval(helper, ~s|Node.connect(:"node-0@#{@svc}")|) == true
+      assert Node.eval(helper, "Node.list(:hidden)") == [:"node-0@#{@svc}"]
+      # Its own listener is on an ephemeral port, not node-0's.
+      assert Node.eval(helper, "DynamicSrv.Epmd.listen_port_please(~c\"rem-1a2b-node-0\", ~c\"x\")") == {:ok, 0}
+    after
+      Node.stop(helper)
+      :gen_udp.close(silent)
+    end
+  end
+
+  test "a missing or invalid ERL_DIST_PORT stops the VM with one clear message", %{env: env} do
+    for {value, expected} <- [
+          {nil, "ERL_DIST_PORT is not set"},
+          {"abc", ~s(ERL_DIST_PORT="abc" is not a port number)},
+          {"70000", ~s(ERL_DIST_PORT="70000" is not a port number)}
+        ] do
+      node = Node.start("node-9@#{@svc}", dist_port: value, env: env, wait: false)
+      {status, output} = Node.await_exit(node)
+      Node.stop(node)
+      assert status == 1, output
+      assert output =~ expected
+      assert [_] = output |> String.split("\n") |> Enum.filter(&(&1 =~ "ERL_DIST_PORT"))
+    end
+  end
+
+  test "a bad DYNAMIC_SRV_NAMESERVERS or DYNAMIC_SRV_TIMEOUT_MS stops the VM at boot", %{ports: ports} do
+    for {env, expected} <- [
+          {[{"DYNAMIC_SRV_NAMESERVERS", "127.0.0.1:0"}], ~s(DYNAMIC_SRV_NAMESERVERS="127.0.0.1:0")},
+          {[{"DYNAMIC_SRV_TIMEOUT_MS", "soon"}], ~s(DYNAMIC_SRV_TIMEOUT_MS="soon")}
+        ] do
+      node = Node.start("node-8@#{@svc}", dist_port: Enum.at(ports, 0) + 1000, env: env, wait: false)
+      {status, output} = Node.await_exit(node)
+      Node.stop(node)
+      assert status == 1, output
+      assert output =~ expected
+    end
+  end
+end

@@ -1,0 +1,84 @@
+defmodule DynamicSrv.MembershipTest do
+  use ExUnit.Case, async: true
+  import ExUnit.CaptureLog
+
+  alias DynamicSrv.Membership
+  alias DynamicSrv.Test.Recorder
+
+  defp start(poll, opts \\ []) do
+    rec = Recorder.start(self())
+    opts = [poll: poll, interval: 50, log_results: false] ++ Recorder.mfas(rec) ++ opts
+    {:ok, pid} = Membership.start_link(opts)
+    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+    pid
+  end
+
+  test "never connects the local node" do
+    start(fn -> {:ok, [node(), :"other@host"]} end)
+    assert_receive {:connect, :"other@host"}
+    refute_receive {:connect, _}, 200
+  end
+
+  test "a crashing provider changes nothing and the engine stays up" do
+    parent = self()
+    {:ok, flag} = Agent.start_link(fn -> :ok end)
+
+    poll = fn ->
+      send(parent, :polled)
+      if Agent.get(flag, & &1) == :ok, do: {:ok, [:"a@host"]}, else: raise("provider bug")
+    end
+
+    log =
+      capture_log(fn ->
+        pid = start(poll)
+        assert_receive {:connect, :"a@host"}
+        Agent.update(flag, fn _ -> :crash end)
+        for _ <- 1..4, do: assert_receive(:polled, 1_000)
+        refute_received {:disconnect, _}
+        assert Process.alive?(pid)
+        assert Membership.members(pid) == [:"a@host"]
+      end)
+
+    assert log =~ "provider_crashed"
+  end
+
+  test "a provider that hangs is cut off after poll_timeout" do
+    parent = self()
+
+    poll = fn ->
+      send(parent, :polled)
+      Process.sleep(:infinity)
+    end
+
+    capture_log(fn ->
+      pid = start(poll, poll_timeout: 100)
+      for _ <- 1..3, do: assert_receive(:polled, 1_000)
+      assert Process.alive?(pid)
+    end)
+  end
+
+  test "a peer whose connect hangs does not stall the loop" do
+    parent = self()
+
+    poll = fn ->
+      send(parent, :polled)
+      {:ok, [:"slow@host", :"fast@host"]}
+    end
+
+    {:ok, pid} =
+      Membership.start_link(
+        poll: poll,
+        interval: 50,
+        connect_timeout: 100,
+        log_results: false,
+        connect: {__MODULE__, :connect, [parent]},
+        list_nodes: {:erlang, :nodes, [:connected]}
+      )
+
+    for _ <- 1..3, do: assert_receive({:connected, :"fast@host"}, 1_000)
+    Process.exit(pid, :kill)
+  end
+
+  def connect(parent, :"slow@host"), do: Process.sleep(:infinity) && send(parent, :never)
+  def connect(parent, node), do: send(parent, {:connected, node}) && true
+end

@@ -1,0 +1,102 @@
+defmodule DynamicSrv.ResolverTest do
+  use ExUnit.Case, async: true
+
+  alias DynamicSrv.Resolver
+  alias DynamicSrv.Test.DnsServer
+
+  @big 160
+
+  @records [
+             {:srv, "svc.service.consul", "node-0.svc.service.consul", 4001},
+             {:srv, "svc.service.consul", "node-1.svc.service.consul", 4002},
+             {:srv, "svc.service.consul", "node-2.svc.service.consul", 4003, 1, 5},
+             {:a, "node-0.svc.service.consul", {127, 0, 0, 1}},
+             {:aaaa, "node-0.svc.service.consul", {0, 0, 0, 0, 0, 0, 0, 1}},
+             {:a, "node-1.svc.service.consul", {127, 0, 0, 2}},
+             {:a, "node-2.svc.service.consul", {127, 0, 0, 3}}
+           ] ++
+             for(
+               i <- 1..@big,
+               do: {:srv, "big.service.consul", "member-#{i}.big.service.consul", 10_000 + i}
+             )
+
+  setup_all do
+    server = DnsServer.start(@records)
+    on_exit(fn -> DnsServer.stop(server) end)
+    %{server: server, opts: [nameservers: DnsServer.nameservers(server), timeout: 2_000]}
+  end
+
+  test "SRV answers carry priority, weight, port, target and additional addresses", %{opts: opts} do
+    assert {:ok, records} = Resolver.lookup_srv("svc.service.consul", opts)
+    assert length(records) == 3
+
+    by_target = Map.new(records, &{&1.target, &1})
+    assert %{port: 4001, priority: 0, weight: 1, ttl: 0} = by_target["node-0.svc.service.consul"]
+    assert %{port: 4003, priority: 1, weight: 5} = by_target["node-2.svc.service.consul"]
+
+    assert Enum.sort(by_target["node-0.svc.service.consul"].addresses) ==
+             [{127, 0, 0, 1}, {0, 0, 0, 0, 0, 0, 0, 1}]
+
+    assert by_target["node-1.svc.service.consul"].addresses == [{127, 0, 0, 2}]
+  end
+
+  test "charlist names work as with :inet_res", %{opts: opts} do
+    assert {:ok, [_, _, _]} = Resolver.lookup_srv(~c"svc.service.consul", opts)
+  end
+
+  test "A and AAAA lookups", %{opts: opts} do
+    assert {:ok, [{127, 0, 0, 1}]} = Resolver.lookup_ip("node-0.svc.service.consul", :inet, opts)
+    assert {:ok, [{0, 0, 0, 0, 0, 0, 0, 1}]} = Resolver.lookup_ip("node-0.svc.service.consul", :inet6, opts)
+  end
+
+  test "NXDOMAIN and no data are told apart", %{opts: opts} do
+    assert {:error, :nxdomain} = Resolver.lookup_srv("nobody.service.consul", opts)
+    assert {:error, :nxdomain} = Resolver.lookup_ip("nobody.service.consul", :inet, opts)
+    assert {:error, :no_data} = Resolver.lookup_ip("node-1.svc.service.consul", :inet6, opts)
+    assert {:error, :no_data} = Resolver.lookup_srv("node-1.svc.service.consul", opts)
+  end
+
+  test "a server that never answers gives :timeout within the deadline" do
+    {:ok, silent} = :gen_udp.open(0, ip: {127, 0, 0, 1})
+    {:ok, port} = :inet.port(silent)
+    started = System.monotonic_time(:millisecond)
+
+    assert {:error, :timeout} =
+             Resolver.lookup_srv("svc.service.consul", nameservers: [{{127, 0, 0, 1}, port}], timeout: 300)
+
+    # The deadline is a contract, not a benchmark: the bound is loose.
+    assert System.monotonic_time(:millisecond) - started < 300 + 1_000
+    :gen_udp.close(silent)
+  end
+
+  test "#{@big} records: the truncated UDP answer is fetched whole over TCP", %{opts: opts} do
+    assert {:ok, records} = Resolver.lookup_srv("big.service.consul", opts)
+    assert length(records) == @big
+    assert Enum.sort(Enum.map(records, & &1.port)) == Enum.to_list(10_001..(10_000 + @big))
+  end
+
+  test "TCP only", %{opts: opts} do
+    assert {:ok, [_, _, _]} = Resolver.lookup_srv("svc.service.consul", [protocol: :tcp] ++ opts)
+  end
+
+  test "bad names are refused at once with a reason", %{opts: opts} do
+    assert {:error, {:invalid_name, _}} = Resolver.lookup_srv("", opts)
+    assert {:error, {:invalid_name, _}} = Resolver.lookup_srv("a..b", opts)
+    assert {:error, {:invalid_name, msg}} = Resolver.lookup_srv(String.duplicate("x", 64) <> ".consul", opts)
+    assert msg =~ "63"
+    assert {:error, {:invalid_name, _}} = Resolver.lookup_srv("bad name.consul", opts)
+    assert {:error, {:invalid_name, _}} = Resolver.lookup_ip(String.duplicate("a.", 130), :inet, opts)
+  end
+
+  test "bad settings are refused with a reason" do
+    assert {:error, {:bad_settings, _}} = Resolver.lookup_srv("svc.service.consul", timeout: -1)
+    assert {:error, {:bad_settings, _}} = Resolver.lookup_srv("svc.service.consul", nameservers: [{:nope, 53}])
+    assert {:error, {:bad_settings, _}} = Resolver.lookup_srv("svc.service.consul", protocol: :sctp)
+  end
+
+  test "many lookups in flight from one process", %{opts: opts} do
+    requests = for _ <- 1..200, do: elem(Resolver.request("svc.service.consul", :srv, opts), 1)
+    results = Enum.map(requests, &Resolver.await/1)
+    assert Enum.all?(results, &match?({:ok, [_, _, _]}, &1))
+  end
+end

@@ -1,0 +1,137 @@
+defmodule DynamicSrv.Test.Node do
+  @moduledoc """
+  A real BEAM node in its own OS process, started with `DynamicSrv.Epmd` as
+  its epmd module (no epmd daemon) and controlled over its standard input and
+  output by `DynamicSrv.Test.Agent`, so the controlling VM needs no
+  distribution. When the controlling VM goes away, the node's stdin closes
+  and it halts.
+  """
+
+  defstruct [:name, :port, :dist_port, :os_pid, :log]
+
+  @marker "DYNAMIC_SRV_AGENT "
+
+  @doc """
+  Starts `name` (e.g. `"node-0@svc.service.consul"`). Options: `:dist_port`
+  (`ERL_DIST_PORT`; `nil` leaves it unset), `:env` (more variables),
+  `:eval` (Elixir code run at start, before the agent loop), `:erl` (more
+  emulator flags), `:hidden`, `:wait` (wait for the agent; default true).
+  """
+  def start(name, opts \\ []) do
+    dist_port = Keyword.get(opts, :dist_port)
+    erl_flags = ["-start_epmd false -epmd_module Elixir.DynamicSrv.Epmd", Keyword.get(opts, :erl, "")]
+    erl_flags = if Keyword.get(opts, :hidden, false), do: erl_flags ++ ["-hidden"], else: erl_flags
+
+    env =
+      [
+        {"ELIXIR_ERL_OPTIONS", Enum.join(erl_flags, " ")},
+        {"ERL_DIST_PORT", dist_port && to_string(dist_port)},
+        {"ERL_AFLAGS", "-kernel logger_level warning"}
+      ] ++ Keyword.get(opts, :env, [])
+
+    code = "#{Keyword.get(opts, :eval, ":ok")}; DynamicSrv.Test.Agent.loop()"
+
+    args =
+      ["--name", name, "--cookie", "dynamic_srv_test"] ++
+        Enum.flat_map(code_paths(), &["-pa", &1]) ++ ["-e", code]
+
+    port =
+      Port.open({:spawn_executable, System.find_executable("elixir")}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        {:line, 65_536},
+        args: args,
+        env: Enum.map(env, fn {k, v} -> {String.to_charlist(k), v && String.to_charlist(v)} end)
+      ])
+
+    {:os_pid, os_pid} = Port.info(port, :os_pid)
+    node = %__MODULE__{name: name, port: port, dist_port: dist_port, os_pid: os_pid, log: []}
+
+    if Keyword.get(opts, :wait, true), do: wait_ready(node), else: node
+  end
+
+  @doc "Evaluates `code` on the node and returns its value."
+  def eval(%__MODULE__{port: port} = node, code, timeout \\ 15_000) do
+    encoded = Base.encode64(code)
+    Port.command(port, encoded <> "\n")
+    await_result(node, timeout)
+  end
+
+  @doc "Collects the node's output until it exits; returns `{status, output}`."
+  def await_exit(%__MODULE__{port: port}, timeout \\ 20_000) do
+    collect_exit(port, [], System.monotonic_time(:millisecond) + timeout)
+  end
+
+  def stop(%__MODULE__{port: port, os_pid: os_pid}) do
+    if Port.info(port), do: Port.close(port)
+    System.cmd("kill", ["-KILL", to_string(os_pid)], stderr_to_stdout: true)
+    :ok
+  catch
+    _, _ -> :ok
+  end
+
+  defp wait_ready(node) do
+    case eval(node, ":ready", 30_000) do
+      :ready -> node
+      other -> raise "node #{node.name} did not start: #{inspect(other)}"
+    end
+  end
+
+  defp await_result(%__MODULE__{port: port} = node, timeout) do
+    receive do
+      {^port, {:data, {:eol, @marker <> payload}}} ->
+        payload |> Base.decode64!() |> :erlang.binary_to_term()
+
+      {^port, {:data, _other}} ->
+        await_result(node, timeout)
+
+      {^port, {:exit_status, status}} ->
+        {:node_exited, status}
+    after
+      timeout -> {:error, :agent_timeout}
+    end
+  end
+
+  defp collect_exit(port, acc, deadline) do
+    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {^port, {:data, {_, line}}} -> collect_exit(port, [line | acc], deadline)
+      {^port, {:exit_status, status}} -> {status, acc |> Enum.reverse() |> Enum.join("\n")}
+    after
+      wait -> {:timeout, acc |> Enum.reverse() |> Enum.join("\n")}
+    end
+  end
+
+  @doc "The code paths of this project's build, for the nodes it starts."
+  def code_paths do
+    :code.get_path()
+    |> Enum.map(&to_string/1)
+    |> Enum.filter(&String.contains?(&1, "/_build/"))
+  end
+end
+
+defmodule DynamicSrv.Test.Wait do
+  @moduledoc "Polls a condition until it holds or a deadline passes."
+
+  def until(fun, timeout, step \\ 100) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    loop(fun, deadline, step)
+  end
+
+  defp loop(fun, deadline, step) do
+    case fun.() do
+      result when result not in [false, nil] ->
+        {:ok, result}
+
+      _ ->
+        if System.monotonic_time(:millisecond) >= deadline do
+          :timeout
+        else
+          Process.sleep(step)
+          loop(fun, deadline, step)
+        end
+    end
+  end
+end
