@@ -1,0 +1,219 @@
+//! Resolver settings: nameserver lists (parsed from the
+//! `DYNAMIC_SRV_NAMESERVERS` syntax or given as addresses), the deadline,
+//! attempts and transport. Validation lives here so the NIF glue only moves
+//! values across.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Upper bound of a lookup deadline (10 minutes).
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Upper bound of tries per nameserver.
+pub const MAX_ATTEMPTS: u64 = 10;
+/// Upper bound of explicit nameservers.
+pub const MAX_NAMESERVERS: usize = 16;
+/// EDNS0 UDP payload advertised to servers. Consul trims SRV answers to
+/// the classic 512 bytes unless a larger payload is advertised.
+pub const EDNS_PAYLOAD: u16 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Nameservers {
+    /// Read `/etc/resolv.conf`.
+    System,
+    /// Ask these servers, in order.
+    Explicit(Vec<SocketAddr>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// UDP, retried over TCP when the answer is truncated.
+    Udp,
+    /// TCP only.
+    Tcp,
+}
+
+/// Validated settings of one lookup; also the key of the resolver cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Settings {
+    pub nameservers: Nameservers,
+    pub timeout: Duration,
+    pub attempts: usize,
+    pub protocol: Protocol,
+}
+
+impl Settings {
+    pub fn new(
+        nameservers: Nameservers,
+        timeout_ms: i64,
+        attempts: i64,
+        protocol: Protocol,
+    ) -> Result<Self, Error> {
+        let timeout_ms = u64::try_from(timeout_ms)
+            .ok()
+            .filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms))
+            .ok_or_else(|| {
+                Error::BadSettings(format!(
+                    "timeout {timeout_ms} is outside 1..{MAX_TIMEOUT_MS} ms"
+                ))
+            })?;
+        let attempts = u64::try_from(attempts)
+            .ok()
+            .filter(|n| (1..=MAX_ATTEMPTS).contains(n))
+            .ok_or_else(|| {
+                Error::BadSettings(format!("attempts {attempts} is outside 1..{MAX_ATTEMPTS}"))
+            })?;
+        if let Nameservers::Explicit(list) = &nameservers {
+            if list.is_empty() {
+                return Err(Error::BadSettings("the nameserver list is empty".into()));
+            }
+            if list.len() > MAX_NAMESERVERS {
+                return Err(Error::BadSettings(format!(
+                    "{} nameservers given, at most {MAX_NAMESERVERS} are allowed",
+                    list.len()
+                )));
+            }
+            if let Some(bad) = list.iter().find(|addr| addr.port() == 0) {
+                return Err(Error::BadSettings(format!("nameserver {bad} has port 0")));
+            }
+        }
+        Ok(Settings {
+            nameservers,
+            timeout: Duration::from_millis(timeout_ms),
+            attempts: attempts as usize,
+            protocol,
+        })
+    }
+
+    /// The time one try may take, so that all tries fit in the deadline.
+    pub fn attempt_timeout(&self) -> Duration {
+        let per = self.timeout / self.attempts as u32;
+        per.max(Duration::from_millis(1))
+    }
+}
+
+/// Parses a comma-separated nameserver list: `ip`, `ip:port`, `[v6]`,
+/// `[v6]:port` or a bare IPv6 address; the port defaults to 53.
+pub fn parse_nameservers(text: &str) -> Result<Vec<SocketAddr>, String> {
+    let items: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .collect();
+    if items.is_empty() {
+        return Err("no nameserver given".into());
+    }
+    if items.len() > MAX_NAMESERVERS {
+        return Err(format!(
+            "{} nameservers given, at most {MAX_NAMESERVERS} are allowed",
+            items.len()
+        ));
+    }
+    items.into_iter().map(parse_nameserver).collect()
+}
+
+fn parse_nameserver(item: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = item.parse::<SocketAddr>() {
+        return check_port(addr, item);
+    }
+    if let Ok(ip) = item.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    if let Some(inner) = item.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        if let Ok(ip) = inner.parse::<std::net::Ipv6Addr>() {
+            return Ok(SocketAddr::new(IpAddr::V6(ip), 53));
+        }
+    }
+    if let Some((host, port)) = item.rsplit_once(':') {
+        if host.parse::<std::net::Ipv4Addr>().is_ok() {
+            return Err(format!("{item:?} has a port outside 1..65535 ({port:?})"));
+        }
+    }
+    Err(format!(
+        "{item:?} is not an IP address with an optional port (write IPv6 as [::1]:53)"
+    ))
+}
+
+fn check_port(addr: SocketAddr, item: &str) -> Result<SocketAddr, String> {
+    if addr.port() == 0 {
+        Err(format!("{item:?} has port 0, expected 1..65535"))
+    } else {
+        Ok(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(text: &str) -> SocketAddr {
+        text.parse().expect("test address")
+    }
+
+    #[test]
+    fn parses_every_form() {
+        let parsed =
+            parse_nameservers("127.0.0.1:8600, 10.0.0.2 ,[::1]:5353,[fe80::1],::2").expect("valid");
+        assert_eq!(
+            parsed,
+            vec![
+                sa("127.0.0.1:8600"),
+                sa("10.0.0.2:53"),
+                sa("[::1]:5353"),
+                sa("[fe80::1]:53"),
+                sa("[::2]:53")
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_items() {
+        for bad in [
+            "",
+            " , ",
+            "localhost:53",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            "127.0.0.1:",
+            "[::1]:x",
+            "1.2.3",
+            "[::1",
+        ] {
+            assert!(
+                parse_nameservers(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn bounds_the_list() {
+        let many = vec!["127.0.0.1"; MAX_NAMESERVERS + 1].join(",");
+        assert!(parse_nameservers(&many).is_err());
+    }
+
+    #[test]
+    fn validates_settings() {
+        let ok = Settings::new(Nameservers::System, 3000, 2, Protocol::Udp).expect("valid");
+        assert_eq!(ok.attempt_timeout(), Duration::from_millis(1500));
+        assert!(Settings::new(Nameservers::System, 0, 2, Protocol::Udp).is_err());
+        assert!(Settings::new(Nameservers::System, 600_001, 2, Protocol::Udp).is_err());
+        assert!(Settings::new(Nameservers::System, 100, 0, Protocol::Udp).is_err());
+        assert!(Settings::new(Nameservers::System, 100, 11, Protocol::Tcp).is_err());
+        assert!(Settings::new(Nameservers::Explicit(vec![]), 100, 1, Protocol::Tcp).is_err());
+        assert!(Settings::new(
+            Nameservers::Explicit(vec![sa("127.0.0.1:0")]),
+            100,
+            1,
+            Protocol::Tcp
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn attempt_timeout_never_zero() {
+        let s = Settings::new(Nameservers::System, 1, 10, Protocol::Udp).expect("valid");
+        assert_eq!(s.attempt_timeout(), Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,11 @@
+//! The Erlang-independent core of libcluster_dynamic_srv: resolver settings
+//! (`config`), DNS lookups on hickory-resolver (`resolver`), SRV target and
+//! query name checks (`parse`) and their one error type (`error`).
+//!
+//! The NIF crate (`dynamic_srv_nif`) only converts terms to and from these
+//! types, so everything here is tested with plain `cargo test`.
+
+pub mod config;
+pub mod error;
+pub mod parse;
+pub mod resolver;

@@ -1,0 +1,243 @@
+//! Turning DNS data into node names, and checking names before they are
+//! queried. Nothing here allocates atoms: it only says which strings are
+//! safe to become one.
+
+use regex::{Regex, RegexBuilder};
+
+use crate::error::Error;
+
+/// Longest node name the VM accepts as an atom (in bytes here; the names
+/// produced are ASCII, so bytes and characters agree).
+pub const MAX_NODE_NAME: usize = 255;
+/// Longest DNS name in presentation form, without the trailing dot.
+pub const MAX_DNS_NAME: usize = 253;
+/// Longest DNS label.
+pub const MAX_LABEL: usize = 63;
+
+/// Why a target gives no node name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    NotUtf8,
+    OutsideService,
+    TooLong(usize),
+}
+
+impl Rejection {
+    pub fn describe(&self, service: &str) -> String {
+        match self {
+            Rejection::NotUtf8 => "the target is not valid UTF-8".into(),
+            Rejection::OutsideService => {
+                format!("the target is not <label>.{service} with a label of a-z, 0-9, _ and -")
+            }
+            Rejection::TooLong(len) => {
+                format!("the node name would be {len} bytes, longer than {MAX_NODE_NAME}")
+            }
+        }
+    }
+}
+
+/// Matches SRV targets of one service domain.
+pub struct TargetParser {
+    service: String,
+    pattern: Regex,
+}
+
+impl TargetParser {
+    /// Builds the parser for `service`, which is matched literally and
+    /// case-insensitively (a trailing dot in it is ignored).
+    pub fn new(service: &str) -> Result<Self, Error> {
+        let service = service.strip_suffix('.').unwrap_or(service);
+        check_dns_name(service).map_err(|msg| Error::InvalidName(format!("service {msg}")))?;
+        let source = format!(r"\A([a-z0-9_-]+)\.{}\.?\z", regex::escape(service));
+        let pattern = RegexBuilder::new(&source)
+            .case_insensitive(true)
+            .build()
+            .map_err(|e| Error::Other(format!("cannot build the target pattern: {e}")))?;
+        Ok(TargetParser {
+            service: service.to_owned(),
+            pattern,
+        })
+    }
+
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The node name `<label>@<service>` of one SRV target.
+    pub fn node_name(&self, target: &[u8]) -> Result<String, Rejection> {
+        let target = std::str::from_utf8(target).map_err(|_| Rejection::NotUtf8)?;
+        let label = self
+            .pattern
+            .captures(target)
+            .and_then(|caps| caps.get(1))
+            .ok_or(Rejection::OutsideService)?
+            .as_str();
+        let len = label.len() + 1 + self.service.len();
+        if len > MAX_NODE_NAME {
+            return Err(Rejection::TooLong(len));
+        }
+        Ok(format!("{label}@{}", self.service))
+    }
+}
+
+/// Checks a name before it is sent to a server and returns it in the form
+/// to query: names containing a dot are made fully qualified, so the search
+/// list of resolv.conf is not tried.
+pub fn query_name(name: &[u8]) -> Result<String, Error> {
+    let name = std::str::from_utf8(name)
+        .map_err(|_| Error::InvalidName("the name is not valid UTF-8".into()))?;
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    check_dns_name(bare).map_err(|msg| Error::InvalidName(format!("{name:?} {msg}")))?;
+    if bare.contains('.') {
+        Ok(format!("{bare}."))
+    } else {
+        Ok(bare.to_owned())
+    }
+}
+
+fn check_dns_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > MAX_DNS_NAME {
+        return Err(format!(
+            "is {} bytes long, longer than {MAX_DNS_NAME}",
+            name.len()
+        ));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("has an empty label".into());
+        }
+        if label.len() > MAX_LABEL {
+            return Err(format!("has a label longer than {MAX_LABEL} bytes"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "contains {c:?}; only a-z, 0-9, '-', '_' and '.' are allowed"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parser() -> TargetParser {
+        TargetParser::new("app.service.consul").expect("valid service")
+    }
+
+    #[test]
+    fn target_becomes_node_name() {
+        let p = parser();
+        assert_eq!(
+            p.node_name(b"node-1.app.service.consul."),
+            Ok("node-1@app.service.consul".into())
+        );
+        assert_eq!(
+            p.node_name(b"Node_2.APP.Service.consul"),
+            Ok("Node_2@app.service.consul".into())
+        );
+    }
+
+    #[test]
+    fn dots_of_the_service_are_literal() {
+        let p = parser();
+        assert_eq!(
+            p.node_name(b"node.appxservicexconsul"),
+            Err(Rejection::OutsideService)
+        );
+        assert_eq!(
+            p.node_name(b"a.b.app.service.consul"),
+            Err(Rejection::OutsideService)
+        );
+    }
+
+    #[test]
+    fn other_targets_are_rejected() {
+        let p = parser();
+        for bad in [
+            &b"app.service.consul"[..],
+            b".app.service.consul",
+            b"node.other.consul",
+            b"node.app.service.consul..",
+            b"n\x00de.app.service.consul",
+            b"n\xffde.app.service.consul",
+            b"node@x.app.service.consul",
+            b"node.app.service.consul.evil",
+            b"",
+        ] {
+            assert!(p.node_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(p.node_name(b"\xff"), Err(Rejection::NotUtf8));
+    }
+
+    #[test]
+    fn node_names_are_bounded() {
+        let p = parser();
+        let label = "a".repeat(300);
+        let target = format!("{label}.app.service.consul");
+        assert_eq!(
+            p.node_name(target.as_bytes()),
+            Err(Rejection::TooLong(300 + 1 + 18))
+        );
+    }
+
+    #[test]
+    fn service_is_validated() {
+        assert!(TargetParser::new("").is_err());
+        assert!(TargetParser::new("a..b").is_err());
+        assert!(TargetParser::new("a b").is_err());
+        assert!(TargetParser::new("app.service.consul.").is_ok());
+        assert!(TargetParser::new(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn query_names() {
+        assert_eq!(query_name(b"a.b.c").as_deref(), Ok("a.b.c."));
+        assert_eq!(query_name(b"a.b.c.").as_deref(), Ok("a.b.c."));
+        assert_eq!(query_name(b"localhost").as_deref(), Ok("localhost"));
+        assert_eq!(
+            query_name(b"_app._tcp.service.consul").as_deref(),
+            Ok("_app._tcp.service.consul.")
+        );
+        for bad in [&b""[..], b".", b"a..b", b"a b", b"\xff", b"a/b"] {
+            assert!(
+                matches!(query_name(bad), Err(Error::InvalidName(_))),
+                "{bad:?}"
+            );
+        }
+        let long = format!("{}.com", "a".repeat(63)).repeat(4);
+        assert!(query_name(long.as_bytes()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_never_panic(target in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parser().node_name(&target);
+            let _ = query_name(&target);
+        }
+
+        #[test]
+        fn valid_labels_round_trip(label in "[a-z0-9_-]{1,60}", dot in any::<bool>()) {
+            let p = parser();
+            let target = format!("{label}.app.service.consul{}", if dot { "." } else { "" });
+            prop_assert_eq!(p.node_name(target.as_bytes()), Ok(format!("{label}@app.service.consul")));
+        }
+
+        #[test]
+        fn accepted_names_are_safe_atoms(target in "[a-zA-Z0-9_.@-]{0,300}") {
+            if let Ok(name) = parser().node_name(target.as_bytes()) {
+                prop_assert!(name.len() <= MAX_NODE_NAME);
+                prop_assert_eq!(name.matches('@').count(), 1);
+                prop_assert!(name.ends_with("@app.service.consul"));
+            }
+        }
+    }
+}
