@@ -39,7 +39,13 @@ defmodule Mix.Tasks.Compile.DynamicSrvNif do
   defp build(root, dest) do
     cargo = cargo_executable()
     Mix.shell().info("Compiling the #{@crate} NIF with cargo (release)")
-    args = ["build", "--release", "--manifest-path", Path.join([root, "native", @crate, "Cargo.toml"])]
+
+    args = [
+      "build",
+      "--release",
+      "--manifest-path",
+      Path.join([root, "native", @crate, "Cargo.toml"])
+    ]
 
     case System.cmd(cargo, args, cd: root, into: IO.stream(:stdio, :line), stderr_to_stdout: true) do
       {_, 0} ->
@@ -61,7 +67,11 @@ defmodule Mix.Tasks.Compile.DynamicSrvNif do
   end
 
   defp cargo_executable do
-    candidates = [System.get_env("CARGO"), System.find_executable("cargo"), Path.expand("~/.cargo/bin/cargo")]
+    candidates = [
+      System.get_env("CARGO"),
+      System.find_executable("cargo"),
+      Path.expand("~/.cargo/bin/cargo")
+    ]
 
     Enum.find(candidates, &(is_binary(&1) and File.regular?(&1))) ||
       Mix.raise(
@@ -72,7 +82,10 @@ defmodule Mix.Tasks.Compile.DynamicSrvNif do
   defp stale?(root, dest) do
     sources =
       Path.wildcard(Path.join([root, "native", "**", "*.{rs,toml}"])) ++
-        Enum.filter([Path.join(root, "Cargo.toml"), Path.join(root, "Cargo.lock")], &File.exists?/1)
+        Enum.filter(
+          [Path.join(root, "Cargo.toml"), Path.join(root, "Cargo.lock")],
+          &File.exists?/1
+        )
 
     case File.stat(dest, time: :posix) do
       {:ok, %{mtime: built}} ->
@@ -119,7 +132,8 @@ defmodule LibclusterDynamicSrv.MixProject do
 
   defp package do
     [
-      files: ~w(lib native/dynamic_srv_nif/src native/dynamic_srv_nif/Cargo.toml Cargo.toml Cargo.lock mix.exs README.md),
+      files:
+        ~w(lib native/dynamic_srv_nif/src native/dynamic_srv_nif/Cargo.toml Cargo.toml Cargo.lock mix.exs README.md),
       licenses: ["Apache-2.0"]
     ]
   end

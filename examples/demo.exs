@@ -27,7 +27,11 @@ defmodule Demo do
   def table(nodes, started) do
     rows =
       for {i, port, node} <- nodes do
-        peers = node |> Node.eval("Node.list()") |> Enum.map(&(&1 |> Atom.to_string() |> String.split("@") |> hd()))
+        peers =
+          node
+          |> Node.eval("Node.list()")
+          |> Enum.map(&(&1 |> Atom.to_string() |> String.split("@") |> hd()))
+
         {"node-#{i}@#{@svc}", port, peers |> Enum.sort() |> Enum.join(", ")}
       end
 
@@ -36,7 +40,10 @@ defmodule Demo do
     IO.puts("  " <> String.pad_trailing("node", 30) <> String.pad_leading("port", 6) <> "  peers")
 
     for {name, port, peers} <- rows do
-      IO.puts("  " <> String.pad_trailing(name, 30) <> String.pad_leading(to_string(port), 6) <> "  " <> peers)
+      IO.puts(
+        "  " <>
+          String.pad_trailing(name, 30) <> String.pad_leading(to_string(port), 6) <> "  " <> peers
+      )
     end
 
     rows
@@ -48,7 +55,9 @@ defmodule Demo do
       fn ->
         nodes
         |> table(started)
-        |> Enum.all?(fn {_, _, peers} -> length(String.split(peers, ", ", trim: true)) == count end)
+        |> Enum.all?(fn {_, _, peers} ->
+          length(String.split(peers, ", ", trim: true)) == count
+        end)
       end,
       15_000,
       500
@@ -59,8 +68,11 @@ end
 started = System.monotonic_time(:millisecond)
 members = for i <- 0..2, do: {i, DnsServer.free_port()}
 dns = DnsServer.start(Demo.records(members))
-IO.puts("dnsmasq on 127.0.0.1:#{dns.port} serving SRV #{Demo.svc()} -> " <>
-  Enum.map_join(members, ", ", fn {i, p} -> "node-#{i}:#{p}" end))
+
+IO.puts(
+  "dnsmasq on 127.0.0.1:#{dns.port} serving SRV #{Demo.svc()} -> " <>
+    Enum.map_join(members, ", ", fn {i, p} -> "node-#{i}:#{p}" end)
+)
 
 env = [{"DYNAMIC_SRV_NAMESERVERS", DnsServer.env_value(dns)}]
 
@@ -82,7 +94,9 @@ try do
   Node.stop(n2)
   {:ok, _} = Demo.until_peers(survivors, started, 1)
 
-  IO.puts("\nnode-2 has left the cluster. Demo done in #{System.monotonic_time(:millisecond) - started} ms.")
+  IO.puts(
+    "\nnode-2 has left the cluster. Demo done in #{System.monotonic_time(:millisecond) - started} ms."
+  )
 after
   Enum.each(nodes, fn {_, _, node} -> Node.stop(node) end)
   DnsServer.stop(dns)

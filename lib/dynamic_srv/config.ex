@@ -43,14 +43,17 @@ defmodule DynamicSrv.Config do
 
             :error ->
               {:halt,
-               {:error, "#{context}: #{inspect(key)} is #{inspect(value, limit: 10)}, expected #{describe(type)}"}}
+               {:error,
+                "#{context}: #{inspect(key)} is #{inspect(value, limit: 10)}, expected #{describe(type)}"}}
           end
       end
     end)
   end
 
   def validate(config, _schema, context),
-    do: {:error, "#{context}: the configuration is #{inspect(config, limit: 10)}, expected a keyword list"}
+    do:
+      {:error,
+       "#{context}: the configuration is #{inspect(config, limit: 10)}, expected a keyword list"}
 
   defp check(:string, value) when is_binary(value) and value != "", do: {:ok, value}
 
@@ -85,5 +88,7 @@ defmodule DynamicSrv.Config do
   defp describe({:fun, arity}), do: "a function of arity #{arity}"
   defp describe({:in, values}), do: "one of #{Enum.map_join(values, ", ", &inspect/1)}"
   defp describe(:module), do: "the name of a loaded module"
-  defp describe(:nameservers), do: "a non-empty list of {ip_tuple, port}, e.g. [{{127, 0, 0, 1}, 8600}]"
+
+  defp describe(:nameservers),
+    do: "a non-empty list of {ip_tuple, port}, e.g. [{{127, 0, 0, 1}, 8600}]"
 end

@@ -109,7 +109,11 @@ defmodule DynamicSrv.Epmd do
   The address, port and distribution version of the node `name@host`.
   Never raises; never waits past the lookup timeout.
   """
-  @spec address_please(charlist() | String.t(), charlist() | String.t() | :inet.ip_address(), :inet | :inet6) ::
+  @spec address_please(
+          charlist() | String.t(),
+          charlist() | String.t() | :inet.ip_address(),
+          :inet | :inet6
+        ) ::
           {:ok, :inet.ip_address(), :inet.port_number(), 5} | {:error, term()}
   def address_please(name, host, family) do
     name = to_string(name)

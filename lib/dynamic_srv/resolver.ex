@@ -70,7 +70,8 @@ defmodule DynamicSrv.Resolver do
   end
 
   @doc "Looks up the A (`:inet`) or AAAA (`:inet6`) addresses of `name`."
-  @spec lookup_ip(name(), family(), [option()]) :: {:ok, [:inet.ip_address()]} | {:error, reason()}
+  @spec lookup_ip(name(), family(), [option()]) ::
+          {:ok, [:inet.ip_address()]} | {:error, reason()}
   def lookup_ip(name, family, opts \\ []) when family in [:inet, :inet6] do
     with {:ok, request} <- request(name, type_of(family), opts),
          {:ok, records} <- await(request) do
@@ -120,7 +121,14 @@ defmodule DynamicSrv.Resolver do
   defp type_of(:inet6), do: :aaaa
 
   defp record(:srv, {priority, weight, port, target, ttl, addresses}),
-    do: %{priority: priority, weight: weight, port: port, target: target, ttl: ttl, addresses: addresses}
+    do: %{
+      priority: priority,
+      weight: weight,
+      port: port,
+      target: target,
+      ttl: ttl,
+      addresses: addresses
+    }
 
   defp record(_, {address, ttl}), do: %{address: address, ttl: ttl}
 
@@ -142,5 +150,7 @@ defmodule DynamicSrv.Resolver do
     do: {:ok, settings, timeout}
 
   defp validate({_, timeout, _, _}),
-    do: {:error, {:bad_settings, "timeout: #{inspect(timeout)} is not a positive number of milliseconds"}}
+    do:
+      {:error,
+       {:bad_settings, "timeout: #{inspect(timeout)} is not a positive number of milliseconds"}}
 end

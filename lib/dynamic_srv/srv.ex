@@ -37,7 +37,11 @@ defmodule DynamicSrv.Srv do
 
     with {:ok, records} <- lookup(query, config),
          {:ok, pairs, ignored} <-
-           Target.to_nodes(Enum.map(records, & &1.target), config.service, Map.get(config, :max_nodes, 1024)) do
+           Target.to_nodes(
+             Enum.map(records, & &1.target),
+             config.service,
+             Map.get(config, :max_nodes, 1024)
+           ) do
       log_ignored(ignored)
       book(records, pairs, Map.get(config, :book_ttl, 15_000))
       {:ok, Enum.map(pairs, &elem(&1, 1))}
@@ -70,13 +74,21 @@ defmodule DynamicSrv.Srv do
   end
 
   defp inet_res_srv?({p, w, port, target})
-       when is_integer(p) and is_integer(w) and is_integer(port) and (is_list(target) or is_binary(target)),
+       when is_integer(p) and is_integer(w) and is_integer(port) and
+              (is_list(target) or is_binary(target)),
        do: true
 
   defp inet_res_srv?(_), do: false
 
   defp from_inet_res({priority, weight, port, target}) do
-    %{priority: priority, weight: weight, port: port, target: to_string(target), ttl: 0, addresses: []}
+    %{
+      priority: priority,
+      weight: weight,
+      port: port,
+      target: to_string(target),
+      ttl: 0,
+      addresses: []
+    }
   rescue
     _ -> %{priority: priority, weight: weight, port: port, target: "", ttl: 0, addresses: []}
   end

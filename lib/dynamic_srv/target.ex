@@ -67,7 +67,9 @@ defmodule DynamicSrv.Target do
       end)
 
     # Only validated names, at most max_nodes of them, become atoms.
-    pairs = names |> Enum.reverse() |> Enum.map(fn {target, name} -> {target, String.to_atom(name)} end)
+    pairs =
+      names |> Enum.reverse() |> Enum.map(fn {target, name} -> {target, String.to_atom(name)} end)
+
     {pairs, Enum.reverse(ignored)}
   end
 end

@@ -33,16 +33,24 @@ defmodule Cluster.Strategy.DynamicSrvClusterTest do
 
   defp peers(node), do: node |> Node.eval("Node.list()") |> Enum.sort()
 
-  defp expected(members, i), do: for({j, _} <- members, j != i, do: :"node-#{j}@#{@svc}") |> Enum.sort()
+  defp expected(members, i),
+    do: for({j, _} <- members, j != i, do: :"node-#{j}@#{@svc}") |> Enum.sort()
 
   defp wait_mesh(nodes, members, timeout) do
-    Wait.until(fn -> Enum.all?(nodes, fn {i, node} -> peers(node) == expected(members, i) end) end, timeout)
+    Wait.until(
+      fn -> Enum.all?(nodes, fn {i, node} -> peers(node) == expected(members, i) end) end,
+      timeout
+    )
   end
 
   test "membership follows DNS, and a DNS outage disconnects nobody" do
     members = for i <- 0..3, do: {i, DnsServer.free_port()}
     dns = DnsServer.start(records(members))
-    env = [{"DYNAMIC_SRV_NAMESERVERS", DnsServer.env_value(dns)}, {"DYNAMIC_SRV_TIMEOUT_MS", "500"}]
+
+    env = [
+      {"DYNAMIC_SRV_NAMESERVERS", DnsServer.env_value(dns)},
+      {"DYNAMIC_SRV_TIMEOUT_MS", "500"}
+    ]
 
     nodes =
       for {i, port} <- members do
@@ -57,7 +65,8 @@ defmodule Cluster.Strategy.DynamicSrvClusterTest do
     for {_, node} <- nodes, do: assert(Node.eval(node, strategy_code()) == :started)
 
     # 1. The full mesh forms through DNS alone.
-    assert {:ok, _} = wait_mesh(nodes, members, 4 * @interval), inspect(for {_, n} <- nodes, do: peers(n))
+    assert {:ok, _} = wait_mesh(nodes, members, 4 * @interval),
+           inspect(for {_, n} <- nodes, do: peers(n))
 
     # 2. node-3 deregisters (records gone, its strategy stopped, its VM up):
     #    the others disconnect it within two intervals.
@@ -66,21 +75,31 @@ defmodule Cluster.Strategy.DynamicSrvClusterTest do
     dns = DnsServer.set_records(dns, records(rest_members))
     Node.eval(elem(three, 1), "Process.exit(Process.whereis(:dyn_srv_test), :kill)")
 
-    assert {:ok, _} = wait_mesh(rest, rest_members, round(2.5 * @interval)),
+    assert {:ok, _} = wait_mesh(rest, rest_members, 2 * @interval),
            inspect(for {_, n} <- rest, do: peers(n))
 
     # 3. DNS down for ten intervals: zero disconnects.
-    downs_before = Enum.map(rest, fn {_, n} -> Node.eval(n, "DynamicSrv.Test.NodeWatch.counts().nodedown") end)
+    downs_before =
+      Enum.map(rest, fn {_, n} -> Node.eval(n, "DynamicSrv.Test.NodeWatch.counts().nodedown") end)
+
     dns = DnsServer.pause(dns)
     Process.sleep(10 * @interval)
-    downs_after = Enum.map(rest, fn {_, n} -> Node.eval(n, "DynamicSrv.Test.NodeWatch.counts().nodedown") end)
+
+    downs_after =
+      Enum.map(rest, fn {_, n} -> Node.eval(n, "DynamicSrv.Test.NodeWatch.counts().nodedown") end)
+
     assert downs_after == downs_before
     for {i, n} <- rest, do: assert(peers(n) == expected(rest_members, i))
 
     # 4. DNS back, node-3 listed again and its strategy restarted: followed again.
     dns = DnsServer.set_records(dns, records(members))
-    assert Node.eval(elem(three, 1), strategy_code() |> String.replace("DynamicSrv.Test.NodeWatch.start()\n", "")) == :started
-    assert {:ok, _} = wait_mesh(nodes, members, round(2.5 * @interval))
+
+    assert Node.eval(
+             elem(three, 1),
+             strategy_code() |> String.replace("DynamicSrv.Test.NodeWatch.start()\n", "")
+           ) == :started
+
+    assert {:ok, _} = wait_mesh(nodes, members, 2 * @interval)
     DnsServer.stop(dns)
   end
 end

@@ -18,7 +18,8 @@ defmodule DynamicSrv.EnvTest do
   test "DYNAMIC_SRV_NAMESERVERS and DYNAMIC_SRV_TIMEOUT_MS" do
     assert {:ok, %{nameservers: :system, timeout: 3_000}} = Env.read_resolver_defaults(nil, nil)
 
-    assert {:ok, %{nameservers: [{{127, 0, 0, 1}, 8600}, {{0, 0, 0, 0, 0, 0, 0, 1}, 53}], timeout: 250}} =
+    assert {:ok,
+            %{nameservers: [{{127, 0, 0, 1}, 8600}, {{0, 0, 0, 0, 0, 0, 0, 1}, 53}], timeout: 250}} =
              Env.read_resolver_defaults("127.0.0.1:8600, [::1]:53", "250")
 
     assert {:error, message} = Env.read_resolver_defaults("127.0.0.1:99999", nil)

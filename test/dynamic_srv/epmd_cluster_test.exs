@@ -23,7 +23,11 @@ defmodule DynamicSrv.EpmdClusterTest do
       end) ++ [{:srv, @svc, "decoy.other.consul", 1}]
 
     dns = DnsServer.start(records, log_queries: true)
-    env = [{"DYNAMIC_SRV_NAMESERVERS", DnsServer.env_value(dns)}, {"DYNAMIC_SRV_TIMEOUT_MS", "1000"}]
+
+    env = [
+      {"DYNAMIC_SRV_NAMESERVERS", DnsServer.env_value(dns)},
+      {"DYNAMIC_SRV_TIMEOUT_MS", "1000"}
+    ]
 
     nodes =
       for {port, i} <- Enum.with_index(ports) do
@@ -38,7 +42,10 @@ defmodule DynamicSrv.EpmdClusterTest do
     %{dns: dns, env: env, nodes: nodes, ports: ports}
   end
 
-  test "three nodes form a full mesh through DNS with no epmd running", %{nodes: nodes, ports: ports} do
+  test "three nodes form a full mesh through DNS with no epmd running", %{
+    nodes: nodes,
+    ports: ports
+  } do
     [n0, n1, _n2] = nodes
 
     assert Node.eval(n0, ~s|Node.connect(:"node-1@#{@svc}")|) == true
@@ -61,7 +68,10 @@ defmodule DynamicSrv.EpmdClusterTest do
     assert {:error, :econnrefused} = :gen_tcp.connect({127, 0, 0, 1}, 4369, [], 1_000)
   end
 
-  test "the port comes from the record whose target is the node, not the first record", %{nodes: [n0 | _], ports: ports} do
+  test "the port comes from the record whose target is the node, not the first record", %{
+    nodes: [n0 | _],
+    ports: ports
+  } do
     # node-2 has no per-node SRV record: its port is found in the service's answer.
     assert {:ok, {127, 0, 0, 1}, port, 5} =
              Node.eval(n0, ~s|DynamicSrv.Epmd.address_please(~c"node-2", ~c"#{@svc}", :inet)|)
@@ -69,7 +79,10 @@ defmodule DynamicSrv.EpmdClusterTest do
     assert port == Enum.at(ports, 2)
   end
 
-  test "an unknown node gives false, costs one round of DNS, and the caller stays up", %{dns: dns, nodes: [n0 | _]} do
+  test "an unknown node gives false, costs one round of DNS, and the caller stays up", %{
+    dns: dns,
+    nodes: [n0 | _]
+  } do
     before = DnsServer.query_count(dns)
     assert Node.eval(n0, ~s|Node.connect(:"ghost@#{@svc}")|) == false
     queries = DnsServer.query_count(dns) - before
@@ -79,7 +92,9 @@ defmodule DynamicSrv.EpmdClusterTest do
     assert Node.eval(n0, "1 + 1") == 2
   end
 
-  test "a rem- helper of node-0 reaches node-0 through the local path, without DNS", %{ports: ports} do
+  test "a rem- helper of node-0 reaches node-0 through the local path, without DNS", %{
+    ports: ports
+  } do
     {:ok, silent} = :gen_udp.open(0, ip: {127, 0, 0, 1})
     {:ok, silent_port} = :inet.port(silent)
 
@@ -87,14 +102,20 @@ defmodule DynamicSrv.EpmdClusterTest do
       Node.start("rem-1a2b-node-0@#{@svc}",
         dist_port: Enum.at(ports, 0),
         hidden: true,
-        env: [{"DYNAMIC_SRV_NAMESERVERS", "127.0.0.1:#{silent_port}"}, {"DYNAMIC_SRV_TIMEOUT_MS", "300"}]
+        env: [
+          {"DYNAMIC_SRV_NAMESERVERS", "127.0.0.1:#{silent_port}"},
+          {"DYNAMIC_SRV_TIMEOUT_MS", "300"}
+        ]
       )
 
     try do
       assert Node.eval(helper, ~s|Node.connect(:"node-0@#{@svc}")|) == true
       assert Node.eval(helper, "Node.list(:hidden)") == [:"node-0@#{@svc}"]
       # Its own listener is on an ephemeral port, not node-0's.
-      assert Node.eval(helper, "DynamicSrv.Epmd.listen_port_please(~c\"rem-1a2b-node-0\", ~c\"x\")") == {:ok, 0}
+      assert Node.eval(
+               helper,
+               "DynamicSrv.Epmd.listen_port_please(~c\"rem-1a2b-node-0\", ~c\"x\")"
+             ) == {:ok, 0}
     after
       Node.stop(helper)
       :gen_udp.close(silent)
@@ -116,12 +137,17 @@ defmodule DynamicSrv.EpmdClusterTest do
     end
   end
 
-  test "a bad DYNAMIC_SRV_NAMESERVERS or DYNAMIC_SRV_TIMEOUT_MS stops the VM at boot", %{ports: ports} do
+  test "a bad DYNAMIC_SRV_NAMESERVERS or DYNAMIC_SRV_TIMEOUT_MS stops the VM at boot", %{
+    ports: ports
+  } do
     for {env, expected} <- [
-          {[{"DYNAMIC_SRV_NAMESERVERS", "127.0.0.1:0"}], ~s(DYNAMIC_SRV_NAMESERVERS="127.0.0.1:0")},
+          {[{"DYNAMIC_SRV_NAMESERVERS", "127.0.0.1:0"}],
+           ~s(DYNAMIC_SRV_NAMESERVERS="127.0.0.1:0")},
           {[{"DYNAMIC_SRV_TIMEOUT_MS", "soon"}], ~s(DYNAMIC_SRV_TIMEOUT_MS="soon")}
         ] do
-      node = Node.start("node-8@#{@svc}", dist_port: Enum.at(ports, 0) + 1000, env: env, wait: false)
+      node =
+        Node.start("node-8@#{@svc}", dist_port: Enum.at(ports, 0) + 1000, env: env, wait: false)
+
       {status, output} = Node.await_exit(node)
       Node.stop(node)
       assert status == 1, output

@@ -1,5 +1,5 @@
 defmodule DynamicSrv.MembershipTest do
-  use ExUnit.Case, async: true
+  use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
   alias DynamicSrv.Membership
@@ -14,8 +14,8 @@ defmodule DynamicSrv.MembershipTest do
   end
 
   test "never connects the local node" do
-    start(fn -> {:ok, [node(), :"other@host"]} end)
-    assert_receive {:connect, :"other@host"}
+    start(fn -> {:ok, [node(), :other@host]} end)
+    assert_receive {:connect, :other@host}
     refute_receive {:connect, _}, 200
   end
 
@@ -25,18 +25,18 @@ defmodule DynamicSrv.MembershipTest do
 
     poll = fn ->
       send(parent, :polled)
-      if Agent.get(flag, & &1) == :ok, do: {:ok, [:"a@host"]}, else: raise("provider bug")
+      if Agent.get(flag, & &1) == :ok, do: {:ok, [:a@host]}, else: raise("provider bug")
     end
 
     log =
       capture_log(fn ->
         pid = start(poll)
-        assert_receive {:connect, :"a@host"}
+        assert_receive {:connect, :a@host}
         Agent.update(flag, fn _ -> :crash end)
         for _ <- 1..4, do: assert_receive(:polled, 1_000)
         refute_received {:disconnect, _}
         assert Process.alive?(pid)
-        assert Membership.members(pid) == [:"a@host"]
+        assert Membership.members(pid) == [:a@host]
       end)
 
     assert log =~ "provider_crashed"
@@ -62,7 +62,7 @@ defmodule DynamicSrv.MembershipTest do
 
     poll = fn ->
       send(parent, :polled)
-      {:ok, [:"slow@host", :"fast@host"]}
+      {:ok, [:slow@host, :fast@host]}
     end
 
     {:ok, pid} =
@@ -75,10 +75,10 @@ defmodule DynamicSrv.MembershipTest do
         list_nodes: {:erlang, :nodes, [:connected]}
       )
 
-    for _ <- 1..3, do: assert_receive({:connected, :"fast@host"}, 1_000)
+    for _ <- 1..3, do: assert_receive({:connected, :fast@host}, 1_000)
     Process.exit(pid, :kill)
   end
 
-  def connect(parent, :"slow@host"), do: Process.sleep(:infinity) && send(parent, :never)
+  def connect(parent, :slow@host), do: Process.sleep(:infinity) && send(parent, :never)
   def connect(parent, node), do: send(parent, {:connected, node}) && true
 end

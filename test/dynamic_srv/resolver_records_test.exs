@@ -11,12 +11,22 @@ defmodule DynamicSrv.ResolverRecordsTest do
     opts = [nameservers: DnsServer.nameservers(server), timeout: 2_000]
 
     assert {:ok, [%{port: 4001}]} = Resolver.lookup_srv("svc.service.consul", opts)
-    server = DnsServer.set_records(server, [{:srv, "svc.service.consul", "node-0.svc.service.consul", 4999}])
+
+    server =
+      DnsServer.set_records(server, [
+        {:srv, "svc.service.consul", "node-0.svc.service.consul", 4999}
+      ])
+
     assert {:ok, [%{port: 4999}]} = Resolver.lookup_srv("svc.service.consul", opts)
 
     server = DnsServer.set_records(server, [])
     assert {:error, :nxdomain} = Resolver.lookup_srv("svc.service.consul", opts)
-    server = DnsServer.set_records(server, [{:srv, "svc.service.consul", "node-0.svc.service.consul", 4002}])
+
+    server =
+      DnsServer.set_records(server, [
+        {:srv, "svc.service.consul", "node-0.svc.service.consul", 4002}
+      ])
+
     assert {:ok, [%{port: 4002}]} = Resolver.lookup_srv("svc.service.consul", opts)
     DnsServer.stop(server)
   end

@@ -46,7 +46,9 @@ defmodule DynamicSrv.ResolverTest do
 
   test "A and AAAA lookups", %{opts: opts} do
     assert {:ok, [{127, 0, 0, 1}]} = Resolver.lookup_ip("node-0.svc.service.consul", :inet, opts)
-    assert {:ok, [{0, 0, 0, 0, 0, 0, 0, 1}]} = Resolver.lookup_ip("node-0.svc.service.consul", :inet6, opts)
+
+    assert {:ok, [{0, 0, 0, 0, 0, 0, 0, 1}]} =
+             Resolver.lookup_ip("node-0.svc.service.consul", :inet6, opts)
   end
 
   test "NXDOMAIN and no data are told apart", %{opts: opts} do
@@ -62,7 +64,10 @@ defmodule DynamicSrv.ResolverTest do
     started = System.monotonic_time(:millisecond)
 
     assert {:error, :timeout} =
-             Resolver.lookup_srv("svc.service.consul", nameservers: [{{127, 0, 0, 1}, port}], timeout: 300)
+             Resolver.lookup_srv("svc.service.consul",
+               nameservers: [{{127, 0, 0, 1}, port}],
+               timeout: 300
+             )
 
     # The deadline is a contract, not a benchmark: the bound is loose.
     assert System.monotonic_time(:millisecond) - started < 300 + 1_000
@@ -82,16 +87,25 @@ defmodule DynamicSrv.ResolverTest do
   test "bad names are refused at once with a reason", %{opts: opts} do
     assert {:error, {:invalid_name, _}} = Resolver.lookup_srv("", opts)
     assert {:error, {:invalid_name, _}} = Resolver.lookup_srv("a..b", opts)
-    assert {:error, {:invalid_name, msg}} = Resolver.lookup_srv(String.duplicate("x", 64) <> ".consul", opts)
+
+    assert {:error, {:invalid_name, msg}} =
+             Resolver.lookup_srv(String.duplicate("x", 64) <> ".consul", opts)
+
     assert msg =~ "63"
     assert {:error, {:invalid_name, _}} = Resolver.lookup_srv("bad name.consul", opts)
-    assert {:error, {:invalid_name, _}} = Resolver.lookup_ip(String.duplicate("a.", 130), :inet, opts)
+
+    assert {:error, {:invalid_name, _}} =
+             Resolver.lookup_ip(String.duplicate("a.", 130), :inet, opts)
   end
 
   test "bad settings are refused with a reason" do
     assert {:error, {:bad_settings, _}} = Resolver.lookup_srv("svc.service.consul", timeout: -1)
-    assert {:error, {:bad_settings, _}} = Resolver.lookup_srv("svc.service.consul", nameservers: [{:nope, 53}])
-    assert {:error, {:bad_settings, _}} = Resolver.lookup_srv("svc.service.consul", protocol: :sctp)
+
+    assert {:error, {:bad_settings, _}} =
+             Resolver.lookup_srv("svc.service.consul", nameservers: [{:nope, 53}])
+
+    assert {:error, {:bad_settings, _}} =
+             Resolver.lookup_srv("svc.service.consul", protocol: :sctp)
   end
 
   test "many lookups in flight from one process", %{opts: opts} do

@@ -14,7 +14,8 @@ defmodule DynamicSrv.Test.DnsServer do
 
   @type record ::
           {:srv, String.t(), String.t(), :inet.port_number()}
-          | {:srv, String.t(), String.t(), :inet.port_number(), non_neg_integer(), non_neg_integer()}
+          | {:srv, String.t(), String.t(), :inet.port_number(), non_neg_integer(),
+             non_neg_integer()}
           | {:a | :aaaa, String.t(), :inet.ip_address()}
 
   @spec start([record()], keyword()) :: %__MODULE__{}
@@ -22,7 +23,14 @@ defmodule DynamicSrv.Test.DnsServer do
     dir = Path.join(System.tmp_dir!(), "dynamic_srv_dns_#{System.unique_integer([:positive])}")
     File.mkdir_p!(dir)
     port = Keyword.get_lazy(opts, :port, &free_port/0)
-    server = %__MODULE__{dir: dir, port: port, records: records, log_queries: Keyword.get(opts, :log_queries, false)}
+
+    server = %__MODULE__{
+      dir: dir,
+      port: port,
+      records: records,
+      log_queries: Keyword.get(opts, :log_queries, false)
+    }
+
     launch(server)
   end
 
@@ -62,7 +70,11 @@ defmodule DynamicSrv.Test.DnsServer do
     File.rm(pid_file)
     File.write!(conf, config(server))
 
-    {_, 0} = System.cmd(dnsmasq(), ["--conf-file=#{conf}", "--pid-file=#{pid_file}"], stderr_to_stdout: true)
+    {_, 0} =
+      System.cmd(dnsmasq(), ["--conf-file=#{conf}", "--pid-file=#{pid_file}"],
+        stderr_to_stdout: true
+      )
+
     os_pid = wait_for_pid(pid_file, 100)
     wait_until_serving(server.port, 100)
     %{server | os_pid: os_pid}
@@ -83,14 +95,20 @@ defmodule DynamicSrv.Test.DnsServer do
     ]
 
     logging =
-      if server.log_queries, do: ["log-queries", "log-facility=#{Path.join(server.dir, "queries.log")}"], else: []
+      if server.log_queries,
+        do: ["log-queries", "log-facility=#{Path.join(server.dir, "queries.log")}"],
+        else: []
 
     Enum.join(base ++ logging ++ Enum.map(server.records, &line/1), "\n") <> "\n"
   end
 
   defp line({:srv, name, target, port}), do: line({:srv, name, target, port, 0, 1})
-  defp line({:srv, name, target, port, prio, weight}), do: "srv-host=#{name},#{target},#{port},#{prio},#{weight}"
-  defp line({family, name, ip}) when family in [:a, :aaaa], do: "host-record=#{name},#{:inet.ntoa(ip)}"
+
+  defp line({:srv, name, target, port, prio, weight}),
+    do: "srv-host=#{name},#{target},#{port},#{prio},#{weight}"
+
+  defp line({family, name, ip}) when family in [:a, :aaaa],
+    do: "host-record=#{name},#{:inet.ntoa(ip)}"
 
   # The pid file names the running process even when the caller holds an
   # older copy of the struct.

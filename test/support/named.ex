@@ -72,11 +72,15 @@ defmodule DynamicSrv.Test.Named do
   end
 
   defp line({:srv, name, target, port}), do: line({:srv, name, target, port, 0, 1})
-  defp line({:srv, name, target, port, prio, weight}), do: "#{name}. IN SRV #{prio} #{weight} #{port} #{target}."
+
+  defp line({:srv, name, target, port, prio, weight}),
+    do: "#{name}. IN SRV #{prio} #{weight} #{port} #{target}."
+
   defp line({:a, name, ip}), do: "#{name}. IN A #{:inet.ntoa(ip)}"
   defp line({:aaaa, name, ip}), do: "#{name}. IN AAAA #{:inet.ntoa(ip)}"
 
-  defp wait_serving(server, _zone, 0), do: raise("named did not start: #{inspect(drain(server.port_ref))}")
+  defp wait_serving(server, _zone, 0),
+    do: raise("named did not start: #{inspect(drain(server.port_ref))}")
 
   defp wait_serving(server, zone, tries) do
     case :inet_res.resolve(~c"ns.#{zone}", :in, :a, nameservers: nameservers(server), timeout: 200) do

@@ -7,6 +7,7 @@ defmodule DynamicSrv.Test.Node do
   and it halts.
   """
 
+  # `port` holds the relay process that owns the OS port.
   defstruct [:name, :port, :dist_port, :os_pid, :log]
 
   @marker "DYNAMIC_SRV_AGENT "
@@ -19,8 +20,18 @@ defmodule DynamicSrv.Test.Node do
   """
   def start(name, opts \\ []) do
     dist_port = Keyword.get(opts, :dist_port)
-    erl_flags = ["-start_epmd false -epmd_module Elixir.DynamicSrv.Epmd", Keyword.get(opts, :erl, "")]
-    erl_flags = if Keyword.get(opts, :hidden, false), do: erl_flags ++ ["-hidden"], else: erl_flags
+    # The epmd module runs while the kernel boots, before elixir's own -pa
+    # handling, so the build's code paths go to the emulator directly.
+    code_path_flags = Enum.map_join(code_paths(), " ", &"-pa #{&1}")
+
+    erl_flags = [
+      "-start_epmd false -epmd_module Elixir.DynamicSrv.Epmd",
+      code_path_flags,
+      Keyword.get(opts, :erl, "")
+    ]
+
+    erl_flags =
+      if Keyword.get(opts, :hidden, false), do: erl_flags ++ ["-hidden"], else: erl_flags
 
     env =
       [
@@ -31,44 +42,31 @@ defmodule DynamicSrv.Test.Node do
 
     code = "#{Keyword.get(opts, :eval, ":ok")}; DynamicSrv.Test.Agent.loop()"
 
-    args =
-      ["--name", name, "--cookie", "dynamic_srv_test"] ++
-        Enum.flat_map(code_paths(), &["-pa", &1]) ++ ["-e", code]
+    args = ["--name", name, "--cookie", "dynamic_srv_test", "-e", code]
 
-    port =
-      Port.open({:spawn_executable, System.find_executable("elixir")}, [
-        :binary,
-        :exit_status,
-        :stderr_to_stdout,
-        {:line, 65_536},
-        args: args,
-        env: Enum.map(env, fn {k, v} -> {String.to_charlist(k), v && String.to_charlist(v)} end)
-      ])
-
-    {:os_pid, os_pid} = Port.info(port, :os_pid)
-    node = %__MODULE__{name: name, port: port, dist_port: dist_port, os_pid: os_pid, log: []}
+    env = Enum.map(env, fn {k, v} -> {String.to_charlist(k), v && String.to_charlist(v)} end)
+    env = Enum.map(env, fn {k, v} -> {k, v || false} end)
+    {relay, os_pid} = start_relay(args, env)
+    node = %__MODULE__{name: name, port: relay, dist_port: dist_port, os_pid: os_pid, log: []}
 
     if Keyword.get(opts, :wait, true), do: wait_ready(node), else: node
   end
 
   @doc "Evaluates `code` on the node and returns its value."
-  def eval(%__MODULE__{port: port} = node, code, timeout \\ 15_000) do
-    encoded = Base.encode64(code)
-    Port.command(port, encoded <> "\n")
-    await_result(node, timeout)
+  def eval(%__MODULE__{} = node, code, timeout \\ 15_000) do
+    call(node, {:eval, Base.encode64(code), timeout}, timeout)
   end
 
   @doc "Collects the node's output until it exits; returns `{status, output}`."
-  def await_exit(%__MODULE__{port: port}, timeout \\ 20_000) do
-    collect_exit(port, [], System.monotonic_time(:millisecond) + timeout)
+  def await_exit(%__MODULE__{} = node, timeout \\ 20_000) do
+    call(node, {:await_exit, timeout}, timeout)
   end
 
-  def stop(%__MODULE__{port: port, os_pid: os_pid}) do
-    if Port.info(port), do: Port.close(port)
+  @doc "Kills the node's OS process and its relay."
+  def stop(%__MODULE__{port: relay, os_pid: os_pid}) do
     System.cmd("kill", ["-KILL", to_string(os_pid)], stderr_to_stdout: true)
+    Process.exit(relay, :kill)
     :ok
-  catch
-    _, _ -> :ok
   end
 
   defp wait_ready(node) do
@@ -78,13 +76,76 @@ defmodule DynamicSrv.Test.Node do
     end
   end
 
-  defp await_result(%__MODULE__{port: port} = node, timeout) do
+  # The port is owned by a relay process, so any test process (not only the
+  # one that started the node, e.g. a setup_all) can talk to the node. The
+  # relay kills the node when its starter exits.
+  defp start_relay(args, env) do
+    starter = self()
+
+    relay =
+      spawn(fn ->
+        ref = Process.monitor(starter)
+
+        port =
+          Port.open({:spawn_executable, System.find_executable("elixir")}, [
+            :binary,
+            :exit_status,
+            :stderr_to_stdout,
+            {:line, 65_536},
+            args: args,
+            env: env
+          ])
+
+        {:os_pid, os_pid} = Port.info(port, :os_pid)
+        send(starter, {self(), :os_pid, os_pid})
+        relay_loop(port, os_pid, ref)
+      end)
+
+    receive do
+      {^relay, :os_pid, os_pid} -> {relay, os_pid}
+    end
+  end
+
+  defp call(%__MODULE__{port: relay}, request, timeout) do
+    ref = Process.monitor(relay)
+    send(relay, {request, self(), ref})
+
+    receive do
+      {^ref, reply} ->
+        Process.demonitor(ref, [:flush])
+        reply
+
+      {:DOWN, ^ref, _, _, _} ->
+        {:node_exited, :relay_gone}
+    after
+      timeout + 5_000 -> {:error, :relay_timeout}
+    end
+  end
+
+  # Output of the node stays in the mailbox until a request reads it.
+  defp relay_loop(port, os_pid, starter_ref) do
+    receive do
+      {{:eval, encoded, timeout}, from, ref} ->
+        Port.command(port, encoded <> "\n")
+        send(from, {ref, await_result(port, timeout)})
+        relay_loop(port, os_pid, starter_ref)
+
+      {{:await_exit, timeout}, from, ref} ->
+        send(from, {ref, collect_exit(port, [], System.monotonic_time(:millisecond) + timeout)})
+        relay_loop(port, os_pid, starter_ref)
+
+      {:DOWN, ^starter_ref, _, _, _} ->
+        System.cmd("kill", ["-KILL", to_string(os_pid)], stderr_to_stdout: true)
+    end
+  end
+
+  defp await_result(port, timeout) do
     receive do
       {^port, {:data, {:eol, @marker <> payload}}} ->
         payload |> Base.decode64!() |> :erlang.binary_to_term()
 
       {^port, {:data, _other}} ->
-        await_result(node, timeout)
+        await_result(port, timeout)
 
       {^port, {:exit_status, status}} ->
         {:node_exited, status}

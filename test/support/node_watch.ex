@@ -23,8 +23,11 @@ defmodule DynamicSrv.Test.NodeWatch do
 
   defp loop(counts) do
     receive do
-      {event, _node} when event in [:nodeup, :nodedown] -> loop(Map.update!(counts, event, &(&1 + 1)))
-      {:counts, from} -> send(from, {:counts, counts}) && loop(counts)
+      {event, _node} when event in [:nodeup, :nodedown] ->
+        loop(Map.update!(counts, event, &(&1 + 1)))
+
+      {:counts, from} ->
+        send(from, {:counts, counts}) && loop(counts)
     end
   end
 end

@@ -51,12 +51,17 @@ defmodule Cluster.Strategy.DynamicSrv do
   ]
 
   @doc false
-  def child_spec(args), do: %{id: __MODULE__, type: :worker, start: {__MODULE__, :start_link, [args]}}
+  def child_spec(args),
+    do: %{id: __MODULE__, type: :worker, start: {__MODULE__, :start_link, [args]}}
 
   @doc "Started by libcluster's supervisor with `[%Cluster.Strategy.State{}]`."
   @spec start_link([map()]) :: GenServer.on_start() | :ignore
   def start_link([%{topology: topology, config: config} = state]) do
-    case DynamicSrv.Config.validate(config || [], @schema, "Cluster.Strategy.DynamicSrv (topology #{topology})") do
+    case DynamicSrv.Config.validate(
+           config || [],
+           @schema,
+           "Cluster.Strategy.DynamicSrv (topology #{topology})"
+         ) do
       {:ok, config} ->
         DynamicSrv.Membership.start_link(
           topology: topology,
