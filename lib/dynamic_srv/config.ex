@@ -16,6 +16,11 @@ defmodule DynamicSrv.Config do
   | `{:fun, arity}` | a function of that arity |
   | `:nameservers` | a non-empty list of `{ip_tuple, port}` |
   | `:module` | a loaded module |
+  | `:port` | an integer in 1..65535 |
+  | `:ip` | an IP tuple or its text form (`"230.1.1.251"`), converted to a tuple |
+  | `:nodes` | a list of node names (`:"name@host"` or `"name@host"`), converted to atoms |
+  | `{:label, max}` | a string of `a-z A-Z 0-9 _ -`, at most `max` bytes |
+  | `{:secret, min}` | a binary of at least `min` bytes |
   | `:any` | anything |
 
   Keys outside the schema are kept as they are (providers read their own).
@@ -74,7 +79,41 @@ defmodule DynamicSrv.Config do
   defp check(:nameservers, [_ | _] = value),
     do: if(Enum.all?(value, &nameserver?/1), do: {:ok, value}, else: :error)
 
+  defp check(:port, value) when is_integer(value) and value in 1..65535, do: {:ok, value}
+
+  defp check(:ip, value) when is_tuple(value),
+    do: if(is_list(:inet.ntoa(value)), do: {:ok, value}, else: :error)
+
+  defp check(:ip, value) when is_binary(value) do
+    case :inet.parse_strict_address(String.to_charlist(value)) do
+      {:ok, ip} -> {:ok, ip}
+      {:error, _} -> :error
+    end
+  end
+
+  defp check(:nodes, value) when is_list(value) do
+    if Enum.all?(value, &node_name?/1),
+      do: {:ok, Enum.map(value, &to_node/1)},
+      else: :error
+  end
+
+  defp check({:label, max}, value) when is_binary(value) and byte_size(value) in 1..max//1,
+    do: if(value =~ ~r/\A[a-zA-Z0-9_-]+\z/, do: {:ok, value}, else: :error)
+
+  defp check({:secret, min}, value) when is_binary(value) and byte_size(value) >= min,
+    do: {:ok, value}
+
   defp check(_type, _value), do: :error
+
+  defp node_name?(node) when is_atom(node), do: node_name?(Atom.to_string(node))
+
+  defp node_name?(node) when is_binary(node) and byte_size(node) <= 255,
+    do: node =~ ~r/\A[^@\s]+@[^@\s]+\z/
+
+  defp node_name?(_), do: false
+
+  defp to_node(node) when is_atom(node), do: node
+  defp to_node(node), do: String.to_atom(node)
 
   defp nameserver?({ip, port}) when is_tuple(ip) and is_integer(port) and port in 1..65535,
     do: is_list(:inet.ntoa(ip))
@@ -85,6 +124,11 @@ defmodule DynamicSrv.Config do
   defp describe(:pos_integer), do: "a positive integer"
   defp describe(:boolean), do: "true or false"
   defp describe(:any), do: "any value"
+  defp describe(:port), do: "an integer in 1..65535"
+  defp describe(:ip), do: "an IP address, as a tuple or a string"
+  defp describe(:nodes), do: ~s(a list of node names such as :"app@host" or "app@host")
+  defp describe({:label, max}), do: "a name of a-z, A-Z, 0-9, _ and -, at most #{max} bytes"
+  defp describe({:secret, min}), do: "a binary of at least #{min} bytes"
   defp describe({:fun, arity}), do: "a function of arity #{arity}"
   defp describe({:in, values}), do: "one of #{Enum.map_join(values, ", ", &inspect/1)}"
   defp describe(:module), do: "the name of a loaded module"

@@ -128,7 +128,7 @@ defmodule DynamicSrv.Epmd do
         {:ok, ip, port} when ip != nil -> {:ok, ip, port, @version}
         {:ok, nil, port} -> remember(node, family, resolve_address(name, host, family, port))
         {:error, _} = error -> error
-        :miss -> remember(node, family, resolve(name, host, family))
+        :miss -> remember(node, family, resolve_miss(name, host, family))
       end
     end
   catch
@@ -157,6 +157,24 @@ defmodule DynamicSrv.Epmd do
   defp remember(node, family, {:error, _} = error) do
     PortBook.put(node, family, error, @attempt_ttl)
     error
+  end
+
+  # A host that is an IP address (nodes named app@10.0.0.5, as the Dns and
+  # Udp providers produce) needs no DNS: the port book or, failing that,
+  # this node's own ERL_DIST_PORT (nodes of such a cluster share one port).
+  defp resolve_miss(name, host, family) do
+    case :inet.parse_strict_address(String.to_charlist(host)) do
+      {:ok, ip} -> ip_host(ip, family)
+      {:error, _} -> resolve(name, host, family)
+    end
+  end
+
+  defp ip_host(ip, family) do
+    cond do
+      PortBook.family_of(ip) != family -> {:error, :address_family}
+      port = dist_port() -> {:ok, ip, port, @version}
+      true -> {:error, :no_local_port}
+    end
   end
 
   defp resolve(name, host, family) do
@@ -218,7 +236,13 @@ defmodule DynamicSrv.Epmd do
   defp ip_type(:inet6), do: :aaaa
 
   defp family_of_host(host) when is_tuple(host), do: PortBook.family_of(host)
-  defp family_of_host(_host), do: :inet
+
+  defp family_of_host(host) do
+    case :inet.parse_strict_address(to_charlist(host)) do
+      {:ok, ip} -> PortBook.family_of(ip)
+      {:error, _} -> :inet
+    end
+  end
 
   defp host_string(host) when is_tuple(host), do: to_string(:inet.ntoa(host))
   defp host_string(host), do: to_string(host)

@@ -30,6 +30,36 @@ defmodule DynamicSrv.Srv do
           optional(:book_ttl) => non_neg_integer()
         }
 
+  @schema [
+    service: {:string, :required},
+    query: {:string, nil},
+    resolver: {{:fun, 1}, nil},
+    nameservers: {:nameservers, nil},
+    timeout: {:pos_integer, nil},
+    protocol: {{:in, [:udp, :tcp]}, :udp},
+    max_nodes: {:pos_integer, 1024}
+  ]
+
+  @doc "The `DynamicSrv.Config` schema of the SRV keys, shared by every SRV user."
+  @spec schema() :: DynamicSrv.Config.schema()
+  def schema, do: @schema
+
+  @doc "Builds the poll configuration from keys validated against `schema/0`."
+  @spec config(map(), non_neg_integer()) :: config()
+  def config(validated, book_ttl) do
+    resolver_opts =
+      for key <- [:nameservers, :timeout, :protocol], value = validated[key], do: {key, value}
+
+    %{
+      service: validated.service,
+      query: validated.query,
+      resolver: validated.resolver,
+      resolver_opts: resolver_opts,
+      max_nodes: validated.max_nodes,
+      book_ttl: book_ttl
+    }
+  end
+
   @doc "Asks DNS and returns the node names the answer lists."
   @spec poll(config()) :: {:ok, [node()]} | {:error, term()}
   def poll(config) do

@@ -3,6 +3,10 @@ defmodule DynamicSrv.Test.Named do
   A real BIND `named` on a free loopback port, authoritative for one zone,
   for answers too large for dnsmasq (which emits malformed TCP answers past
   about 16 KiB). Records as in `DynamicSrv.Test.DnsServer`.
+
+  BIND 9.18.28 and later refuse to load more than 100 records of one type at
+  one name unless `max-records-per-type` is raised; the generated config
+  lifts the limit (0 = none), so large SRV answers can be served.
   """
 
   defstruct [:dir, :port, :port_ref, :os_pid]
@@ -54,6 +58,7 @@ defmodule DynamicSrv.Test.Named do
       recursion no;
       dnssec-validation no;
       notify no;
+      max-records-per-type 0;
     };
     controls { };
     zone "#{zone}" { type primary; file "#{dir}/zone.db"; };
@@ -79,25 +84,48 @@ defmodule DynamicSrv.Test.Named do
   defp line({:a, name, ip}), do: "#{name}. IN A #{:inet.ntoa(ip)}"
   defp line({:aaaa, name, ip}), do: "#{name}. IN AAAA #{:inet.ntoa(ip)}"
 
-  defp wait_serving(server, _zone, 0),
-    do: raise("named did not start: #{inspect(drain(server.port_ref))}")
+  # named logs to stdout (-g); a zone that fails to load or a process that
+  # exits ends the wait at once, with named's output in the error.
+  defp wait_serving(server, zone, tries, output \\ "")
 
-  defp wait_serving(server, zone, tries) do
-    case :inet_res.resolve(~c"ns.#{zone}", :in, :a, nameservers: nameservers(server), timeout: 200) do
-      {:ok, _} ->
+  defp wait_serving(server, _zone, 0, output),
+    do: failed(server, "named is not answering", output)
+
+  defp wait_serving(server, zone, tries, output) do
+    {output, status} = drain(server.port_ref, output)
+
+    cond do
+      status != nil ->
+        failed(server, "named exited with status #{status}", output)
+
+      output =~ "not loaded due to errors" ->
+        failed(server, "named could not load zone #{zone}", output)
+
+      match?(
+        {:ok, _},
+        :inet_res.resolve(~c"ns.#{zone}", :in, :a, nameservers: nameservers(server), timeout: 200)
+      ) ->
         server
 
-      {:error, _} ->
+      true ->
         Process.sleep(50)
-        wait_serving(server, zone, tries - 1)
+        wait_serving(server, zone, tries - 1, output)
     end
   end
 
-  defp drain(ref) do
+  defp failed(server, message, output) do
+    stop(server)
+    raise "#{message}:\n" <> (output |> String.split("\n") |> Enum.take(-15) |> Enum.join("\n"))
+  end
+
+  # Reads what named wrote so far; a {:exit_status, n} message is consumed
+  # and returned.
+  defp drain(ref, acc) do
     receive do
-      {^ref, {:data, data}} -> data <> drain(ref)
+      {^ref, {:data, data}} -> drain(ref, acc <> data)
+      {^ref, {:exit_status, status}} -> {acc, status}
     after
-      0 -> ""
+      0 -> {acc, nil}
     end
   end
 end

@@ -38,18 +38,6 @@ defmodule Cluster.Strategy.DynamicSrv do
   """
   require Logger
 
-  @schema [
-    service: {:string, :required},
-    query: {:string, nil},
-    polling_interval: {:pos_integer, 5_000},
-    disconnect_on_deregister: {:boolean, true},
-    resolver: {{:fun, 1}, nil},
-    nameservers: {:nameservers, nil},
-    timeout: {:pos_integer, nil},
-    protocol: {{:in, [:udp, :tcp]}, :udp},
-    max_nodes: {:pos_integer, 1024}
-  ]
-
   @doc false
   def child_spec(args),
     do: %{id: __MODULE__, type: :worker, start: {__MODULE__, :start_link, [args]}}
@@ -59,13 +47,15 @@ defmodule Cluster.Strategy.DynamicSrv do
   def start_link([%{topology: topology, config: config} = state]) do
     case DynamicSrv.Config.validate(
            config || [],
-           @schema,
+           schema(),
            "Cluster.Strategy.DynamicSrv (topology #{topology})"
          ) do
       {:ok, config} ->
+        srv_config = DynamicSrv.Srv.config(config, 3 * config.polling_interval)
+
         DynamicSrv.Membership.start_link(
           topology: topology,
-          poll: fn -> DynamicSrv.Srv.poll(srv_config(config)) end,
+          poll: fn -> DynamicSrv.Srv.poll(srv_config) end,
           interval: config.polling_interval,
           disconnect_removed: config.disconnect_on_deregister,
           connect: Map.get(state, :connect) || {:net_kernel, :connect_node, []},
@@ -79,17 +69,8 @@ defmodule Cluster.Strategy.DynamicSrv do
     end
   end
 
-  defp srv_config(config) do
-    resolver_opts =
-      for key <- [:nameservers, :timeout, :protocol], value = config[key], do: {key, value}
-
-    %{
-      service: config.service,
-      query: config.query,
-      resolver: config.resolver,
-      resolver_opts: resolver_opts,
-      max_nodes: config.max_nodes,
-      book_ttl: 3 * config.polling_interval
-    }
+  defp schema do
+    DynamicSrv.Srv.schema() ++
+      [polling_interval: {:pos_integer, 5_000}, disconnect_on_deregister: {:boolean, true}]
   end
 end

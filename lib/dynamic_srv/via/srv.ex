@@ -1,0 +1,34 @@
+defmodule DynamicSrv.Via.Srv do
+  @moduledoc """
+  A provider that reads the cluster from DNS SRV records, with the rules of
+  `Cluster.Strategy.DynamicSrv` (the same parsing, bounds and port book):
+  the production choice for Consul, Nomad and Kubernetes headless services.
+
+      config :libcluster_dynamic_srv,
+        via: DynamicSrv.Via.Srv,
+        interval: 5,
+        service: "my-app.service.consul"
+
+  | key | meaning | default |
+  | --- | --- | --- |
+  | `service` | the service domain; targets `<label>.<service>` become `:"<label>@<service>"` | required |
+  | `query` | the SRV name asked, when it differs from `service` | `service` |
+  | `nameservers` / `timeout` / `protocol` | options of `DynamicSrv.Resolver` | see there |
+  | `max_nodes` | the most node names (hence atoms) taken from one answer | `1024` |
+  | `resolver` | a function replacing the Rust resolver, as in the strategy | none |
+
+  NXDOMAIN and an empty answer mean "no members"; a failed lookup keeps the
+  last membership.
+  """
+  @behaviour DynamicSrv.Provider
+
+  @impl true
+  def schema, do: DynamicSrv.Srv.schema()
+
+  @impl true
+  def poll do
+    config = Map.new(DynamicSrv.Provider.config())
+    book_ttl = 3_000 * Map.get(config, :interval, 10)
+    DynamicSrv.Srv.poll(DynamicSrv.Srv.config(config, book_ttl))
+  end
+end

@@ -1,0 +1,236 @@
+defmodule DynamicSrv.Via.Udp do
+  @moduledoc """
+  A provider that is a process (`serves: true`): every node announces its
+  name on a UDP multicast group (or by broadcast) and lists the nodes it
+  hears. For development and for networks where nodes share a segment.
+
+      config :libcluster_dynamic_srv,
+        via: DynamicSrv.Via.Udp,
+        serves: true,
+        secret: {:system, "CLUSTER_UDP_SECRET"}
+
+  | key | meaning | default |
+  | --- | --- | --- |
+  | `port` | the UDP port every node listens and sends on | `45900` |
+  | `mode` | `:multicast` or `:broadcast` | `:multicast` |
+  | `multicast_addr` | the multicast group | `"230.1.1.251"` |
+  | `multicast_if` | the local address of the interface to use for multicast | `"0.0.0.0"` |
+  | `multicast_ttl` | hops a multicast announcement may cross | `1` |
+  | `broadcast_addr` | the destination in `:broadcast` mode | `"255.255.255.255"` |
+  | `announce_interval` | ms between announcements | `1000` |
+  | `forget_after` | ms of silence after which a node is forgotten | `10000` |
+  | `max_peers` | the most nodes held at once; new names beyond it are ignored | `256` |
+  | `secret` | when set (16 bytes or more), every packet carries an HMAC-SHA256 and packets without a valid one are dropped | none |
+  | `max_skew` | ms a packet's timestamp may differ from the local clock | `10000` |
+
+  ## Security
+
+  Packets are a fixed binary layout (`DynamicSrv.Via.Udp.Packet`), never
+  Erlang terms. With a `secret`, forged packets (bad MAC), stale ones
+  (timestamp beyond `max_skew`) and replayed ones (a timestamp not newer
+  than the last one accepted from that name) are dropped. A name becomes
+  an atom only after its packet passed these checks, and at most
+  `4 * max_peers` distinct names are ever admitted, which bounds the atoms
+  this provider creates. Without a secret anyone on the segment can
+  announce a name: use one outside development.
+
+  An announcement also carries the node's `ERL_DIST_PORT`, which goes to the
+  `DynamicSrv.PortBook`, so nodes using `DynamicSrv.Epmd` reach each other
+  with no DNS at all.
+  """
+  use GenServer
+  @behaviour DynamicSrv.Provider
+  require Logger
+
+  alias DynamicSrv.Via.Udp.Packet
+
+  @admitted_factor 4
+
+  @impl DynamicSrv.Provider
+  def schema do
+    [
+      port: {:port, 45_900},
+      mode: {{:in, [:multicast, :broadcast]}, :multicast},
+      multicast_addr: {:ip, {230, 1, 1, 251}},
+      multicast_if: {:ip, {0, 0, 0, 0}},
+      multicast_ttl: {:pos_integer, 1},
+      broadcast_addr: {:ip, {255, 255, 255, 255}},
+      announce_interval: {:pos_integer, 1_000},
+      forget_after: {:pos_integer, 10_000},
+      max_peers: {:pos_integer, 256},
+      secret: {{:secret, 16}, nil},
+      max_skew: {:pos_integer, 10_000}
+    ]
+  end
+
+  @impl DynamicSrv.Provider
+  def poll do
+    case GenServer.whereis(__MODULE__) do
+      nil -> {:error, "DynamicSrv.Via.Udp is not running: configure it with serves: true"}
+      pid -> {:ok, GenServer.call(pid, :peers)}
+    end
+  end
+
+  @doc "Starts the announcer and listener with the runner's configuration."
+  @spec start_link(keyword()) :: GenServer.on_start()
+  def start_link(config), do: GenServer.start_link(__MODULE__, Map.new(config), name: __MODULE__)
+
+  @impl GenServer
+  def init(config) do
+    config = Map.merge(defaults(), config)
+
+    case :gen_udp.open(config.port, socket_options(config)) do
+      {:ok, socket} ->
+        send(self(), :announce)
+
+        {:ok,
+         %{
+           config: config,
+           socket: socket,
+           peers: %{},
+           last_ts: %{},
+           admitted: MapSet.new(),
+           full_logged: false
+         }}
+
+      {:error, reason} ->
+        {:stop, "DynamicSrv.Via.Udp cannot open UDP port #{config.port}: #{inspect(reason)}"}
+    end
+  end
+
+  @impl GenServer
+  def handle_call(:peers, _from, state) do
+    peers = for {name, _} <- state.peers, do: String.to_atom(name)
+    {:reply, peers, state}
+  end
+
+  @impl GenServer
+  def handle_info(:announce, state) do
+    state = forget_quiet(state)
+    announce(state)
+    Process.send_after(self(), :announce, state.config.announce_interval)
+    {:noreply, state}
+  end
+
+  def handle_info({:udp, _socket, ip, _port, data}, state) do
+    {:noreply, receive_packet(data, ip, state)}
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  defp defaults do
+    for {key, {_type, default}} <- schema(), into: %{}, do: {key, default}
+  end
+
+  defp socket_options(%{mode: :multicast} = c) do
+    [
+      :binary,
+      active: true,
+      reuseaddr: true,
+      ip: {0, 0, 0, 0},
+      multicast_loop: true,
+      multicast_ttl: c.multicast_ttl,
+      multicast_if: c.multicast_if,
+      add_membership: {c.multicast_addr, c.multicast_if}
+    ]
+  end
+
+  defp socket_options(%{mode: :broadcast}),
+    do: [:binary, active: true, reuseaddr: true, broadcast: true, ip: {0, 0, 0, 0}]
+
+  defp announce(state) do
+    if Node.alive?() do
+      name = Atom.to_string(node())
+      packet = Packet.encode(name, now(), dist_port(), state.config.secret)
+      :gen_udp.send(state.socket, destination(state.config), state.config.port, packet)
+    end
+  end
+
+  defp destination(%{mode: :multicast, multicast_addr: addr}), do: addr
+  defp destination(%{mode: :broadcast, broadcast_addr: addr}), do: addr
+
+  defp dist_port do
+    case DynamicSrv.Env.dist_port() do
+      {:ok, port} -> port
+      {:error, _} -> 0
+    end
+  end
+
+  defp receive_packet(data, ip, state) do
+    with {:ok, packet} <- Packet.decode(data, state.config.secret),
+         :ok <- not_self(packet),
+         :ok <- fresh(packet, state),
+         {:ok, state} <- admit(packet.name, state) do
+      remember(packet, ip, state)
+    else
+      {:drop, state} -> state
+      _dropped -> state
+    end
+  end
+
+  defp not_self(%{name: name}),
+    do: if(name == Atom.to_string(node()), do: {:error, :self}, else: :ok)
+
+  # With a secret, timestamps must be recent and strictly increasing per name.
+  defp fresh(_packet, %{config: %{secret: nil}}), do: :ok
+
+  defp fresh(%{name: name, timestamp: ts}, %{config: config, last_ts: last_ts}) do
+    cond do
+      abs(now() - ts) > config.max_skew -> {:error, :stale}
+      ts <= Map.get(last_ts, name, -1) -> {:error, :replayed}
+      true -> :ok
+    end
+  end
+
+  defp admit(name, state) do
+    cond do
+      Map.has_key?(state.peers, name) ->
+        {:ok, state}
+
+      map_size(state.peers) >= state.config.max_peers ->
+        {:error, :full}
+
+      MapSet.member?(state.admitted, name) ->
+        {:ok, state}
+
+      MapSet.size(state.admitted) < @admitted_factor * state.config.max_peers ->
+        {:ok, %{state | admitted: MapSet.put(state.admitted, name)}}
+
+      state.full_logged ->
+        {:error, :admitted_full}
+
+      true ->
+        Logger.warning(
+          "DynamicSrv.Via.Udp has admitted #{MapSet.size(state.admitted)} distinct names and ignores new ones; set a secret, raise max_peers or restart the node"
+        )
+
+        {:drop, %{state | full_logged: true}}
+    end
+  end
+
+  defp remember(%{name: name, timestamp: ts, dist_port: port}, ip, state) do
+    if port > 0 do
+      DynamicSrv.PortBook.put_srv(name, port, [ip], state.config.forget_after)
+    end
+
+    %{
+      state
+      | peers: Map.put(state.peers, name, System.monotonic_time(:millisecond)),
+        last_ts: Map.put(state.last_ts, name, ts)
+    }
+  end
+
+  defp forget_quiet(state) do
+    now_mono = System.monotonic_time(:millisecond)
+    horizon = now() - state.config.max_skew
+
+    %{
+      state
+      | peers:
+          Map.reject(state.peers, fn {_, seen} -> now_mono - seen > state.config.forget_after end),
+        last_ts: Map.reject(state.last_ts, fn {_, ts} -> ts < horizon end)
+    }
+  end
+
+  defp now, do: System.os_time(:millisecond)
+end
