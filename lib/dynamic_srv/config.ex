@@ -17,6 +17,7 @@ defmodule DynamicSrv.Config do
   | `:nameservers` | a non-empty list of `{ip_tuple, port}` |
   | `:module` | a loaded module |
   | `:port` | an integer in 1..65535 |
+  | `:mfa` | `{module, function, args}` |
   | `:ip` | an IP tuple or its text form (`"230.1.1.251"`), converted to a tuple |
   | `:nodes` | a list of node names (`:"name@host"` or `"name@host"`), converted to atoms |
   | `{:label, max}` | a string of `a-z A-Z 0-9 _ -`, at most `max` bytes |
@@ -79,6 +80,9 @@ defmodule DynamicSrv.Config do
   defp check(:nameservers, [_ | _] = value),
     do: if(Enum.all?(value, &nameserver?/1), do: {:ok, value}, else: :error)
 
+  defp check(:mfa, {m, f, a} = value) when is_atom(m) and is_atom(f) and is_list(a),
+    do: {:ok, value}
+
   defp check(:port, value) when is_integer(value) and value in 1..65535, do: {:ok, value}
 
   defp check(:ip, value) when is_tuple(value),
@@ -124,6 +128,7 @@ defmodule DynamicSrv.Config do
   defp describe(:pos_integer), do: "a positive integer"
   defp describe(:boolean), do: "true or false"
   defp describe(:any), do: "any value"
+  defp describe(:mfa), do: "{module, function, args}"
   defp describe(:port), do: "an integer in 1..65535"
   defp describe(:ip), do: "an IP address, as a tuple or a string"
   defp describe(:nodes), do: ~s(a list of node names such as :"app@host" or "app@host")

@@ -94,6 +94,9 @@ defmodule DynamicSrv.DeferredConfig do
   defp walk(value, _path), do: {:ok, value}
 
   # In a keyword list, {key, value} keeps its key and resolves its value.
+  defp walk_item({:system, var} = item, path) when is_binary(var), do: walk(item, path)
+  defp walk_item({:apply, {_, _, _}} = item, path), do: walk(item, path)
+
   defp walk_item({key, value}, path) when is_atom(key) do
     with {:ok, value} <- walk(value, path), do: {:ok, {key, value}}
   end

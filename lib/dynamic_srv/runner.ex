@@ -18,6 +18,7 @@ defmodule DynamicSrv.Runner do
   | `log_results` | log each connect and disconnect | `true` |
   | `serves` | the provider is a process to start and supervise | `false` |
   | `disconnect_removed` | disconnect nodes the provider stops listing | `true` |
+  | `connect` / `disconnect` / `list_nodes` | MFAs used to connect, disconnect and list nodes (the node is appended to the arguments), as in libcluster | `:net_kernel.connect_node/1`, `:erlang.disconnect_node/1`, `:erlang.nodes([:connected])` |
 
   plus the provider's own keys. Every value may be deferred to start time
   (`{:system, "VAR"}` and the other forms of `DynamicSrv.DeferredConfig`).
@@ -33,7 +34,10 @@ defmodule DynamicSrv.Runner do
     interval: {:pos_integer, 10},
     log_results: {:boolean, true},
     serves: {:boolean, false},
-    disconnect_removed: {:boolean, true}
+    disconnect_removed: {:boolean, true},
+    connect: {:mfa, {:net_kernel, :connect_node, []}},
+    disconnect: {:mfa, {:erlang, :disconnect_node, []}},
+    list_nodes: {:mfa, {:erlang, :nodes, [:connected]}}
   ]
 
   @doc "Starts the runner with `config` (by default the application environment)."
@@ -77,6 +81,9 @@ defmodule DynamicSrv.Runner do
        interval: config.interval * 1_000,
        disconnect_removed: config.disconnect_removed,
        log_results: config.log_results,
+       connect: config.connect,
+       disconnect: config.disconnect,
+       list_nodes: config.list_nodes,
        name: DynamicSrv.Runner.Membership}
 
     provider = if config.serves, do: [provider_child(via, config)], else: []

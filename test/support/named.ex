@@ -96,7 +96,8 @@ defmodule DynamicSrv.Test.Named do
 
     cond do
       status != nil ->
-        failed(server, "named exited with status #{status}", output)
+        File.rm_rf(server.dir)
+        failed(nil, "named exited with status #{status}", output)
 
       output =~ "not loaded due to errors" ->
         failed(server, "named could not load zone #{zone}", output)
@@ -114,7 +115,7 @@ defmodule DynamicSrv.Test.Named do
   end
 
   defp failed(server, message, output) do
-    stop(server)
+    if server, do: stop(server)
     raise "#{message}:\n" <> (output |> String.split("\n") |> Enum.take(-15) |> Enum.join("\n"))
   end
 

@@ -1,0 +1,179 @@
+defmodule DynamicSrv.RunnerTest do
+  @moduledoc """
+  The standalone runner with each polling provider, in this VM: connects
+  and disconnects go to a recorder, the DNS providers ask a real dnsmasq.
+  """
+  use ExUnit.Case, async: false
+  import ExUnit.CaptureLog
+
+  alias DynamicSrv.Test.{DnsServer, Recorder}
+
+  @app :libcluster_dynamic_srv
+
+  defmodule Custom do
+    @moduledoc "A custom provider that is a process (serves: true)."
+    use Agent
+    @behaviour DynamicSrv.Provider
+
+    def start_link(config) do
+      Agent.start_link(fn -> Keyword.fetch!(config, :custom_nodes) end, name: __MODULE__)
+    end
+
+    @impl true
+    def poll, do: Agent.get(__MODULE__, & &1)
+  end
+
+  setup do
+    before = Application.get_all_env(@app)
+
+    on_exit(fn ->
+      for {key, _} <- Application.get_all_env(@app),
+          not Keyword.has_key?(before, key),
+          do: Application.delete_env(@app, key)
+
+      System.delete_env("DSRV_T_NODES")
+    end)
+
+    %{recorder: Recorder.start(self())}
+  end
+
+  defp start_runner(config, recorder) do
+    assert {:ok, pid} = DynamicSrv.Runner.start_link(config ++ Recorder.mfas(recorder))
+    Process.unlink(pid)
+    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+    pid
+  end
+
+  test "Self lists only the local node, which is never connected", %{recorder: rec} do
+    assert DynamicSrv.Provider.poll(DynamicSrv.Via.Self) == {:ok, [node()]}
+    start_runner([via: DynamicSrv.Via.Self, interval: 1], rec)
+    refute_receive {:connect, _}, 300
+    assert DynamicSrv.Membership.members(DynamicSrv.Runner.Membership) == []
+  end
+
+  test "List connects its nodes; a node taken off the list is disconnected", %{recorder: rec} do
+    start_runner([via: DynamicSrv.Via.List, interval: 1, node_list: [:a@h1, "b@h2"]], rec)
+    assert_receive {:connect, :a@h1}
+    assert_receive {:connect, :b@h2}
+
+    Application.put_env(@app, :node_list, [:a@h1])
+    assert_receive {:disconnect, :b@h2}, 3_000
+    refute_received {:disconnect, :a@h1}
+  end
+
+  test "deferred values are resolved when the runner starts", %{recorder: rec} do
+    System.put_env("DSRV_T_NODES", "x@h1,y@h2")
+
+    start_runner(
+      [
+        via: DynamicSrv.Via.List,
+        interval: {:system, "DSRV_T_INTERVAL_UNSET", 1, &String.to_integer/1},
+        node_list: {:system, "DSRV_T_NODES", [], &String.split(&1, ",")}
+      ],
+      rec
+    )
+
+    assert_receive {:connect, :x@h1}
+    assert_receive {:connect, :y@h2}
+    assert Application.get_env(@app, :node_list) == [:x@h1, :y@h2]
+  end
+
+  test "a bad or missing value stops the runner with one message; nothing else stops" do
+    cases = [
+      {[interval: 1], ":via key is required"},
+      {[via: DynamicSrv.Via.List], ":node_list key is required"},
+      {[via: DynamicSrv.Via.List, node_list: ["not a node"]], ~s(:node_list is ["not a node"])},
+      {[via: DynamicSrv.Via.List, node_list: [], interval: 0], ":interval is 0"},
+      {[via: NoSuchModule], ":via is NoSuchModule, expected the name of a loaded module"},
+      {[via: DynamicSrv.Via.Dns, dns_name: "x.test", app_name: "bad name"], ":app_name is"},
+      {[via: DynamicSrv.Via.List, node_list: {:system, "DSRV_T_UNSET"}],
+       "DSRV_T_UNSET is not set"}
+    ]
+
+    for {config, expected} <- cases do
+      log = capture_log(fn -> assert DynamicSrv.Runner.start_link(config) == :ignore end)
+      assert log =~ expected, "#{inspect(config)} logged #{log}"
+      assert length(String.split(String.trim(log), "\n")) <= 3
+    end
+  end
+
+  test "a custom provider with serves: true is started, supervised and polled", %{recorder: rec} do
+    start_runner(
+      [via: Custom, serves: true, interval: 1, custom_nodes: [:c1@h, :c2@h]],
+      rec
+    )
+
+    assert_receive {:connect, :c1@h}
+    assert_receive {:connect, :c2@h}
+
+    first = Process.whereis(Custom)
+    Process.exit(first, :kill)
+
+    assert {:ok, second} =
+             DynamicSrv.Test.Wait.until(
+               fn -> (pid = Process.whereis(Custom)) != first && pid end,
+               2_000
+             )
+
+    assert is_pid(second)
+  end
+
+  describe "DNS providers against a real dnsmasq" do
+    setup do
+      records = [
+        {:a, "peers.svc.test", {127, 0, 0, 1}},
+        {:a, "peers.svc.test", {127, 0, 0, 2}},
+        {:aaaa, "peers.svc.test", {0xFD00, 0, 0, 0, 0, 0, 0, 7}},
+        {:srv, "app.svc.test", "n1.app.svc.test", 4001},
+        {:srv, "app.svc.test", "n2.app.svc.test", 4002},
+        {:srv, "app.svc.test", "junk!.elsewhere.test", 4003}
+      ]
+
+      dns = DnsServer.start(records)
+      on_exit(fn -> DnsServer.stop(dns) end)
+      %{dns: dns, records: records}
+    end
+
+    test "Dns: A and AAAA records become app@ip; NXDOMAIN keeps the membership", %{
+      recorder: rec,
+      dns: dns,
+      records: records
+    } do
+      start_runner(
+        [
+          via: DynamicSrv.Via.Dns,
+          interval: 1,
+          dns_name: "peers.svc.test",
+          app_name: "app",
+          nameservers: DnsServer.nameservers(dns),
+          timeout: 500
+        ],
+        rec
+      )
+
+      for node <- [:"app@127.0.0.1", :"app@127.0.0.2", :"app@fd00::7"],
+          do: assert_receive({:connect, ^node}, 2_000)
+
+      _dns = DnsServer.set_records(dns, Enum.reject(records, &(elem(&1, 1) == "peers.svc.test")))
+      assert {:error, :nxdomain} = DynamicSrv.Via.Dns.poll()
+      refute_receive {:disconnect, _}, 3_500
+      assert length(DynamicSrv.Membership.members(DynamicSrv.Runner.Membership)) == 3
+    end
+
+    test "Srv: the strategy's SRV rules through the same engine", %{recorder: rec, dns: dns} do
+      start_runner(
+        [
+          via: DynamicSrv.Via.Srv,
+          interval: 1,
+          service: "app.svc.test",
+          nameservers: DnsServer.nameservers(dns)
+        ],
+        rec
+      )
+
+      assert_receive {:connect, :"n1@app.svc.test"}, 2_000
+      assert_receive {:connect, :"n2@app.svc.test"}, 2_000
+      refute_receive {:connect, _}, 300
+    end
+  end
+end
