@@ -1,0 +1,165 @@
+defmodule DynamicSrv.Via.UdpTest do
+  @moduledoc """
+  UDP discovery: the packet format, then real nodes on loopback multicast,
+  each on its own ERL_DIST_PORT with DynamicSrv.Epmd and no DNS at all.
+  """
+  use ExUnit.Case, async: false
+
+  alias DynamicSrv.Test.{DnsServer, Node, Wait}
+  alias DynamicSrv.Via.Udp.Packet
+
+  @moduletag timeout: 180_000
+  @secret "correct horse battery staple"
+  @group {230, 1, 1, 251}
+  @lo {127, 0, 0, 1}
+
+  describe "packets" do
+    test "round trip, with and without a MAC" do
+      packet = Packet.encode("a@127.0.0.1", 123, 4000, @secret)
+
+      assert {:ok, %{name: "a@127.0.0.1", timestamp: 123, dist_port: 4000, authenticated?: true}} =
+               Packet.decode(packet, @secret)
+
+      assert {:ok, %{authenticated?: false}} = Packet.decode(Packet.encode("a@h", 1, 0, nil), nil)
+    end
+
+    test "forged, unauthenticated, truncated and malformed packets are refused" do
+      packet = Packet.encode("a@127.0.0.1", 123, 4000, @secret)
+
+      assert {:error, :bad_mac} =
+               Packet.decode(Packet.encode("a@h", 1, 0, "another secret!!"), @secret)
+
+      assert {:error, :unauthenticated} = Packet.decode(Packet.encode("a@h", 1, 0, nil), @secret)
+
+      assert {:error, :malformed} =
+               Packet.decode(binary_part(packet, 0, byte_size(packet) - 1), @secret)
+
+      assert {:error, :malformed} = Packet.decode(packet <> "x", @secret)
+      assert {:error, :malformed} = Packet.decode(:erlang.term_to_binary(:a@h), nil)
+      assert {:error, :malformed} = Packet.decode("", nil)
+
+      # A flipped bit anywhere is caught by the MAC.
+      for i <- 0..(byte_size(packet) - 1) do
+        <<pre::binary-size(i), byte, post::binary>> = packet
+        flipped = <<pre::binary, Bitwise.bxor(byte, 1), post::binary>>
+        assert {:error, _} = Packet.decode(flipped, @secret)
+      end
+    end
+
+    test "names are checked before anything else sees them" do
+      for bad <- ["noat", "a@b@c", "a b@h", "a@h\n", <<0xFF, ?@, ?h>>, "@h", "a@"] do
+        assert {:error, :bad_name} = Packet.decode(Packet.encode(bad, 1, 0, nil), nil), bad
+      end
+    end
+  end
+
+  describe "real nodes" do
+    setup do
+      %{port: DnsServer.free_port()}
+    end
+
+    defp start_node(name, udp_port, secret) do
+      node = Node.start(name, dist_port: DnsServer.free_port())
+
+      code = """
+      {:ok, pid} = DynamicSrv.Runner.start_link(
+        via: DynamicSrv.Via.Udp, serves: true, interval: 1, port: #{udp_port},
+        multicast_if: "127.0.0.1", announce_interval: 200, forget_after: 1_500,
+        secret: #{inspect(secret)})
+      Process.unlink(pid)
+      :started
+      """
+
+      assert Node.eval(node, code) == :started
+      node
+    end
+
+    defp peers(node), do: node |> Node.eval("Node.list()") |> Enum.sort()
+    defp heard(node), do: node |> Node.eval("DynamicSrv.Via.Udp.poll()")
+
+    defp atom?(node, name),
+      do:
+        Node.eval(
+          node,
+          ~s|try do String.to_existing_atom(#{inspect(name)}) && true rescue ArgumentError -> false end|
+        )
+
+    test "three nodes find each other; a wrong secret, forged, stale and replayed packets are ignored",
+         %{port: port} do
+      names = for i <- 0..2, do: "u#{i}@127.0.0.1"
+      nodes = for name <- names, do: start_node(name, port, @secret)
+      intruder = start_node("intruder@127.0.0.1", port, "a different secret")
+      on_exit(fn -> Enum.each([intruder | nodes], &Node.stop/1) end)
+
+      expected = fn name ->
+        names |> List.delete(name) |> Enum.map(&String.to_atom/1) |> Enum.sort()
+      end
+
+      assert {:ok, _} =
+               Wait.until(
+                 fn ->
+                   Enum.all?(Enum.zip(names, nodes), fn {n, node} ->
+                     peers(node) == expected.(n)
+                   end)
+                 end,
+                 10_000
+               ),
+             inspect(Enum.map(nodes, &peers/1))
+
+      # The intruder hears everyone but can verify no one, and no one admits it.
+      assert peers(intruder) == []
+      for node <- nodes, do: refute(atom?(node, "intruder@127.0.0.1"))
+
+      # Forged (wrong key), unauthenticated, stale and malformed packets.
+      {:ok, socket} =
+        :gen_udp.open(port, [
+          :binary,
+          active: true,
+          reuseaddr: true,
+          multicast_if: @lo,
+          multicast_loop: true,
+          add_membership: {@group, @lo}
+        ])
+
+      tag = System.unique_integer([:positive])
+      now = System.os_time(:millisecond)
+
+      for packet <- [
+            Packet.encode("forged-#{tag}@127.0.0.1", now, 4000, "not the secret at all"),
+            Packet.encode("plain-#{tag}@127.0.0.1", now, 4000, nil),
+            Packet.encode("stale-#{tag}@127.0.0.1", now - 60_000, 4000, @secret),
+            "DSRV" <> :crypto.strong_rand_bytes(40)
+          ] do
+        :ok = :gen_udp.send(socket, @group, port, packet)
+      end
+
+      # Capture a genuine announcement of u2, stop u2, and replay it once u2
+      # has been forgotten.
+      captured = capture(socket, "u2@127.0.0.1")
+      Node.stop(Enum.at(nodes, 2))
+
+      assert {:ok, _} = Wait.until(fn -> heard(hd(nodes)) == {:ok, [:"u1@127.0.0.1"]} end, 5_000)
+
+      for _ <- 1..3, do: :ok = :gen_udp.send(socket, @group, port, captured)
+      Process.sleep(600)
+      assert heard(hd(nodes)) == {:ok, [:"u1@127.0.0.1"]}
+      :gen_udp.close(socket)
+
+      for node <- Enum.take(nodes, 2), name <- ~w(forged plain stale) do
+        refute atom?(node, "#{name}-#{tag}@127.0.0.1"), "#{name} packet created an atom"
+      end
+    end
+  end
+
+  defp capture(socket, name) do
+    receive do
+      {:udp, ^socket, _ip, _port, data} ->
+        case Packet.decode(data, @secret) do
+          {:ok, %{name: ^name}} -> data
+          _ -> capture(socket, name)
+        end
+    after
+      5_000 -> flunk("no announcement of #{name} heard")
+    end
+  end
+end
