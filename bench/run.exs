@@ -1,0 +1,33 @@
+# `make bench`: the NIF resolver against :inet_res, and cluster convergence
+# of real nodes, measured in one run against local DNS servers.
+#
+#   MIX_ENV=dev mix run --no-start bench/run.exs
+#
+# Environment: BENCH_PARTS ("a,b" by default; "a" or "b" runs one part) and
+# BENCH_RUNS (convergence runs per cluster size, default 3).
+#
+# The tables are printed and written to bench/results/latest.txt.
+
+Code.require_file("support.exs", __DIR__)
+
+alias Bench.{Convergence, Report, ResolverBench}
+
+parts =
+  (System.get_env("BENCH_PARTS") || "a,b")
+  |> String.split(",", trim: true)
+  |> Enum.map(&String.trim/1)
+
+runs = String.to_integer(System.get_env("BENCH_RUNS") || "3")
+
+started = System.monotonic_time(:millisecond)
+Report.header()
+
+sections =
+  [
+    "a" in parts && ResolverBench.run(),
+    "b" in parts && Convergence.run([5, 10, 20], runs)
+  ]
+  |> Enum.filter(& &1)
+
+elapsed = div(System.monotonic_time(:millisecond) - started, 1000)
+Report.finish(sections, elapsed)
