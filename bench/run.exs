@@ -21,13 +21,6 @@ runs = String.to_integer(System.get_env("BENCH_RUNS") || "3")
 
 started = System.monotonic_time(:millisecond)
 Report.header()
-
-sections =
-  [
-    "a" in parts && ResolverBench.run(),
-    "b" in parts && Convergence.run([5, 10, 20], runs)
-  ]
-  |> Enum.filter(& &1)
-
-elapsed = div(System.monotonic_time(:millisecond) - started, 1000)
-Report.finish(sections, elapsed)
+if "a" in parts, do: ResolverBench.run()
+if "b" in parts, do: Convergence.run([5, 10, 20], runs, started)
+Report.finish(div(System.monotonic_time(:millisecond) - started, 1000))

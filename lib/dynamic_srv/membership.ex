@@ -38,6 +38,20 @@ defmodule DynamicSrv.Membership do
   * When libcluster's `Cluster.Strategy` is loaded, connects and disconnects
     go through `Cluster.Strategy.connect_nodes/4` and `disconnect_nodes/4`,
     so libcluster logs and emits telemetry as for its own strategies.
+
+  ## Telemetry
+
+  When the `:telemetry` library is loaded (the package does not depend on
+  it), the engine emits:
+
+  | event | measurements | metadata |
+  | --- | --- | --- |
+  | `[:libcluster_dynamic_srv, :poll]` | `duration` (native units), `nodes` (listed, 0 on error) | `topology`, `result` (`:ok` or `:error`), `reason` (on error) |
+  | `[:libcluster_dynamic_srv, :connect]` | `duration` | `topology`, `node`, `result` (what the connect MFA returned) |
+  | `[:libcluster_dynamic_srv, :disconnect]` | `count` | `topology`, `nodes` |
+
+  Every log line carries `topology` (and `node` where one is concerned) as
+  Logger metadata.
   """
   use GenServer
   require Logger
@@ -123,7 +137,11 @@ defmodule DynamicSrv.Membership do
     do: interval + :rand.uniform(max(round(interval * @jitter), 1))
 
   defp poll(state) do
-    case run_provider(state) do
+    started = System.monotonic_time()
+    result = run_provider(state)
+    emit_poll(state, result, System.monotonic_time() - started)
+
+    case result do
       {:ok, nodes} ->
         state |> recovered() |> apply_answer(MapSet.delete(MapSet.new(nodes), node()))
 
@@ -236,7 +254,20 @@ defmodule DynamicSrv.Membership do
     |> Stream.run()
   end
 
-  defp connect_one(%{connect: connect} = state, node) do
+  defp connect_one(state, node) do
+    started = System.monotonic_time()
+    result = do_connect(state, node)
+
+    emit(:connect, %{duration: System.monotonic_time() - started}, %{
+      topology: state.topology,
+      node: node,
+      result: result
+    })
+
+    result
+  end
+
+  defp do_connect(%{connect: connect} = state, node) do
     if libcluster?() do
       apply(@libcluster, :connect_nodes, [state.topology, connect, state.list_nodes, [node]])
     else
@@ -253,6 +284,8 @@ defmodule DynamicSrv.Membership do
   defp disconnect(_state, []), do: :ok
 
   defp disconnect(%{disconnect: disconnect} = state, nodes) do
+    emit(:disconnect, %{count: length(nodes)}, %{topology: state.topology, nodes: nodes})
+
     if libcluster?() do
       apply(@libcluster, :disconnect_nodes, [state.topology, disconnect, state.list_nodes, nodes])
     else
@@ -274,6 +307,32 @@ defmodule DynamicSrv.Membership do
     do: Logger.warning("unable to connect to #{node}: #{inspect(result)}", node: node)
 
   defp list_nodes(%{list_nodes: {m, f, a}}), do: apply(m, f, a)
+
+  defp emit_poll(state, {:ok, nodes}, duration),
+    do:
+      emit(:poll, %{duration: duration, nodes: length(nodes)}, %{
+        topology: state.topology,
+        result: :ok
+      })
+
+  defp emit_poll(state, {:error, reason}, duration),
+    do:
+      emit(:poll, %{duration: duration, nodes: 0}, %{
+        topology: state.topology,
+        result: :error,
+        reason: reason
+      })
+
+  # :telemetry is optional: called through apply/3 only when it is loaded.
+  defp emit(event, measurements, metadata) do
+    if Code.ensure_loaded?(:telemetry) do
+      apply(:telemetry, :execute, [[:libcluster_dynamic_srv, event], measurements, metadata])
+    end
+
+    :ok
+  catch
+    _, _ -> :ok
+  end
 
   defp libcluster?,
     do: Code.ensure_loaded?(@libcluster) and function_exported?(@libcluster, :connect_nodes, 4)

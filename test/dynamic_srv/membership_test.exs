@@ -81,4 +81,45 @@ defmodule DynamicSrv.MembershipTest do
 
   def connect(parent, :slow@host), do: Process.sleep(:infinity) && send(parent, :never)
   def connect(parent, node), do: send(parent, {:connected, node}) && true
+
+  test "emits telemetry when :telemetry is loaded, and nothing breaks without it" do
+    # Without :telemetry the engine runs as usual (the other tests).
+    refute Code.ensure_loaded?(:telemetry)
+
+    # A stand-in with telemetry's execute/3, removed at the end.
+    Process.register(self(), :dynamic_srv_telemetry_sink)
+
+    Code.compile_string("""
+    defmodule :telemetry do
+      def execute(event, measurements, metadata),
+        do: send(:dynamic_srv_telemetry_sink, {:telemetry, event, measurements, metadata})
+    end
+    """)
+
+    on_exit(fn ->
+      :code.purge(:telemetry)
+      :code.delete(:telemetry)
+    end)
+
+    {:ok, answer} = Agent.start_link(fn -> {:ok, [:a@host, :b@host]} end)
+    start(fn -> Agent.get(answer, & &1) end, topology: :telemetry_test)
+
+    assert_receive {:telemetry, [:libcluster_dynamic_srv, :poll], %{duration: d, nodes: 2},
+                    %{topology: :telemetry_test, result: :ok}}
+                   when is_integer(d)
+
+    assert_receive {:telemetry, [:libcluster_dynamic_srv, :connect], %{duration: _},
+                    %{node: :a@host, result: true}}
+
+    Agent.update(answer, fn _ -> {:error, :timeout} end)
+
+    assert_receive {:telemetry, [:libcluster_dynamic_srv, :poll], %{nodes: 0},
+                    %{result: :error, reason: :timeout}}
+
+    Agent.update(answer, fn _ -> {:ok, [:a@host]} end)
+
+    assert_receive {:telemetry, [:libcluster_dynamic_srv, :disconnect], %{count: 1},
+                    %{nodes: [:b@host]}},
+                   1_000
+  end
 end

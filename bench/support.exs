@@ -1,0 +1,802 @@
+# Modules of the benchmark; loaded by bench/run.exs.
+
+defmodule Bench.Stats do
+  @moduledoc false
+
+  @doc "The nearest-rank percentile `p` (0..100) of a non-empty list."
+  def percentile(values, p) do
+    sorted = Enum.sort(values)
+    rank = max(ceil(p / 100 * length(sorted)), 1)
+    Enum.at(sorted, rank - 1)
+  end
+
+  def median([]), do: nil
+  def median(values), do: percentile(values, 50)
+
+  def ratio(_a, b) when b in [0, nil], do: nil
+  def ratio(nil, _b), do: nil
+  def ratio(a, b), do: a / b
+
+  def fmt_ratio(nil), do: "-"
+  def fmt_ratio(r), do: :erlang.float_to_binary(r * 1.0, decimals: 2) <> "x"
+
+  def fmt_int(nil), do: "-"
+  def fmt_int(v), do: v |> round() |> Integer.to_string()
+
+  def fmt_ms(nil), do: "-"
+  def fmt_ms(us), do: :erlang.float_to_binary(us / 1000, decimals: 2)
+
+  def yes_no(true), do: "yes"
+  def yes_no(false), do: "NO"
+  def yes_no(nil), do: "-"
+end
+
+defmodule Bench.Report do
+  @moduledoc false
+  @results Path.expand("results/latest.txt", __DIR__)
+
+  @doc "Renders rows (lists of strings) under `headers` as an aligned table."
+  def table(headers, rows) do
+    all = [headers | rows]
+
+    widths =
+      Enum.reduce(all, List.duplicate(0, length(headers)), fn row, widths ->
+        Enum.zip_with(row, widths, fn cell, w -> max(String.length(cell), w) end)
+      end)
+
+    line = fn row ->
+      cells =
+        row
+        |> Enum.zip(widths)
+        |> Enum.with_index()
+        |> Enum.map(fn {{cell, w}, i} ->
+          if i == 0, do: String.pad_trailing(cell, w), else: String.pad_leading(cell, w)
+        end)
+
+      "| " <> Enum.join(cells, " | ") <> " |"
+    end
+
+    rule = "|" <> Enum.map_join(widths, "|", &String.duplicate("-", &1 + 2)) <> "|"
+    Enum.join([line.(headers), rule | Enum.map(rows, line)], "\n") <> "\n"
+  end
+
+  @doc "Prints `text` now and keeps it for the results file."
+  def emit(text) do
+    IO.write(text)
+    Process.put(:bench_report, [text | Process.get(:bench_report, [])])
+    text
+  end
+
+  def header do
+    {dnsmasq, 0} = System.cmd(dnsmasq(), ["--version"], stderr_to_stdout: true)
+    {named, _} = System.cmd(named(), ["-v"], stderr_to_stdout: true)
+
+    emit("""
+    libcluster_dynamic_srv benchmark, #{DateTime.utc_now() |> DateTime.truncate(:second) |> DateTime.to_iso8601()}
+    OTP #{System.otp_release()} (erts #{:erlang.system_info(:version)}), Elixir #{System.version()}, \
+    #{:erlang.system_info(:logical_processors_available)} logical CPUs, \
+    #{System.schedulers_online()} schedulers online
+    #{dnsmasq |> String.split("\n") |> hd()}; #{String.trim(named)}
+    Medians are nearest-rank; ratios are NIF / :inet_res measured in this same run.
+
+    """)
+  end
+
+  def finish(elapsed_s) do
+    emit("\nTotal bench time: #{elapsed_s} s\n")
+    File.mkdir_p!(Path.dirname(@results))
+    File.write!(@results, Process.get(:bench_report, []) |> Enum.reverse() |> Enum.join())
+    IO.puts("Written to #{Path.relative_to_cwd(@results)}")
+  end
+
+  defp dnsmasq, do: System.find_executable("dnsmasq") || "/usr/sbin/dnsmasq"
+  defp named, do: System.find_executable("named") || "/usr/sbin/named"
+end
+
+defmodule Bench.ResolverBench do
+  @moduledoc false
+  # Part A: DynamicSrv.Resolver (Rust NIF) against :inet_res, both asking
+  # the same local server with EDNS0.
+
+  import Bench.Stats
+  alias Bench.Report
+  alias DynamicSrv.Resolver
+  alias DynamicSrv.Test.{DnsServer, Named}
+
+  @small "small.bench.test"
+  @big "big.bench.test"
+  @zone "bench.test"
+  @timeout 2_000
+
+  def run do
+    Report.emit("== A. NIF resolver vs :inet_res ==\n")
+    small = for i <- 1..3, do: record(@small, i)
+    big = for i <- 1..200, do: {:srv, @big, "node-#{i}.#{@big}", 20_000 + i}
+    dns = DnsServer.start(List.flatten(small))
+    named = :not_started
+
+    try do
+      ns = DnsServer.nameservers(dns)
+      nif = fn -> Resolver.lookup_srv(@small, nameservers: ns, timeout: @timeout) end
+
+      inet = fn ->
+        :inet_res.lookup(~c"#{@small}", :in, :srv, nameservers: ns, edns: 0, timeout: @timeout)
+      end
+
+      a1 = sequential(nif, inet, &srv_count(&1, 3), 2_000, 250, 200)
+      named = Named.start(@zone, big)
+      a2 = big_answer(Named.nameservers(named))
+      a3 = throughput(nif, inet, &srv_count(&1, 3), 2_000, 200, 3)
+      a4 = scheduler_health()
+      cache = cache_check()
+      report(a1, a2, a3, a4, cache)
+    after
+      if named != :not_started, do: Named.stop(named)
+      DnsServer.stop(dns)
+    end
+  end
+
+  defp record(name, i) do
+    target = "node-#{i}.#{name}"
+    [{:srv, name, target, 20_000 + i}, {:a, target, {127, 0, 0, 1}}]
+  end
+
+  # The number of SRV records of either side's answer, or :error.
+  defp srv_count(answer, expected) do
+    n =
+      case answer do
+        {:ok, records} -> length(records)
+        records when is_list(records) -> length(records)
+        _ -> -1
+      end
+
+    n == expected
+  end
+
+  # Interleaves blocks of `block` lookups of each side, after `warm`
+  # warm-up lookups of each; returns the per-lookup times in microseconds.
+  defp sequential(nif, inet, check, n, block, warm) do
+    for _ <- 1..warm, do: {nif.(), inet.()}
+
+    {nif_t, inet_t, bad} =
+      Enum.reduce(1..div(n, block), {[], [], 0}, fn _, {nt, it, bad} ->
+        {nt2, nb} = timed_block(nif, check, block)
+        {it2, ib} = timed_block(inet, check, block)
+        {nt2 ++ nt, it2 ++ it, bad + nb + ib}
+      end)
+
+    %{nif: nif_t, inet: inet_t, bad: bad, n: n}
+  end
+
+  defp timed_block(fun, check, count) do
+    Enum.reduce(1..count, {[], 0}, fn _, {times, bad} ->
+      t0 = System.monotonic_time()
+      answer = fun.()
+      t1 = System.monotonic_time()
+      us = System.convert_time_unit(t1 - t0, :native, :nanosecond) / 1000
+      {[us | times], if(check.(answer), do: bad, else: bad + 1)}
+    end)
+  end
+
+  defp big_answer(ns) do
+    nif = fn -> Resolver.lookup_srv(@big, nameservers: ns, timeout: @timeout) end
+
+    # The same advertised payload as the NIF (4096), so both get a truncated
+    # UDP answer and retry over TCP.
+    inet = fn ->
+      :inet_res.lookup(~c"#{@big}", :in, :srv,
+        nameservers: ns,
+        edns: 0,
+        udp_payload_size: 4096,
+        timeout: @timeout
+      )
+    end
+
+    {:ok, nif_records} = nif.()
+    inet_records = inet.()
+
+    result = sequential(nif, inet, &srv_count(&1, 200), 300, 50, 20)
+
+    Map.merge(result, %{
+      nif_count: length(nif_records),
+      inet_count: length(inet_records),
+      udp: udp_probe(ns)
+    })
+  end
+
+  # One raw UDP query with EDNS0 (payload 4096): the size of the answer and
+  # whether the server set TC.
+  defp udp_probe([{ip, port}]) do
+    labels = for l <- String.split(@big, "."), into: <<>>, do: <<byte_size(l), l::binary>>
+    question = <<labels::binary, 0, 33::16, 1::16>>
+    opt = <<0, 41::16, 4096::16, 0::32, 0::16>>
+    query = <<0x4242::16, 0::16, 1::16, 0::16, 0::16, 1::16, question::binary, opt::binary>>
+    {:ok, socket} = :gen_udp.open(0, [:binary, active: false, ip: {127, 0, 0, 1}])
+
+    try do
+      :ok = :gen_udp.send(socket, ip, port, query)
+      {:ok, {_, _, answer}} = :gen_udp.recv(socket, 0, 2_000)
+      <<_id::16, _qr::1, _op::4, _aa::1, tc::1, _::9, _qd::16, an::16, _::binary>> = answer
+      %{bytes: byte_size(answer), tc: tc == 1, answers: an}
+    after
+      :gen_udp.close(socket)
+    end
+  end
+
+  # `rounds` alternating rounds of `total` lookups spread over `concurrency`
+  # processes; lookups per second of each round.
+  defp throughput(nif, inet, check, total, concurrency, rounds) do
+    results =
+      for _ <- 1..rounds do
+        {burst(nif, check, total, concurrency), burst(inet, check, total, concurrency)}
+      end
+
+    %{
+      nif: Enum.map(results, &elem(elem(&1, 0), 0)),
+      inet: Enum.map(results, &elem(elem(&1, 1), 0)),
+      bad: results |> Enum.map(fn {{_, a}, {_, b}} -> a + b end) |> Enum.sum(),
+      total: total,
+      concurrency: concurrency
+    }
+  end
+
+  defp burst(fun, check, total, concurrency) do
+    per = div(total, concurrency)
+    parent = self()
+
+    workers =
+      for _ <- 1..concurrency do
+        spawn_monitor(fn ->
+          receive do: (:go -> :ok)
+          ok = Enum.count(1..per, fn _ -> check.(fun.()) end)
+          send(parent, {:done, self(), per - ok})
+        end)
+      end
+
+    t0 = System.monotonic_time()
+    Enum.each(workers, fn {pid, _} -> send(pid, :go) end)
+
+    bad =
+      Enum.reduce(workers, 0, fn {pid, ref}, bad ->
+        receive do
+          {:done, ^pid, n} ->
+            receive do: ({:DOWN, ^ref, _, _, _} -> :ok)
+            bad + n
+
+          {:DOWN, ^ref, _, _, _} ->
+            bad + per
+        end
+      end)
+
+    seconds =
+      System.convert_time_unit(System.monotonic_time() - t0, :native, :microsecond) / 1.0e6
+
+    {per * concurrency / seconds, bad}
+  end
+
+  # A ticker asks for a 1 ms timeout in a loop and records how late each one
+  # fires, while 1000 lookups wait on a UDP socket that never answers.
+  defp scheduler_health do
+    {:ok, silent} = :gen_udp.open(0, [:binary, active: false, ip: {127, 0, 0, 1}])
+    {:ok, port} = :inet.port(silent)
+    ns = [{{127, 0, 0, 1}, port}]
+
+    try do
+      nif = fn -> Resolver.lookup_srv(@small, nameservers: ns, timeout: 1_000) end
+
+      inet = fn ->
+        :inet_res.lookup(~c"#{@small}", :in, :srv,
+          nameservers: ns,
+          edns: 0,
+          timeout: 1_000,
+          retry: 1
+        )
+      end
+
+      idle = ticking(fn -> Process.sleep(1_000) end)
+      # The NIF's resolver for these settings is built by its first lookup.
+      _ = Resolver.lookup_srv(@small, nameservers: ns, timeout: 50)
+      nif_r = ticking(fn -> wait_all(nif, 1_000, &match?({:error, :timeout}, &1)) end)
+      inet_r = ticking(fn -> wait_all(inet, 1_000, &(&1 == [])) end)
+      %{idle: idle, nif: nif_r, inet: inet_r}
+    after
+      :gen_udp.close(silent)
+    end
+  end
+
+  defp ticking(load) do
+    ticker = spawn(fn -> tick([]) end)
+    Process.sleep(50)
+    t0 = System.monotonic_time(:millisecond)
+    outcome = load.()
+    wall = System.monotonic_time(:millisecond) - t0
+    Process.sleep(50)
+    send(ticker, {:stop, self()})
+    lateness = receive do: ({:ticks, l} -> l)
+
+    %{
+      max: Enum.max(lateness),
+      p99: percentile(lateness, 99),
+      ticks: length(lateness),
+      wall_ms: wall,
+      outcome: outcome
+    }
+  end
+
+  defp tick(acc) do
+    t0 = System.monotonic_time(:microsecond)
+
+    receive do
+      {:stop, from} -> send(from, {:ticks, acc})
+    after
+      1 -> tick([System.monotonic_time(:microsecond) - t0 - 1_000 | acc])
+    end
+  end
+
+  # Starts `count` lookups in their own processes and waits for all; the
+  # number of answers that matched `expected?`.
+  defp wait_all(fun, count, expected?) do
+    parent = self()
+
+    pids =
+      for _ <- 1..count do
+        spawn(fn -> send(parent, {:answer, self(), expected?.(fun.())}) end)
+      end
+
+    Enum.count(pids, fn pid -> receive do: ({:answer, ^pid, ok} -> ok) end)
+  end
+
+  # The NIF must not answer TTL-0 records from a cache: 50 lookups against a
+  # logging server must reach it 50 times.
+  defp cache_check do
+    dns = DnsServer.start(List.flatten(for i <- 1..3, do: record(@small, i)), log_queries: true)
+
+    try do
+      ns = DnsServer.nameservers(dns)
+      for _ <- 1..50, do: {:ok, _} = Resolver.lookup_srv(@small, nameservers: ns)
+      Process.sleep(100)
+      DnsServer.query_count(dns)
+    after
+      DnsServer.stop(dns)
+    end
+  end
+
+  defp report(a1, a2, a3, a4, cache) do
+    r1 = ratio(median(a1.nif), median(a1.inet))
+    r1_99 = ratio(percentile(a1.nif, 99), percentile(a1.inet, 99))
+    r2 = ratio(median(a2.nif), median(a2.inet))
+    r2_99 = ratio(percentile(a2.nif, 99), percentile(a2.inet, 99))
+    tn = median(a3.nif)
+    ti = median(a3.inet)
+    r3 = ratio(tn, ti)
+
+    rows = [
+      [
+        "A1 SRV, 3 records, sequential: p50 (us)",
+        fmt_int(median(a1.nif)),
+        fmt_int(median(a1.inet)),
+        fmt_ratio(r1),
+        "<= 0.60x",
+        yes_no(r1 <= 0.6)
+      ],
+      [
+        "A1 SRV, 3 records, sequential: p99 (us)",
+        fmt_int(percentile(a1.nif, 99)),
+        fmt_int(percentile(a1.inet, 99)),
+        fmt_ratio(r1_99),
+        "-",
+        "-"
+      ],
+      [
+        "A2 SRV, 200 records, UDP->TCP: p50 (us)",
+        fmt_int(median(a2.nif)),
+        fmt_int(median(a2.inet)),
+        fmt_ratio(r2),
+        "<= 0.50x",
+        yes_no(r2 <= 0.5)
+      ],
+      [
+        "A2 SRV, 200 records, UDP->TCP: p99 (us)",
+        fmt_int(percentile(a2.nif, 99)),
+        fmt_int(percentile(a2.inet, 99)),
+        fmt_ratio(r2_99),
+        "-",
+        "-"
+      ],
+      [
+        "A3 throughput, #{a3.total} lookups, #{a3.concurrency} concurrent (lookups/s)",
+        fmt_int(tn),
+        fmt_int(ti),
+        fmt_ratio(r3),
+        ">= 3.00x",
+        yes_no(r3 >= 3)
+      ],
+      [
+        "A4 ticker max lateness, 1000 lookups on a silent server (ms)",
+        fmt_ms(a4.nif.max),
+        fmt_ms(a4.inet.max),
+        fmt_ratio(ratio(a4.nif.max, a4.inet.max)),
+        "NIF <= 5 ms",
+        yes_no(a4.nif.max <= 5_000)
+      ],
+      [
+        "A4 ticker p99 lateness, same load (ms)",
+        fmt_ms(a4.nif.p99),
+        fmt_ms(a4.inet.p99),
+        fmt_ratio(ratio(a4.nif.p99, a4.inet.p99)),
+        "-",
+        "-"
+      ]
+    ]
+
+    Report.emit(
+      Report.table(["measurement", "NIF", ":inet_res", "ratio", "target", "met?"], rows)
+    )
+
+    Report.emit("""
+
+    Notes:
+    * A1: #{a1.n} lookups per side after 200 warm-up lookups each, in alternating blocks of 250, \
+    against dnsmasq (3 SRV records + 3 A records in the additional section, TTL 0); \
+    #{a1.bad} lookup(s) with a wrong answer.
+    * A2: #{a2.n} lookups per side after 20 warm-up each, against BIND named; records returned: \
+    NIF #{a2.nif_count}, :inet_res #{a2.inet_count}. A raw UDP query with EDNS0 payload 4096 got \
+    #{a2.udp.bytes} bytes, #{a2.udp.answers} answers, TC=#{a2.udp.tc} (so both sides retried over \
+    TCP; :inet_res given udp_payload_size: 4096 like the NIF); #{a2.bad} wrong answer(s).
+    * A3: median of #{length(a3.nif)} alternating rounds (NIF #{Enum.map_join(a3.nif, "/", &fmt_int/1)}, \
+    :inet_res #{Enum.map_join(a3.inet, "/", &fmt_int/1)} lookups/s); each round #{a3.concurrency} \
+    processes x #{div(a3.total, a3.concurrency)} lookups; #{a3.bad} failed lookup(s).
+    * A4: NIF timeout 1000 ms (2 attempts), :inet_res timeout 1000 ms retry 1. Idle ticker (no \
+    load) max #{fmt_ms(a4.idle.max)} ms, p99 #{fmt_ms(a4.idle.p99)} ms. All 1000 done in: NIF \
+    #{a4.nif.wall_ms} ms (#{a4.nif.outcome} timeouts), :inet_res #{a4.inet.wall_ms} ms \
+    (#{a4.inet.outcome} empty answers); ticks: NIF #{a4.nif.ticks}, :inet_res #{a4.inet.ticks}.
+    * No NIF cache for TTL 0: 50 NIF lookups reached a logging dnsmasq #{cache} time(s).
+
+    """)
+  end
+end
+
+defmodule Bench.QueryLog do
+  @moduledoc false
+  # Follows dnsmasq's query log and stamps each query line with the wall
+  # clock (System.os_time/1, shared with the nodes) when it was read.
+
+  @every 5
+
+  def start(path) do
+    parent = self()
+
+    spawn_link(fn ->
+      {:ok, fd} = :file.open(path, [:read, :binary, :raw])
+      send(parent, {:query_log, self()})
+      loop(fd, "", [])
+    end)
+    |> tap(fn pid -> receive do: ({:query_log, ^pid} -> :ok) end)
+  end
+
+  @doc "Stops following; returns `[{os_time_us, type, name}]` in order."
+  def stop(pid) do
+    send(pid, {:stop, self()})
+    receive do: ({:query_lines, ^pid, lines} -> lines)
+  end
+
+  defp loop(fd, partial, acc) do
+    receive do
+      {:stop, from} ->
+        {_, acc} = read(fd, partial, acc)
+        :file.close(fd)
+        send(from, {:query_lines, self(), Enum.reverse(acc)})
+    after
+      @every ->
+        {partial, acc} = read(fd, partial, acc)
+        loop(fd, partial, acc)
+    end
+  end
+
+  defp read(fd, partial, acc) do
+    case :file.read(fd, 65_536) do
+      {:ok, data} ->
+        now = System.os_time(:microsecond)
+        {lines, [rest]} = (partial <> data) |> String.split("\n") |> Enum.split(-1)
+
+        acc =
+          Enum.reduce(lines, acc, fn line, acc ->
+            case Regex.run(~r/query\[(\w+)\] (\S+) from/, line) do
+              [_, type, name] -> [{now, type, name} | acc]
+              nil -> acc
+            end
+          end)
+
+        read(fd, rest, acc)
+
+      _eof ->
+        {partial, acc}
+    end
+  end
+end
+
+defmodule Bench.Convergence do
+  @moduledoc false
+  # Part B: N real nodes, each on its own ERL_DIST_PORT with no epmd, all
+  # listed in one dnsmasq, started together, each running the strategy from
+  # its first moment.
+
+  import Bench.Stats
+  alias Bench.{QueryLog, Report}
+  alias DynamicSrv.Test.{DnsServer, Node}
+
+  @interval 1_000
+  # No new round of runs starts past this much bench time (ms); every size
+  # gets at least one run.
+  @budget 210_000
+
+  def run(sizes, runs, bench_started) do
+    Report.emit(
+      "== B. Convergence (polling_interval #{@interval} ms, nodes started concurrently) ==\n"
+    )
+
+    results =
+      Enum.reduce(1..runs, %{}, fn round, acc ->
+        if round > 1 and System.monotonic_time(:millisecond) - bench_started > @budget do
+          acc
+        else
+          Enum.reduce(sizes, acc, fn n, acc ->
+            result = run_once(n, round)
+            IO.puts("  N=#{n} run #{round}: #{summary(result)}")
+            Map.update(acc, n, [result], &(&1 ++ [result]))
+          end)
+        end
+      end)
+
+    report(sizes, results)
+  end
+
+  defp summary(%{error: e}), do: "FAILED: #{e}"
+
+  defp summary(r) do
+    "boot spread #{r.spread_ms} ms, converged #{r.converge_ms} ms after the last boot, " <>
+      "#{r.window_queries} DNS queries in that window (#{r.total_queries} since the first boot)"
+  end
+
+  defp run_once(n, round) do
+    svc = "b#{n}r#{round}.service.consul"
+    members = Enum.zip(1..n, ports(n))
+
+    records =
+      Enum.flat_map(members, fn {i, port} ->
+        target = "node-#{i}.#{svc}"
+        [{:srv, svc, target, port}, {:a, target, {127, 0, 0, 1}}]
+      end)
+
+    dns = DnsServer.start(records, log_queries: true)
+    log = QueryLog.start(Path.join(dns.dir, "queries.log"))
+    nodes = []
+
+    try do
+      env = [
+        {"DYNAMIC_SRV_NAMESERVERS", DnsServer.env_value(dns)},
+        {"DYNAMIC_SRV_TIMEOUT_MS", "1000"}
+      ]
+
+      nodes =
+        for {i, port} <- members do
+          Node.start("node-#{i}@#{svc}",
+            dist_port: port,
+            env: env,
+            eval: boot_code(n, svc),
+            wait: false
+          )
+        end
+
+      ready = all(nodes, ":ready", 60_000)
+
+      if Enum.all?(ready, &(&1 == :ready)) do
+        measure(n, nodes, log, svc)
+      else
+        %{error: "nodes not ready: #{inspect(Enum.reject(ready, &(&1 == :ready)), limit: 3)}"}
+      end
+    after
+      Enum.each(nodes, &Node.stop/1)
+      if Process.alive?(log), do: QueryLog.stop(log)
+      DnsServer.stop(dns)
+    end
+  catch
+    kind, reason -> %{error: Exception.format_banner(kind, reason, __STACKTRACE__)}
+  end
+
+  defp ports(n) do
+    ports = for _ <- 1..n, do: DnsServer.free_port()
+    if length(Enum.uniq(ports)) == n, do: ports, else: ports(n)
+  end
+
+  defp all(nodes, code, timeout) do
+    nodes
+    |> Task.async_stream(&Node.eval(&1, code, timeout),
+      max_concurrency: length(nodes),
+      timeout: timeout + 10_000
+    )
+    |> Enum.map(fn {:ok, value} -> value end)
+  end
+
+  # Runs on each node at boot: a watcher that stamps the wall-clock time the
+  # node first sees all N-1 peers, then the strategy.
+  defp boot_code(n, svc) do
+    """
+    parent = self()
+
+    spawn(fn ->
+      :ok = :net_kernel.monitor_nodes(true)
+      send(parent, :watching)
+
+      check = fn ->
+        if length(Node.list()) >= #{n - 1} and :persistent_term.get(:bench_mesh_at, nil) == nil,
+          do: :persistent_term.put(:bench_mesh_at, System.os_time(:microsecond))
+      end
+
+      loop = fn loop, downs ->
+        receive do
+          {:nodeup, _} -> check.(); loop.(loop, downs)
+          {:nodedown, _} -> :persistent_term.put(:bench_downs, downs + 1); loop.(loop, downs + 1)
+        end
+      end
+
+      check.()
+      loop.(loop, 0)
+    end)
+
+    receive do: (:watching -> :ok)
+
+    state = %{topology: :bench, config: [service: "#{svc}", polling_interval: #{@interval}],
+              connect: {:net_kernel, :connect_node, []}, disconnect: {:erlang, :disconnect_node, []},
+              list_nodes: {:erlang, :nodes, [:connected]}, meta: nil}
+
+    :persistent_term.put(:bench_started, System.os_time(:microsecond))
+    {:ok, pid} = Cluster.Strategy.DynamicSrv.start_link([state])
+    Process.unlink(pid)
+    """
+  end
+
+  @probe "{:persistent_term.get(:bench_started, nil), :persistent_term.get(:bench_mesh_at, nil), " <>
+           ":persistent_term.get(:bench_downs, 0), length(Node.list())}"
+
+  defp measure(n, nodes, log, svc) do
+    deadline = System.monotonic_time(:millisecond) + 20_000
+    states = wait_mesh(nodes, deadline)
+    lines = QueryLog.stop(log)
+
+    if Enum.any?(states, fn {_, mesh, _, _} -> mesh == nil end) do
+      %{
+        error:
+          "no full mesh within 20 s: peers per node #{inspect(Enum.map(states, &elem(&1, 3)))}"
+      }
+    else
+      starts = Enum.map(states, &elem(&1, 0))
+      last_boot = Enum.max(starts)
+      first_boot = Enum.min(starts)
+      mesh = states |> Enum.map(&elem(&1, 1)) |> Enum.max()
+      window = Enum.filter(lines, fn {t, _, _} -> t >= last_boot and t <= mesh end)
+      before = Enum.filter(lines, fn {t, _, _} -> t >= first_boot and t <= mesh end)
+
+      %{
+        n: n,
+        spread_ms: div(last_boot - first_boot, 1000),
+        converge_ms: max(div(mesh - last_boot, 1000), 0),
+        window_queries: length(window),
+        total_queries: length(before),
+        window_kinds: kinds(window, svc),
+        total_kinds: kinds(before, svc),
+        downs: states |> Enum.map(&elem(&1, 2)) |> Enum.sum()
+      }
+    end
+  end
+
+  defp wait_mesh(nodes, deadline) do
+    states = all(nodes, @probe, 5_000)
+
+    cond do
+      Enum.all?(states, fn {_, mesh, _, _} -> mesh != nil end) -> states
+      System.monotonic_time(:millisecond) > deadline -> states
+      true -> Process.sleep(50) && wait_mesh(nodes, deadline)
+    end
+  end
+
+  defp kinds(lines, svc) do
+    lines
+    |> Enum.frequencies_by(fn {_, type, name} ->
+      cond do
+        type == "SRV" and name == svc -> "SRV service (strategy poll)"
+        type == "SRV" -> "SRV node-i (epmd)"
+        type in ["A", "AAAA"] -> "#{type} node-i (epmd)"
+        true -> "#{type} other"
+      end
+    end)
+  end
+
+  defp report(sizes, results) do
+    rows =
+      for n <- sizes do
+        runs = Map.get(results, n, [])
+        ok = Enum.reject(runs, &Map.has_key?(&1, :error))
+        conv = median(Enum.map(ok, & &1.converge_ms))
+        queries = median(Enum.map(ok, & &1.window_queries))
+        time_ok = conv != nil and conv <= @interval + 1_000
+        queries_ok = queries != nil and queries <= 3 * n
+
+        [
+          "#{n}",
+          "#{length(ok)}/#{length(runs)}",
+          fmt_int(conv),
+          Enum.map_join(ok, "/", &"#{&1.converge_ms}"),
+          fmt_int(queries),
+          Enum.map_join(ok, "/", &"#{&1.window_queries}"),
+          "#{3 * n}",
+          yes_no(time_ok and queries_ok)
+        ]
+      end
+
+    Report.emit(
+      Report.table(
+        [
+          "N",
+          "runs ok",
+          "converge ms (median)",
+          "per run",
+          "DNS queries (median)",
+          "per run",
+          "3N",
+          "met?"
+        ],
+        rows
+      )
+    )
+
+    detail =
+      for n <- sizes, r <- Map.get(results, n, []), not Map.has_key?(r, :error) do
+        [
+          "#{n}",
+          "#{r.spread_ms}",
+          fmt_kinds(r.window_kinds),
+          "#{r.total_queries}",
+          fmt_kinds(r.total_kinds),
+          "#{r.downs}"
+        ]
+      end
+
+    failures =
+      for n <- sizes,
+          r <- Map.get(results, n, []),
+          Map.has_key?(r, :error),
+          do: "N=#{n}: #{r.error}"
+
+    Report.emit("""
+
+    Targets: full mesh within polling_interval + 1 s (#{@interval + 1_000} ms) of the last node's \
+    boot, and at most 3N DNS queries received by dnsmasq during that time. "Boot" is the moment a \
+    node starts its strategy (its first poll follows at once); the mesh time is when the last node \
+    sees N-1 peers (each node stamps it with its wall clock on :nodeup). Queries are lines of \
+    dnsmasq's query log, stamped when read (every 5 ms).
+
+    """)
+
+    Report.emit(
+      Report.table(
+        [
+          "N",
+          "boot spread ms",
+          "queries in window, by kind",
+          "since first boot",
+          "by kind",
+          "nodedowns"
+        ],
+        detail
+      )
+    )
+
+    Report.emit(Enum.map_join(failures, "", &"FAILED #{&1}\n") <> "\n")
+  end
+
+  defp fmt_kinds(kinds) when map_size(kinds) == 0, do: "-"
+
+  defp fmt_kinds(kinds),
+    do: kinds |> Enum.sort() |> Enum.map_join(", ", fn {k, v} -> "#{k}: #{v}" end)
+end
