@@ -190,10 +190,31 @@ defmodule Cluster.Strategy.DynamicSrvTest do
     assert_receive {:connect, :"node-a@my-service.service.consul"}
   end
 
-  test "a 5,000-target answer creates at most max_nodes atoms", %{recorder: rec} do
-    tag = System.unique_integer([:positive])
-    answer = for i <- 1..5_000, do: {0, 1, 4000, ~c"fresh-#{tag}-#{i}.#{@svc}"}
+  # Runs the strategy once on `answer`, so that every module its path uses
+  # is loaded (loading a module creates atoms) before atoms are counted.
+  defp warm_up(answer, rec, config \\ []) do
     {fun, _} = resolver(answer)
+    pid = start([service: @svc, polling_interval: 60_000, resolver: fun] ++ config, rec)
+    assert_receive {:resolved, _}
+    Process.sleep(200)
+    Process.unlink(pid)
+    Process.exit(pid, :kill)
+    flush_connects()
+  end
+
+  defp flush_connects do
+    receive do
+      {:connect, _} -> flush_connects()
+    after
+      0 -> :ok
+    end
+  end
+
+  test "a 5,000-target answer creates at most max_nodes atoms", %{recorder: rec} do
+    answer = fn tag -> for i <- 1..5_000, do: {0, 1, 4000, ~c"fresh-#{tag}-#{i}.#{@svc}"} end
+    warm_up(answer.(System.unique_integer([:positive])), rec, max_nodes: 50)
+
+    {fun, _} = resolver(answer.(System.unique_integer([:positive])))
     before = :erlang.system_info(:atom_count)
     start([service: @svc, polling_interval: 60_000, resolver: fun, max_nodes: 50], rec)
     assert_receive {:resolved, _}
@@ -208,13 +229,7 @@ defmodule Cluster.Strategy.DynamicSrvTest do
         [{0, 1, 4000, ~c"x.y.#{tag}.elsewhere"}]
     end
 
-    # A first run loads every module the path uses (loading creates atoms).
-    {warm, _} = resolver(junk.(System.unique_integer([:positive])))
-    warm_pid = start([service: @svc, polling_interval: 60_000, resolver: warm], rec)
-    assert_receive {:resolved, _}
-    refute_receive {:connect, _}, 200
-    Process.unlink(warm_pid)
-    Process.exit(warm_pid, :kill)
+    warm_up(junk.(System.unique_integer([:positive])), rec)
 
     {fun, _} = resolver(junk.(System.unique_integer([:positive])))
     before = :erlang.system_info(:atom_count)
@@ -247,5 +262,51 @@ defmodule Cluster.Strategy.DynamicSrvTest do
   test "meta: nil and libcluster's child spec" do
     state = %State{topology: :t, config: [service: @svc], meta: nil}
     assert %{start: {Strategy, :start_link, [[^state]]}} = Strategy.child_spec([state])
+  end
+
+  test "with libcluster loaded, connects and disconnects go through Cluster.Strategy", %{
+    recorder: rec
+  } do
+    # A stand-in with the two functions of libcluster 3.x that the engine
+    # calls; it reports the calls and then applies the MFAs as libcluster does.
+    Process.register(self(), :dynamic_srv_libcluster_sink)
+
+    Code.compile_string("""
+    defmodule Cluster.Strategy do
+      def connect_nodes(topology, {m, f, a}, list_nodes, nodes) do
+        send(:dynamic_srv_libcluster_sink, {:libcluster, :connect_nodes, topology, list_nodes, nodes})
+        Enum.each(nodes, &apply(m, f, a ++ [&1]))
+        :ok
+      end
+
+      def disconnect_nodes(topology, {m, f, a}, list_nodes, nodes) do
+        send(:dynamic_srv_libcluster_sink, {:libcluster, :disconnect_nodes, topology, list_nodes, nodes})
+        Enum.each(nodes, &apply(m, f, a ++ [&1]))
+        :ok
+      end
+    end
+    """)
+
+    on_exit(fn ->
+      :code.purge(Cluster.Strategy)
+      :code.delete(Cluster.Strategy)
+    end)
+
+    {fun, set} = resolver(srv(["node-a", "node-b"]))
+    start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+    list = Recorder.mfas(rec)[:list_nodes]
+
+    assert_receive {:libcluster, :connect_nodes, :dyn_srv, ^list,
+                    [:"node-a@my-service.service.consul"]}
+
+    assert_receive {:connect, :"node-a@my-service.service.consul"}
+
+    set.(srv(["node-a"]))
+
+    assert_receive {:libcluster, :disconnect_nodes, :dyn_srv, ^list,
+                    [:"node-b@my-service.service.consul"]},
+                   2_000
+
+    assert_receive {:disconnect, :"node-b@my-service.service.consul"}
   end
 end
