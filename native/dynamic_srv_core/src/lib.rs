@@ -7,5 +7,6 @@
 
 pub mod config;
 pub mod error;
+pub mod exchange;
 pub mod parse;
 pub mod resolver;

@@ -25,7 +25,7 @@ const MAX_RESOLVERS: usize = 32;
 /// stay in it.
 const CACHE_SIZE: u64 = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Srv,
     A,
@@ -33,7 +33,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn record_type(self) -> RecordType {
+    pub(crate) fn record_type(self) -> RecordType {
         match self {
             Kind::Srv => RecordType::SRV,
             Kind::A => RecordType::A,
@@ -81,7 +81,7 @@ pub async fn lookup(settings: &Settings, name: &str, kind: Kind) -> Result<Answe
     }
 }
 
-fn is_empty(answer: &Answer) -> bool {
+pub(crate) fn is_empty(answer: &Answer) -> bool {
     match answer {
         Answer::Srv(records) => records.is_empty(),
         Answer::Ip(addresses) => addresses.is_empty(),

@@ -8,12 +8,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use once_cell::sync::Lazy;
+use rustler::env::SavedTerm;
 use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, OwnedEnv, Term};
 use tokio::runtime::Runtime;
 
 use dynamic_srv_core::config::{self, Nameservers, Protocol, Settings};
 use dynamic_srv_core::error::Error;
+use dynamic_srv_core::exchange;
 use dynamic_srv_core::parse::{self, TargetParser};
 use dynamic_srv_core::resolver::{self, Answer, Kind};
 
@@ -77,32 +79,75 @@ fn start_lookup<'a>(
     let settings = decode_settings(settings)?;
     let name = parse::query_name(name.as_slice())?;
     let runtime = RUNTIME.as_ref().map_err(|e| Error::Other(e.clone()))?;
-    let pid: LocalPid = env.pid();
-    let owned = OwnedEnv::new();
-    let saved = owned.save(reference);
-    runtime.spawn(async move {
-        // The lookup runs as its own task so that a panic inside it becomes
-        // an error reply instead of a reply that never comes.
-        let result =
-            match tokio::spawn(async move { resolver::lookup(&settings, &name, kind).await }).await
-            {
-                Ok(result) => result,
-                Err(e) => Err(Error::Other(format!("the lookup task failed: {e}"))),
-            };
-        let mut owned = owned;
+    let responder = Responder::new(env.pid(), reference);
+    if exchange::eligible(&settings) {
+        let reply = Box::new(move |result| responder.send(result));
+        exchange::start(runtime.handle(), settings, name, kind, reply);
+    } else {
+        runtime.spawn(async move {
+            let result = resolver::lookup(&settings, &name, kind).await;
+            responder.send(result);
+        });
+    }
+    Ok(())
+}
+
+/// Sends `{dynamic_srv_dns, Ref, Result}` to the caller, once. Dropped
+/// without having sent (a panic in the lookup), it sends an error instead,
+/// so the caller never waits for a reply that cannot come. It only runs on
+/// runtime threads, never on a scheduler.
+struct Responder {
+    pid: LocalPid,
+    env: OwnedEnv,
+    reference: SavedTerm,
+    sent: bool,
+}
+
+impl Responder {
+    fn new(pid: LocalPid, reference: Term) -> Self {
+        let env = OwnedEnv::new();
+        let reference = env.save(reference);
+        Responder {
+            pid,
+            env,
+            reference,
+            sent: false,
+        }
+    }
+
+    fn send(mut self, result: Result<Answer, Error>) {
+        self.deliver(&result);
+    }
+
+    fn deliver(&mut self, result: &Result<Answer, Error>) {
+        self.sent = true;
+        let reference = &self.reference;
         // A send fails only when the caller has exited; nobody is left to tell.
-        let _ = owned.send_and_clear(&pid, |env| {
-            let reply = match &result {
+        let _ = self.env.send_and_clear(&self.pid, |env| {
+            let reply = match result {
                 Ok(answer) => (atoms::ok(), encode_answer(env, answer)).encode(env),
                 Err(e) => (atoms::error(), encode_error(env, e)).encode(env),
             };
             make_tuple(
                 env,
-                &[atoms::dynamic_srv_dns().encode(env), saved.load(env), reply],
+                &[
+                    atoms::dynamic_srv_dns().encode(env),
+                    reference.load(env),
+                    reply,
+                ],
             )
         });
-    });
-    Ok(())
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        // On a scheduler (a panic inside the NIF call itself) the caller gets
+        // the exception instead; sending from there is not allowed.
+        if !self.sent && !rustler::thread::is_scheduler_thread() {
+            self.deliver(&Err(Error::Other("the lookup failed internally".into())));
+        }
+    }
 }
 
 #[rustler::nif]

@@ -1,0 +1,428 @@
+//! The fast path for explicit nameservers over UDP: one connected socket per
+//! server, kept for the life of the VM, and a table of queries in flight.
+//!
+//! A query is sent from the caller's thread with a non-blocking `try_send`
+//! (it never waits), and its answer is matched on the runtime by ID, server
+//! and question. Per-attempt timeouts and retries are driven by one sweeper
+//! task. A truncated answer, or a name whose answer was truncated recently,
+//! goes to the hickory resolver over TCP. Everything else (system
+//! configuration, TCP-only settings) uses `resolver::lookup` directly.
+//!
+//! Against a local DNS server this saves hickory's per-query socket and
+//! its internal task hops: see the README's benchmark table.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::proto::op::{Edns, Message, MessageType, Query, ResponseCode};
+use hickory_resolver::proto::rr::Name;
+use tokio::net::UdpSocket;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+use crate::config::{Nameservers, Protocol, Settings, EDNS_PAYLOAD};
+use crate::error::Error;
+use crate::resolver::{self, convert, is_empty, Answer, Kind};
+
+/// Called once with the result of a lookup, always on a runtime thread.
+pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
+
+/// Servers with a socket of their own; past this, lookups take the hickory path.
+const MAX_SERVERS: usize = 64;
+/// Sweeper tick: the resolution of per-attempt timeouts.
+const TICK: Duration = Duration::from_millis(2);
+/// The sweeper parks after this long without anything in flight.
+const IDLE: Duration = Duration::from_secs(1);
+/// How long a name whose UDP answer was truncated goes straight to TCP.
+const BIG_FOR: Duration = Duration::from_secs(60);
+const MAX_BIG: usize = 1024;
+const RECV_BUFFER: usize = 65_535;
+
+struct Pending {
+    name: Name,
+    kind: Kind,
+    packet: Vec<u8>,
+    servers: Arc<[SocketAddr]>,
+    next_server: usize,
+    attempts_left: usize,
+    attempt_deadline: Instant,
+    deadline: Instant,
+    settings: Settings,
+    reply: Reply,
+}
+
+struct Exchange {
+    runtime: Handle,
+    sockets: Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>,
+    pending: Mutex<HashMap<u16, Pending>>,
+    big: Mutex<HashMap<(String, Kind), Instant>>,
+    sweeping: AtomicBool,
+    wake: Notify,
+    ids: RandomState,
+    counter: AtomicU64,
+}
+
+static EXCHANGE: OnceLock<Arc<Exchange>> = OnceLock::new();
+
+/// Whether `settings` can use the fast path.
+pub fn eligible(settings: &Settings) -> bool {
+    matches!(settings.nameservers, Nameservers::Explicit(_)) && settings.protocol == Protocol::Udp
+}
+
+/// Starts a lookup. Returns at once; `reply` runs later on `runtime`.
+/// `name` must have been checked by `parse::query_name`.
+pub fn start(runtime: &Handle, settings: Settings, name: String, kind: Kind, reply: Reply) {
+    let exchange = EXCHANGE.get_or_init(|| Exchange::new(runtime.clone()));
+    exchange.start(settings, name, kind, reply);
+}
+
+impl Exchange {
+    fn new(runtime: Handle) -> Arc<Self> {
+        let exchange = Arc::new(Exchange {
+            runtime,
+            sockets: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            big: Mutex::new(HashMap::new()),
+            sweeping: AtomicBool::new(true),
+            wake: Notify::new(),
+            ids: RandomState::new(),
+            counter: AtomicU64::new(0),
+        });
+        let sweeper = Arc::clone(&exchange);
+        exchange.runtime.spawn(async move { sweeper.sweep().await });
+        exchange
+    }
+
+    fn start(self: &Arc<Self>, settings: Settings, name: String, kind: Kind, reply: Reply) {
+        let Nameservers::Explicit(servers) = &settings.nameservers else {
+            return self.via_hickory(settings, name, kind, reply);
+        };
+        if self.is_big(&name, kind) {
+            let deadline = Instant::now() + settings.timeout;
+            return self.via_tcp(settings, name, kind, deadline, false, reply);
+        }
+        let servers: Arc<[SocketAddr]> = servers.clone().into();
+        let parsed = Name::from_str(&name);
+        let sockets: Option<Vec<Arc<UdpSocket>>> =
+            servers.iter().map(|server| self.socket(*server)).collect();
+        let (Ok(query_name), Some(_)) = (parsed, sockets) else {
+            return self.via_hickory(settings, name, kind, reply);
+        };
+
+        let now = Instant::now();
+        let mut pending = Pending {
+            name: query_name,
+            kind,
+            packet: Vec::new(),
+            servers,
+            next_server: 0,
+            attempts_left: settings.attempts,
+            attempt_deadline: now,
+            deadline: now + settings.timeout,
+            settings,
+            reply,
+        };
+        let mut table = match self.pending.lock() {
+            Ok(table) => table,
+            Err(_) => {
+                return self.fail(
+                    pending.reply,
+                    Error::Other("the lookup table is poisoned".into()),
+                )
+            }
+        };
+        let Some(id) = self.free_id(&table) else {
+            drop(table);
+            return self.fail(
+                pending.reply,
+                Error::Other("too many lookups in flight".into()),
+            );
+        };
+        match encode(id, &pending.name, kind) {
+            Ok(packet) => pending.packet = packet,
+            Err(e) => {
+                drop(table);
+                return self.fail(pending.reply, e);
+            }
+        }
+        self.send_attempt(&mut pending, now);
+        table.insert(id, pending);
+        drop(table);
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Sends the next attempt to the next server; never waits.
+    fn send_attempt(self: &Arc<Self>, pending: &mut Pending, now: Instant) {
+        let server = pending.servers[pending.next_server % pending.servers.len()];
+        pending.next_server += 1;
+        pending.attempts_left = pending.attempts_left.saturating_sub(1);
+        pending.attempt_deadline = (now + pending.settings.attempt_timeout()).min(pending.deadline);
+        if let Some(socket) = self.socket(server) {
+            // A full send buffer or an ICMP error only costs this attempt.
+            let _ = socket.try_send(&pending.packet);
+        }
+    }
+
+    fn free_id(&self, table: &HashMap<u16, Pending>) -> Option<u16> {
+        if table.len() >= usize::from(u16::MAX) {
+            return None;
+        }
+        loop {
+            let mut hasher = self.ids.build_hasher();
+            hasher.write_u64(self.counter.fetch_add(1, Ordering::Relaxed));
+            let id = hasher.finish() as u16;
+            if !table.contains_key(&id) {
+                return Some(id);
+            }
+        }
+    }
+
+    fn socket(self: &Arc<Self>, server: SocketAddr) -> Option<Arc<UdpSocket>> {
+        let mut sockets = self.sockets.lock().ok()?;
+        if let Some(socket) = sockets.get(&server) {
+            return Some(Arc::clone(socket));
+        }
+        if sockets.len() >= MAX_SERVERS {
+            return None;
+        }
+        let local: SocketAddr = if server.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let std_socket = std::net::UdpSocket::bind(local).ok()?;
+        std_socket.connect(server).ok()?;
+        std_socket.set_nonblocking(true).ok()?;
+        let socket = {
+            let _guard = self.runtime.enter();
+            Arc::new(UdpSocket::from_std(std_socket).ok()?)
+        };
+        sockets.insert(server, Arc::clone(&socket));
+        let exchange = Arc::clone(self);
+        let receiver = Arc::clone(&socket);
+        self.runtime
+            .spawn(async move { exchange.receive(receiver, server).await });
+        Some(socket)
+    }
+
+    async fn receive(self: Arc<Self>, socket: Arc<UdpSocket>, server: SocketAddr) {
+        let mut buffer = vec![0u8; RECV_BUFFER];
+        loop {
+            match socket.recv(&mut buffer).await {
+                Ok(len) => {
+                    let packet = &buffer[..len];
+                    let _ = catch_unwind(AssertUnwindSafe(|| self.answer(packet, server)));
+                }
+                // ICMP errors (nothing listening) surface here; the queries
+                // concerned time out or are retried by the sweeper.
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    }
+
+    fn answer(self: &Arc<Self>, packet: &[u8], server: SocketAddr) {
+        let Ok(message) = Message::from_vec(packet) else {
+            return;
+        };
+        let id = message.metadata.id;
+        let pending = {
+            let Ok(mut table) = self.pending.lock() else {
+                return;
+            };
+            match table.get(&id) {
+                Some(p) if matches_query(p, &message, server) => table.remove(&id),
+                _ => None,
+            }
+        };
+        let Some(pending) = pending else {
+            return;
+        };
+        if message.metadata.truncation {
+            let name = pending.name.to_ascii();
+            let Pending {
+                settings,
+                kind,
+                deadline,
+                reply,
+                ..
+            } = pending;
+            return self.via_tcp(settings, name, kind, deadline, true, reply);
+        }
+        let result = result_of(&message, pending.kind);
+        deliver(pending.reply, result);
+    }
+
+    async fn sweep(self: Arc<Self>) {
+        let mut idle_since = Instant::now();
+        loop {
+            tokio::time::sleep(TICK).await;
+            let now = Instant::now();
+            let (expired, empty) = self.expire(now);
+            for reply in expired {
+                deliver(reply, Err(Error::Timeout));
+            }
+            if !empty {
+                idle_since = now;
+                continue;
+            }
+            if now.duration_since(idle_since) < IDLE {
+                continue;
+            }
+            self.sweeping.store(false, Ordering::Release);
+            // Re-check: a lookup may have started just before the flag fell.
+            let empty_now = self.pending.lock().map(|t| t.is_empty()).unwrap_or(true);
+            if empty_now {
+                self.wake.notified().await;
+            }
+            self.sweeping.store(true, Ordering::Release);
+            idle_since = Instant::now();
+        }
+    }
+
+    /// Resends attempts past their deadline and removes lookups past theirs.
+    fn expire(self: &Arc<Self>, now: Instant) -> (Vec<Reply>, bool) {
+        let Ok(mut table) = self.pending.lock() else {
+            return (Vec::new(), true);
+        };
+        let done: Vec<u16> = table
+            .iter()
+            .filter(|(_, p)| {
+                now >= p.deadline || (now >= p.attempt_deadline && p.attempts_left == 0)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let expired = done
+            .iter()
+            .filter_map(|id| table.remove(id))
+            .map(|p| p.reply)
+            .collect();
+        let retry: Vec<u16> = table
+            .iter()
+            .filter(|(_, p)| now >= p.attempt_deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in retry {
+            if let Some(mut pending) = table.remove(&id) {
+                self.send_attempt(&mut pending, now);
+                table.insert(id, pending);
+            }
+        }
+        let empty = table.is_empty();
+        (expired, empty)
+    }
+
+    fn is_big(&self, name: &str, kind: Kind) -> bool {
+        let Ok(big) = self.big.lock() else {
+            return false;
+        };
+        big.get(&(name.to_ascii_lowercase(), kind))
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    fn mark_big(&self, name: &str, kind: Kind) {
+        if let Ok(mut big) = self.big.lock() {
+            if big.len() >= MAX_BIG {
+                let now = Instant::now();
+                big.retain(|_, until| *until > now);
+                if big.len() >= MAX_BIG {
+                    big.clear();
+                }
+            }
+            big.insert((name.to_ascii_lowercase(), kind), Instant::now() + BIG_FOR);
+        }
+    }
+
+    /// The answer did not fit in UDP: ask hickory over TCP within what is
+    /// left of the deadline. A name whose UDP answer was truncated then goes
+    /// to TCP directly for `BIG_FOR`, saving the truncated round trip.
+    fn via_tcp(
+        self: &Arc<Self>,
+        mut settings: Settings,
+        name: String,
+        kind: Kind,
+        deadline: Instant,
+        truncated: bool,
+        reply: Reply,
+    ) {
+        settings.protocol = Protocol::Tcp;
+        let exchange = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let lookup = resolver::lookup(&settings, &name, kind);
+            let result = match tokio::time::timeout(left, lookup).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout),
+            };
+            if truncated && result.is_ok() {
+                exchange.mark_big(&name, kind);
+            }
+            deliver(reply, result);
+        });
+    }
+
+    fn via_hickory(&self, settings: Settings, name: String, kind: Kind, reply: Reply) {
+        self.runtime.spawn(async move {
+            deliver(reply, resolver::lookup(&settings, &name, kind).await);
+        });
+    }
+
+    /// Replies with an error from the runtime, never from the caller's thread.
+    fn fail(&self, reply: Reply, error: Error) {
+        self.runtime
+            .spawn(async move { deliver(reply, Err(error)) });
+    }
+}
+
+fn deliver(reply: Reply, result: Result<Answer, Error>) {
+    let _ = catch_unwind(AssertUnwindSafe(move || reply(result)));
+}
+
+fn encode(id: u16, name: &Name, kind: Kind) -> Result<Vec<u8>, Error> {
+    let mut message = Message::query();
+    message.metadata.id = id;
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(name.clone(), kind.record_type()));
+    let mut edns = Edns::new();
+    edns.set_max_payload(EDNS_PAYLOAD);
+    message.set_edns(edns);
+    message
+        .to_vec()
+        .map_err(|e| Error::InvalidName(format!("cannot encode the query: {e}")))
+}
+
+fn matches_query(pending: &Pending, message: &Message, server: SocketAddr) -> bool {
+    message.metadata.message_type == MessageType::Response
+        && pending.servers.contains(&server)
+        && message.queries.len() == 1
+        && message.queries[0].name() == &pending.name
+        && message.queries[0].query_type() == pending.kind.record_type()
+}
+
+/// The result a response gives, by its code and records.
+pub fn result_of(message: &Message, kind: Kind) -> Result<Answer, Error> {
+    match message.metadata.response_code {
+        ResponseCode::NoError => {
+            let answer = convert(kind, &message.answers, &message.additionals);
+            if is_empty(&answer) {
+                Err(Error::NoData)
+            } else {
+                Ok(answer)
+            }
+        }
+        ResponseCode::NXDomain => Err(Error::NxDomain),
+        ResponseCode::ServFail => Err(Error::ServFail),
+        ResponseCode::Refused => Err(Error::Refused),
+        code => Err(Error::Other(format!("the server answered {code}"))),
+    }
+}
