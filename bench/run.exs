@@ -4,7 +4,7 @@
 #   MIX_ENV=dev mix run --no-start bench/run.exs
 #
 # Environment: BENCH_PARTS ("a,b" by default; "a" or "b" runs one part) and
-# BENCH_RUNS (convergence runs per cluster size, default 3).
+# BENCH_RUNS (convergence runs per cluster size, default 5).
 #
 # The tables are printed and written to bench/results/latest.txt.
 
@@ -17,10 +17,15 @@ parts =
   |> String.split(",", trim: true)
   |> Enum.map(&String.trim/1)
 
-runs = String.to_integer(System.get_env("BENCH_RUNS") || "3")
+runs = String.to_integer(System.get_env("BENCH_RUNS") || "5")
+
+sizes =
+  (System.get_env("BENCH_SIZES") || "5,10,20")
+  |> String.split(",", trim: true)
+  |> Enum.map(&String.to_integer(String.trim(&1)))
 
 started = System.monotonic_time(:millisecond)
 Report.header()
-if "a" in parts, do: ResolverBench.run()
-if "b" in parts, do: Convergence.run([5, 10, 20], runs, started)
+if "a" in parts, do: Report.part("A", &ResolverBench.run/0)
+if "b" in parts, do: Report.part("B", fn -> Convergence.run(sizes, runs, started) end)
 Report.finish(div(System.monotonic_time(:millisecond) - started, 1000))

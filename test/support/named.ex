@@ -7,9 +7,31 @@ defmodule DynamicSrv.Test.Named do
   BIND 9.18.28 and later refuse to load more than 100 records of one type at
   one name unless `max-records-per-type` is raised; the generated config
   lifts the limit (0 = none), so large SRV answers can be served.
+
+  named runs under a small `sh` guard that stops it when its standard input
+  closes, so a VM that dies without calling `stop/1` leaves no server behind
+  (named itself never reads its input).
   """
 
   defstruct [:dir, :port, :port_ref, :os_pid]
+
+  # $1: the named executable, $2: its config. TERM (from stop/1) stops named
+  # and waits for it; the end of standard input (the owning VM is gone) stops
+  # it too. The reader must not hold the port's output pipe, or the port
+  # would report no exit status while it lives.
+  @guard ~S"""
+  exec 3<&0
+  "$1" -g -n 1 -c "$2" 3<&- </dev/null &
+  pid=$!
+  { cat <&3; kill -TERM "$pid"; } >/dev/null 2>&1 &
+  reader=$!
+  exec 3<&-
+  trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid"; kill "$reader" 2>/dev/null; exit 0' TERM
+  wait "$pid"
+  status=$?
+  kill "$reader" 2>/dev/null
+  exit "$status"
+  """
 
   def start(zone, records) do
     dir = Path.join(System.tmp_dir!(), "dynamic_srv_named_#{System.unique_integer([:positive])}")
@@ -21,11 +43,11 @@ defmodule DynamicSrv.Test.Named do
     named = System.find_executable("named") || "/usr/sbin/named"
 
     ref =
-      Port.open({:spawn_executable, named}, [
+      Port.open({:spawn_executable, System.find_executable("sh") || "/bin/sh"}, [
         :binary,
         :exit_status,
         :stderr_to_stdout,
-        args: ["-g", "-n", "1", "-c", Path.join(dir, "named.conf")]
+        args: ["-c", @guard, "named-guard", named, Path.join(dir, "named.conf")]
       ])
 
     {:os_pid, os_pid} = Port.info(ref, :os_pid)
