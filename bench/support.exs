@@ -764,7 +764,7 @@ defmodule Bench.Convergence do
 
   defp measure(n, nodes, log, svc, booted_at) do
     deadline = System.monotonic_time(:millisecond) + 20_000
-    states = wait_mesh(nodes, deadline)
+    {states, seen} = wait_mesh(nodes, deadline)
 
     if Enum.any?(states, fn {_, mesh, _, _, _} -> mesh == nil end) do
       QueryLog.stop(log)
@@ -772,17 +772,19 @@ defmodule Bench.Convergence do
       %{error: "no full mesh within 20 s: peers per node #{inspect(peers)}"}
     else
       polls = states |> Enum.map(&elem(&1, 4)) |> Enum.sum()
+      # After the mesh only the polls should ask DNS.
       Process.sleep(@steady_ms)
+      later = System.os_time(:microsecond)
       lines = QueryLog.stop(log)
-      stopped = System.os_time(:microsecond)
       starts = Enum.map(states, &elem(&1, 0))
       mesh = states |> Enum.map(&elem(&1, 1)) |> Enum.max()
       last_start = Enum.max(starts)
       first_start = Enum.min(starts)
       until_mesh = Enum.filter(lines, fn {t, _, _} -> t <= mesh end)
-      # After the mesh (plus 100 ms for the log reader): the polls alone.
-      steady = Enum.count(lines, fn {t, _, _} -> t > mesh + 100_000 end)
-      steady_s = max(stopped - mesh - 100_000, 1) / 1.0e6
+      after_mesh = Enum.filter(lines, fn {t, _, _} -> t > max(seen, mesh) and t <= later end)
+
+      after_epmd =
+        Enum.count(after_mesh, fn {_, _, name} -> String.starts_with?(name, "node-") end)
 
       %{
         n: n,
@@ -794,18 +796,20 @@ defmodule Bench.Convergence do
         after_last_start: Enum.count(until_mesh, fn {t, _, _} -> t >= last_start end),
         kinds: kinds(until_mesh, svc),
         polls: polls,
-        steady_per_poll: steady / steady_s * (@interval / 1000) / n,
+        after_mesh: "#{length(after_mesh)} (#{after_epmd})",
         downs: states |> Enum.map(&elem(&1, 2)) |> Enum.sum()
       }
     end
   end
 
+  # The probes of all nodes, and the wall-clock time the last round began.
   defp wait_mesh(nodes, deadline) do
+    began = System.os_time(:microsecond)
     states = all(nodes, @probe, 5_000)
 
     cond do
-      Enum.all?(states, fn {_, mesh, _, _, _} -> mesh != nil end) -> states
-      System.monotonic_time(:millisecond) > deadline -> states
+      Enum.all?(states, fn {_, mesh, _, _, _} -> mesh != nil end) -> {states, began}
+      System.monotonic_time(:millisecond) > deadline -> {states, began}
       true -> Process.sleep(50) && wait_mesh(nodes, deadline)
     end
   end
@@ -872,7 +876,7 @@ defmodule Bench.Convergence do
           "#{r.from_first_ms}",
           fmt_kinds(r.kinds),
           "#{r.polls}",
-          :erlang.float_to_binary(r.steady_per_poll, decimals: 2),
+          r.after_mesh,
           "#{r.downs}"
         ]
       end
@@ -898,7 +902,7 @@ defmodule Bench.Convergence do
           "mesh after 1st start ms",
           "queries until mesh, by kind",
           "strategy polls",
-          "queries per node-interval after",
+          "next #{@steady_ms} ms: queries (node-i)",
           "nodedowns"
         ],
         detail
@@ -912,9 +916,9 @@ defmodule Bench.Convergence do
     DynamicSrv.Epmd.address_please (a port-book miss asks SRV node-i, then SRV <service> on \
     NXDOMAIN, plus A node-i; a port-book entry without an address asks A node-i); OTP makes \
     the first of these calls inside net_kernel (select/1), the second from the connection's \
-    setup process. "queries per node-interval after": DNS queries per node per polling \
-    interval in the #{@steady_ms} ms after the mesh (one poll each: about 1.0, a little less \
-    with the 0-10% jitter).
+    setup process. "next #{@steady_ms} ms": DNS queries logged in the #{@steady_ms} ms after the \
+    mesh was seen (each node polls about once a second), in parentheses those for node-i names \
+    (epmd lookups; expected 0).
 
     At boot (no target, one run per size): each node starts its strategy as its VM comes up; \
     "mesh after last start" < 0 means the others connected to the last node as soon as its \

@@ -37,13 +37,18 @@ pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
 /// Servers with a socket of their own; past this, lookups take the hickory path.
 const MAX_SERVERS: usize = 64;
 /// Sweeper tick: the resolution of per-attempt timeouts.
-const TICK: Duration = Duration::from_millis(2);
+const TICK: Duration = Duration::from_millis(5);
 /// The sweeper parks after this long without anything in flight.
 const IDLE: Duration = Duration::from_secs(1);
 /// How long a name whose UDP answer was truncated goes straight to TCP.
 const BIG_FOR: Duration = Duration::from_secs(60);
 const MAX_BIG: usize = 1024;
 const RECV_BUFFER: usize = 65_535;
+/// Lookups in flight up to which the caller's thread sends the query itself.
+const DIRECT_SENDS: usize = 8;
+
+/// A packet to send and the socket to send it on.
+type Outgoing = (Arc<UdpSocket>, Vec<u8>);
 
 struct Pending {
     name: Name,
@@ -152,23 +157,53 @@ impl Exchange {
                 return self.fail(pending.reply, e);
             }
         }
-        self.send_attempt(&mut pending, now);
+        let send = self.next_attempt(&mut pending, now);
         table.insert(id, pending);
+        let in_flight = table.len();
         drop(table);
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
+        // A lone lookup is sent right here, which saves a thread hop; in a
+        // burst the runtime sends, so that schedulers do not spend their
+        // time in sendto.
+        if in_flight <= DIRECT_SENDS {
+            self.send_now(send);
+        } else {
+            self.send_later(send);
+        }
     }
 
-    /// Sends the next attempt to the next server; never waits.
-    fn send_attempt(self: &Arc<Self>, pending: &mut Pending, now: Instant) {
+    /// Books the next attempt (server, deadline) and says what to send.
+    fn next_attempt(self: &Arc<Self>, pending: &mut Pending, now: Instant) -> Option<Outgoing> {
         let server = pending.servers[pending.next_server % pending.servers.len()];
         pending.next_server += 1;
         pending.attempts_left = pending.attempts_left.saturating_sub(1);
         pending.attempt_deadline = (now + pending.settings.attempt_timeout()).min(pending.deadline);
-        if let Some(socket) = self.socket(server) {
-            // A full send buffer or an ICMP error only costs this attempt.
-            let _ = socket.try_send(&pending.packet);
+        self.socket(server)
+            .map(|socket| (socket, pending.packet.clone()))
+    }
+
+    /// Sends without waiting; a full socket buffer hands the packet to the
+    /// runtime, which waits until the socket can take it.
+    fn send_now(&self, send: Option<Outgoing>) {
+        if let Some((socket, packet)) = send {
+            match socket.try_send(&packet) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.send_later(Some((socket, packet)))
+                }
+                // Other errors (an ICMP error of an earlier query) only cost
+                // this attempt; the sweeper retries.
+                _ => {}
+            }
+        }
+    }
+
+    fn send_later(&self, send: Option<Outgoing>) {
+        if let Some((socket, packet)) = send {
+            self.runtime.spawn(async move {
+                let _ = socket.send(&packet).await;
+            });
         }
     }
 
@@ -310,13 +345,17 @@ impl Exchange {
             .filter(|(_, p)| now >= p.attempt_deadline)
             .map(|(id, _)| *id)
             .collect();
+        let mut sends = Vec::with_capacity(retry.len());
         for id in retry {
-            if let Some(mut pending) = table.remove(&id) {
-                self.send_attempt(&mut pending, now);
-                table.insert(id, pending);
+            if let Some(pending) = table.get_mut(&id) {
+                sends.push(self.next_attempt(pending, now));
             }
         }
         let empty = table.is_empty();
+        drop(table);
+        for send in sends {
+            self.send_now(send);
+        }
         (expired, empty)
     }
 
