@@ -34,8 +34,10 @@ use crate::resolver::{self, convert, is_empty, Answer, Kind};
 /// Called once with the result of a lookup, always on a runtime thread.
 pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
 
-/// Servers with a socket of their own; past this, lookups take the hickory path.
+/// Servers with sockets of their own; past this, lookups take the hickory path.
 const MAX_SERVERS: usize = 64;
+/// Sockets per server.
+const SOCKETS_PER_SERVER: usize = 8;
 /// Sweeper tick: the resolution of per-attempt timeouts.
 const TICK: Duration = Duration::from_millis(5);
 /// The sweeper parks after this long without anything in flight.
@@ -45,7 +47,7 @@ const BIG_FOR: Duration = Duration::from_secs(60);
 const MAX_BIG: usize = 1024;
 const RECV_BUFFER: usize = 65_535;
 /// Lookups in flight up to which the caller's thread sends the query itself.
-const DIRECT_SENDS: usize = 8;
+const DIRECT_SENDS: usize = 1;
 
 /// A packet to send and the socket to send it on.
 type Outgoing = (Arc<UdpSocket>, Vec<u8>);
@@ -65,10 +67,15 @@ struct Pending {
 
 struct Exchange {
     runtime: Handle,
-    sockets: Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>,
+    sockets: Mutex<HashMap<SocketAddr, Vec<Arc<UdpSocket>>>>,
     pending: Mutex<HashMap<u16, Pending>>,
     big: Mutex<HashMap<(String, Kind), Instant>>,
     sweeping: AtomicBool,
+    outbox: Mutex<Vec<Outgoing>>,
+    /// The earliest attempt deadline in the table: the sweeper walks the
+    /// table only once it has passed.
+    next_due: Mutex<Instant>,
+    draining: AtomicBool,
     wake: Notify,
     ids: RandomState,
     counter: AtomicU64,
@@ -96,6 +103,9 @@ impl Exchange {
             pending: Mutex::new(HashMap::new()),
             big: Mutex::new(HashMap::new()),
             sweeping: AtomicBool::new(true),
+            outbox: Mutex::new(Vec::new()),
+            next_due: Mutex::new(Instant::now()),
+            draining: AtomicBool::new(false),
             wake: Notify::new(),
             ids: RandomState::new(),
             counter: AtomicU64::new(0),
@@ -158,6 +168,9 @@ impl Exchange {
             }
         }
         let send = self.next_attempt(&mut pending, now);
+        if let Ok(mut due) = self.next_due.lock() {
+            *due = (*due).min(pending.attempt_deadline);
+        }
         table.insert(id, pending);
         let in_flight = table.len();
         drop(table);
@@ -186,7 +199,7 @@ impl Exchange {
 
     /// Sends without waiting; a full socket buffer hands the packet to the
     /// runtime, which waits until the socket can take it.
-    fn send_now(&self, send: Option<Outgoing>) {
+    fn send_now(self: &Arc<Self>, send: Option<Outgoing>) {
         if let Some((socket, packet)) = send {
             match socket.try_send(&packet) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -199,11 +212,45 @@ impl Exchange {
         }
     }
 
-    fn send_later(&self, send: Option<Outgoing>) {
-        if let Some((socket, packet)) = send {
-            self.runtime.spawn(async move {
-                let _ = socket.send(&packet).await;
-            });
+    /// Queues a packet for the runtime. One task drains the queue, so a
+    /// burst of lookups costs one wake-up of the runtime, not one each.
+    fn send_later(self: &Arc<Self>, send: Option<Outgoing>) {
+        let Some(outgoing) = send else {
+            return;
+        };
+        if let Ok(mut outbox) = self.outbox.lock() {
+            outbox.push(outgoing);
+        }
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            let exchange = Arc::clone(self);
+            self.runtime.spawn(async move { exchange.drain().await });
+        }
+    }
+
+    async fn drain(self: Arc<Self>) {
+        loop {
+            let batch = self
+                .outbox
+                .lock()
+                .map(|mut outbox| std::mem::take(&mut *outbox))
+                .unwrap_or_default();
+            if batch.is_empty() {
+                self.draining.store(false, Ordering::Release);
+                // A packet queued just before the flag fell is ours to send.
+                let more = self.outbox.lock().map(|o| !o.is_empty()).unwrap_or(false);
+                if more && !self.draining.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                return;
+            }
+            for (socket, packet) in batch {
+                match socket.try_send(&packet) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let _ = socket.send(&packet).await;
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 
@@ -221,14 +268,33 @@ impl Exchange {
         }
     }
 
+    /// One of the server's sockets, in turn. Several sockets per server
+    /// spread a burst of answers over several receive buffers (one buffer
+    /// overflows at a few hundred answers) and vary the source port.
     fn socket(self: &Arc<Self>, server: SocketAddr) -> Option<Arc<UdpSocket>> {
         let mut sockets = self.sockets.lock().ok()?;
-        if let Some(socket) = sockets.get(&server) {
-            return Some(Arc::clone(socket));
+        let turn = self.counter.fetch_add(1, Ordering::Relaxed) as usize;
+        if let Some(pool) = sockets.get(&server) {
+            return pool.get(turn % pool.len()).map(Arc::clone);
         }
         if sockets.len() >= MAX_SERVERS {
             return None;
         }
+        let pool: Vec<Arc<UdpSocket>> = (0..SOCKETS_PER_SERVER)
+            .map(|_| self.open_socket(server))
+            .collect::<Option<_>>()?;
+        for socket in &pool {
+            let exchange = Arc::clone(self);
+            let receiver = Arc::clone(socket);
+            self.runtime
+                .spawn(async move { exchange.receive(receiver, server).await });
+        }
+        let chosen = pool.get(turn % pool.len()).map(Arc::clone);
+        sockets.insert(server, pool);
+        chosen
+    }
+
+    fn open_socket(&self, server: SocketAddr) -> Option<Arc<UdpSocket>> {
         let local: SocketAddr = if server.is_ipv4() {
             SocketAddr::from(([0, 0, 0, 0], 0))
         } else {
@@ -237,16 +303,8 @@ impl Exchange {
         let std_socket = std::net::UdpSocket::bind(local).ok()?;
         std_socket.connect(server).ok()?;
         std_socket.set_nonblocking(true).ok()?;
-        let socket = {
-            let _guard = self.runtime.enter();
-            Arc::new(UdpSocket::from_std(std_socket).ok()?)
-        };
-        sockets.insert(server, Arc::clone(&socket));
-        let exchange = Arc::clone(self);
-        let receiver = Arc::clone(&socket);
-        self.runtime
-            .spawn(async move { exchange.receive(receiver, server).await });
-        Some(socket)
+        let _guard = self.runtime.enter();
+        UdpSocket::from_std(std_socket).ok().map(Arc::new)
     }
 
     async fn receive(self: Arc<Self>, socket: Arc<UdpSocket>, server: SocketAddr) {
@@ -324,32 +382,42 @@ impl Exchange {
     }
 
     /// Resends attempts past their deadline and removes lookups past theirs.
+    /// Ends lookups past their deadline and resends attempts past theirs.
+    /// The table is only walked when something is due.
     fn expire(self: &Arc<Self>, now: Instant) -> (Vec<Reply>, bool) {
         let Ok(mut table) = self.pending.lock() else {
             return (Vec::new(), true);
         };
-        let done: Vec<u16> = table
-            .iter()
-            .filter(|(_, p)| {
-                now >= p.deadline || (now >= p.attempt_deadline && p.attempts_left == 0)
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        if self.next_due.lock().map(|due| now < *due).unwrap_or(false) {
+            return (Vec::new(), table.is_empty());
+        }
+        let mut done = Vec::new();
+        let mut retry = Vec::new();
+        for (id, p) in table.iter() {
+            if now >= p.deadline || (now >= p.attempt_deadline && p.attempts_left == 0) {
+                done.push(*id);
+            } else if now >= p.attempt_deadline {
+                retry.push(*id);
+            }
+        }
         let expired = done
             .iter()
             .filter_map(|id| table.remove(id))
             .map(|p| p.reply)
             .collect();
-        let retry: Vec<u16> = table
-            .iter()
-            .filter(|(_, p)| now >= p.attempt_deadline)
-            .map(|(id, _)| *id)
-            .collect();
         let mut sends = Vec::with_capacity(retry.len());
-        for id in retry {
-            if let Some(pending) = table.get_mut(&id) {
+        for id in &retry {
+            if let Some(pending) = table.get_mut(id) {
                 sends.push(self.next_attempt(pending, now));
             }
+        }
+        let due = table
+            .values()
+            .map(|p| p.attempt_deadline.min(p.deadline))
+            .min()
+            .unwrap_or(now + IDLE);
+        if let Ok(mut next_due) = self.next_due.lock() {
+            *next_due = due;
         }
         let empty = table.is_empty();
         drop(table);
