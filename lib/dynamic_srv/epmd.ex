@@ -41,6 +41,10 @@ defmodule DynamicSrv.Epmd do
 
   @version 5
   @attempt_ttl 1_000
+  # How long the nodes of a service answer asked for one node stay booked,
+  # and how long a host without per-node SRV records is remembered as such.
+  @service_book_ttl 5_000
+  @no_node_srv_ttl 30_000
   @config_key {__MODULE__, :dist_port}
   @helper ~r/^(?:rem|rpc)-[^-]+-(.+)$/
 
@@ -126,7 +130,7 @@ defmodule DynamicSrv.Epmd do
 
       case PortBook.fetch(node, family) do
         {:ok, ip, port} when ip != nil -> {:ok, ip, port, @version}
-        {:ok, nil, port} -> remember(node, family, resolve_address(name, host, family, port))
+        {:ok, nil, port} -> resolve_address(node, name, host, family, port)
         {:error, _} = error -> error
         :miss -> remember(node, family, resolve_miss(name, host, family))
       end
@@ -179,7 +183,11 @@ defmodule DynamicSrv.Epmd do
 
   defp resolve(name, host, family) do
     fqdn = name <> "." <> host
-    srv = Resolver.request(fqdn, :srv)
+    # A host known to have no per-node SRV records is asked for its
+    # service's answer directly.
+    srv =
+      if PortBook.no_node_srv?(host), do: {:error, :nxdomain}, else: Resolver.request(fqdn, :srv)
+
     ip = Resolver.request(fqdn, ip_type(family))
 
     # Both queries are in flight; collect both answers before deciding.
@@ -192,11 +200,19 @@ defmodule DynamicSrv.Epmd do
     end
   end
 
-  defp resolve_address(name, host, family, port) do
+  # The book knows the port but not the address: ask A/AAAA once and add
+  # the address to the entry, which keeps the poll's expiry.
+  defp resolve_address(node, name, host, family, port) do
     case Resolver.lookup_ip(name <> "." <> host, family) do
-      {:ok, [ip | _]} -> {:ok, ip, port, @version}
-      {:ok, []} -> {:error, :no_data}
-      {:error, _} = error -> error
+      {:ok, [ip | _]} ->
+        PortBook.put_address(node, family, ip)
+        {:ok, ip, port, @version}
+
+      {:ok, []} ->
+        {:error, :no_data}
+
+      {:error, _} = error ->
+        error
     end
   end
 
@@ -211,7 +227,11 @@ defmodule DynamicSrv.Epmd do
   defp port_record({:ok, []}, fqdn, host), do: port_record({:error, :no_data}, fqdn, host)
 
   defp port_record({:error, reason}, fqdn, host) when reason in [:nxdomain, :no_data] do
+    PortBook.note_no_node_srv(host, @no_node_srv_ttl)
+
     with {:ok, records} <- Resolver.lookup_srv(host) do
+      book_service(records, host)
+
       case Enum.find(records, &same_name?(&1.target, fqdn)) do
         nil -> {:error, {:not_in_srv_answer, host}}
         record -> {:ok, record}
@@ -227,6 +247,29 @@ defmodule DynamicSrv.Epmd do
     case Enum.find(record.addresses, &(PortBook.family_of(&1) == family)) do
       nil -> with({:ok, []} <- answer, do: {:error, :no_data})
       ip -> {:ok, ip}
+    end
+  end
+
+  # The service's answer lists the host's other nodes too: book them all
+  # (by name, without creating atoms), so connecting to them needs no DNS.
+  defp book_service(records, host) do
+    suffix = "." <> String.downcase(host)
+
+    for %{target: target, port: port, addresses: addresses} <- records,
+        label = node_label(target, suffix),
+        do: PortBook.put_srv(label <> "@" <> host, port, addresses, @service_book_ttl)
+  end
+
+  defp node_label(target, suffix) do
+    label_size = byte_size(target) - byte_size(suffix)
+
+    with true <- label_size > 0,
+         true <- String.ends_with?(String.downcase(target), suffix),
+         label = binary_part(target, 0, label_size),
+         false <- String.contains?(label, [".", "@"]) do
+      label
+    else
+      _ -> nil
     end
   end
 

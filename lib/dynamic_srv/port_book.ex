@@ -43,18 +43,76 @@ defmodule DynamicSrv.PortBook do
     :ok
   end
 
-  @doc "Records the port and the addresses of one SRV record for both families."
+  @doc """
+  Records what an SRV answer says about the node `name`: its port and, for
+  each family, the address the server sent, else the address already known
+  for that node (an answer cut short leaves some targets without one).
+  """
   @spec put_srv(String.t(), :inet.port_number(), [:inet.ip_address()], non_neg_integer()) :: :ok
   def put_srv(name, port, addresses, ttl_ms) do
     for family <- [:inet, :inet6] do
-      put(name, family, {:ok, Enum.find(addresses, &(family_of(&1) == family)), port}, ttl_ms)
+      address = Enum.find(addresses, &(family_of(&1) == family)) || known_address(name, family)
+      put(name, family, {:ok, address, port}, ttl_ms)
     end
 
     :ok
   end
 
+  @doc """
+  Adds `address` to the live entry of `name` and `family` (found by an A or
+  AAAA lookup), keeping its port and expiry. Returns `false` without a live
+  entry.
+  """
+  @spec put_address(String.t(), family(), :inet.ip_address()) :: boolean()
+  def put_address(name, family, address) do
+    case :ets.lookup(@table, {name, family}) do
+      [{key, {:ok, _, port}, expires}] ->
+        :ets.insert(@table, {key, {:ok, address, port}, expires})
+
+      _ ->
+        false
+    end
+  rescue
+    ArgumentError -> false
+  end
+
+  @doc "Whether the live entry of `name` lacks an address of `family`."
+  @spec missing_address?(String.t(), family()) :: boolean()
+  def missing_address?(name, family) do
+    match?({:ok, nil, _}, fetch(name, family)) or fetch(name, family) == :miss
+  end
+
+  defp known_address(name, family) do
+    now = now()
+
+    case :ets.lookup(@table, {name, family}) do
+      [{_, {:ok, address, _}, expires}] when expires > now -> address
+      _ -> nil
+    end
+  rescue
+    ArgumentError -> nil
+  end
+
+  @doc "Whether the book exists (this node runs `DynamicSrv.Epmd`)."
+  @spec enabled?() :: boolean()
+  def enabled?, do: :ets.whereis(@table) != :undefined
+
+  @doc """
+  Notes that the hosts's nodes have no SRV records of their own (the
+  per-node SRV name gave NXDOMAIN), so the epmd module skips that query
+  for `ttl_ms`.
+  """
+  @spec note_no_node_srv(String.t(), non_neg_integer()) :: :ok
+  def note_no_node_srv(host, ttl_ms) do
+    if enabled?(), do: :ets.insert(@table, {{host, :no_node_srv}, true, now() + ttl_ms})
+    :ok
+  end
+
+  @spec no_node_srv?(String.t()) :: boolean()
+  def no_node_srv?(host), do: fetch(host, :no_node_srv) == true
+
   @doc "The live entry for `name` and `family`, or `:miss`."
-  @spec fetch(String.t(), family()) :: answer() | :miss
+  @spec fetch(String.t(), family() | :no_node_srv) :: answer() | true | :miss
   def fetch(name, family) do
     now = now()
 

@@ -73,6 +73,7 @@ defmodule DynamicSrv.Srv do
              Map.get(config, :max_nodes, 1024)
            ) do
       log_ignored(ignored)
+      records = complete_addresses(records, pairs, query, config)
       book(records, pairs, Map.get(config, :book_ttl, 15_000))
       {:ok, Enum.map(pairs, &elem(&1, 1))}
     end
@@ -101,6 +102,45 @@ defmodule DynamicSrv.Srv do
       {:error, reason} when reason in [:nxdomain, :no_data] -> {:ok, []}
       {:error, _} = error -> error
     end
+  end
+
+  # A server may leave some targets' addresses out of a UDP answer to keep
+  # it small (dnsmasq stops at 1232 bytes without setting TC). When the book
+  # knows no address for such a node, one query over TCP fetches them all,
+  # instead of one A lookup per node and connection later.
+  defp complete_addresses(records, pairs, query, config) do
+    if Map.get(config, :resolver) == nil and PortBook.enabled?() and
+         missing_addresses?(records, pairs) do
+      opts = Keyword.put(Map.get(config, :resolver_opts, []), :protocol, :tcp)
+
+      case Resolver.lookup_srv(query, opts) do
+        {:ok, full} ->
+          by_target = Map.new(full, &{&1.target, &1.addresses})
+          Enum.map(records, &%{&1 | addresses: Map.get(by_target, &1.target, &1.addresses)})
+
+        {:error, _} ->
+          records
+      end
+    else
+      records
+    end
+  end
+
+  defp missing_addresses?(records, pairs) do
+    nodes = Map.new(pairs)
+
+    Enum.any?(records, fn %{target: target, addresses: addresses} ->
+      case Map.fetch(nodes, target) do
+        {:ok, node} ->
+          name = Atom.to_string(node)
+
+          addresses == [] and PortBook.missing_address?(name, :inet) and
+            PortBook.missing_address?(name, :inet6)
+
+        :error ->
+          false
+      end
+    end)
   end
 
   defp inet_res_srv?({p, w, port, target})
