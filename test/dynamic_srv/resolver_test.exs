@@ -113,4 +113,22 @@ defmodule DynamicSrv.ResolverTest do
     results = Enum.map(requests, &Resolver.await/1)
     assert Enum.all?(results, &match?({:ok, [_, _, _]}, &1))
   end
+
+  test "a burst of 2,000 lookups with one attempt each loses none", %{opts: opts} do
+    # With attempts: 1 a query the server dropped would come back :timeout;
+    # the window of queries in flight keeps a burst within what the
+    # server's socket buffer holds.
+    opts = Keyword.merge(opts, attempts: 1, timeout: 5_000)
+
+    results =
+      1..2_000
+      |> Task.async_stream(fn _ -> Resolver.lookup_srv("svc.service.consul", opts) end,
+        max_concurrency: 500,
+        timeout: 10_000
+      )
+      |> Enum.map(fn {:ok, result} -> result end)
+
+    failed = Enum.reject(results, &match?({:ok, [_, _, _]}, &1))
+    assert failed == [], "#{length(failed)} failed, e.g. #{inspect(Enum.take(failed, 3))}"
+  end
 end

@@ -12,12 +12,12 @@
 //! its internal task hops: see the README's benchmark table.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,10 @@ const MAX_BIG: usize = 1024;
 const RECV_BUFFER: usize = 65_535;
 /// Lookups in flight up to which the caller's thread sends the query itself.
 const DIRECT_SENDS: usize = 1;
+/// Queries sent and unanswered at once, over all servers. A local server
+/// reading one socket drops what its receive buffer cannot hold (about 160
+/// small datagrams on loopback); a lost query costs a whole attempt timeout.
+const WINDOW: usize = 96;
 
 /// A packet to send and the socket to send it on.
 type Outgoing = (Arc<UdpSocket>, Vec<u8>);
@@ -59,6 +63,8 @@ struct Pending {
     servers: Arc<[SocketAddr]>,
     next_server: usize,
     attempts_left: usize,
+    /// Waiting for room in the window of queries sent.
+    queued: bool,
     attempt_deadline: Instant,
     deadline: Instant,
     settings: Settings,
@@ -72,6 +78,10 @@ struct Exchange {
     big: Mutex<HashMap<(String, Kind), Instant>>,
     sweeping: AtomicBool,
     outbox: Mutex<Vec<Outgoing>>,
+    /// Queries sent and not yet answered or expired, at most `WINDOW`.
+    sent: AtomicUsize,
+    /// Queries waiting for room in the window, oldest first.
+    backlog: Mutex<VecDeque<u16>>,
     /// The earliest attempt deadline in the table: the sweeper walks the
     /// table only once it has passed.
     next_due: Mutex<Instant>,
@@ -104,6 +114,8 @@ impl Exchange {
             big: Mutex::new(HashMap::new()),
             sweeping: AtomicBool::new(true),
             outbox: Mutex::new(Vec::new()),
+            sent: AtomicUsize::new(0),
+            backlog: Mutex::new(VecDeque::new()),
             next_due: Mutex::new(Instant::now()),
             draining: AtomicBool::new(false),
             wake: Notify::new(),
@@ -139,6 +151,7 @@ impl Exchange {
             servers,
             next_server: 0,
             attempts_left: settings.attempts,
+            queued: false,
             attempt_deadline: now,
             deadline: now + settings.timeout,
             settings,
@@ -167,7 +180,20 @@ impl Exchange {
                 return self.fail(pending.reply, e);
             }
         }
-        let send = self.next_attempt(&mut pending, now);
+        let send = if self.sent.load(Ordering::Acquire) < WINDOW {
+            self.sent.fetch_add(1, Ordering::AcqRel);
+            self.next_attempt(&mut pending, now)
+        } else {
+            // The window is full: the query waits for an answer (or a
+            // timeout) to make room, so a burst cannot overflow the
+            // server's receive buffer and lose queries.
+            pending.queued = true;
+            pending.attempt_deadline = pending.deadline;
+            if let Ok(mut backlog) = self.backlog.lock() {
+                backlog.push_back(id);
+            }
+            None
+        };
         if let Ok(mut due) = self.next_due.lock() {
             *due = (*due).min(pending.attempt_deadline);
         }
@@ -185,6 +211,43 @@ impl Exchange {
         } else {
             self.send_later(send);
         }
+    }
+
+    /// `count` sent queries have ended: make room in the window and send as
+    /// many queued ones. Called with the table locked.
+    fn finished(
+        self: &Arc<Self>,
+        table: &mut HashMap<u16, Pending>,
+        count: usize,
+    ) -> Vec<Outgoing> {
+        if count > 0 {
+            let _ = self
+                .sent
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(count))
+                });
+        }
+        let mut out = Vec::new();
+        let Ok(mut backlog) = self.backlog.lock() else {
+            return out;
+        };
+        let now = Instant::now();
+        while self.sent.load(Ordering::Acquire) < WINDOW {
+            let Some(id) = backlog.pop_front() else {
+                break;
+            };
+            if let Some(pending) = table.get_mut(&id).filter(|p| p.queued) {
+                pending.queued = false;
+                self.sent.fetch_add(1, Ordering::AcqRel);
+                if let Some(outgoing) = self.next_attempt(pending, now) {
+                    out.push(outgoing);
+                }
+                if let Ok(mut due) = self.next_due.lock() {
+                    *due = (*due).min(pending.attempt_deadline);
+                }
+            }
+        }
+        out
     }
 
     /// Books the next attempt (server, deadline) and says what to send.
@@ -332,7 +395,15 @@ impl Exchange {
                 return;
             };
             match table.get(&id) {
-                Some(p) if matches_query(p, &message, server) => table.remove(&id),
+                Some(p) if matches_query(p, &message, server) => {
+                    let done = table.remove(&id);
+                    let send = self.finished(&mut table, 1);
+                    drop(table);
+                    for outgoing in send {
+                        self.send_later(Some(outgoing));
+                    }
+                    done
+                }
                 _ => None,
             }
         };
@@ -400,11 +471,10 @@ impl Exchange {
                 retry.push(*id);
             }
         }
-        let expired = done
-            .iter()
-            .filter_map(|id| table.remove(id))
-            .map(|p| p.reply)
-            .collect();
+        let removed: Vec<Pending> = done.iter().filter_map(|id| table.remove(id)).collect();
+        let finished_sent = removed.iter().filter(|p| !p.queued).count();
+        let expired = removed.into_iter().map(|p| p.reply).collect();
+        let released = self.finished(&mut table, finished_sent);
         let mut sends = Vec::with_capacity(retry.len());
         for id in &retry {
             if let Some(pending) = table.get_mut(id) {
@@ -423,6 +493,9 @@ impl Exchange {
         drop(table);
         for send in sends {
             self.send_now(send);
+        }
+        for outgoing in released {
+            self.send_now(Some(outgoing));
         }
         (expired, empty)
     }
