@@ -17,7 +17,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -48,13 +48,21 @@ const MAX_BIG: usize = 1024;
 const RECV_BUFFER: usize = 65_535;
 /// Lookups in flight up to which the caller's thread sends the query itself.
 const DIRECT_SENDS: usize = 1;
-/// Queries sent and unanswered at once, over all servers. A local server
+/// Queries sent and unanswered at once, per server. A local server
 /// reading one socket drops what its receive buffer cannot hold (about 160
 /// small datagrams on loopback); a lost query costs a whole attempt timeout.
 const WINDOW: usize = 96;
 
 /// A packet to send and the socket to send it on.
 type Outgoing = (Arc<UdpSocket>, Vec<u8>);
+
+/// The queries of one server: at most `WINDOW` sent and unanswered, the
+/// rest waiting in arrival order.
+#[derive(Default)]
+struct Window {
+    sent: usize,
+    backlog: VecDeque<u16>,
+}
 
 struct Pending {
     name: Name,
@@ -78,10 +86,8 @@ struct Exchange {
     big: Mutex<HashMap<(String, Kind), Instant>>,
     sweeping: AtomicBool,
     outbox: Mutex<Vec<Outgoing>>,
-    /// Queries sent and not yet answered or expired, at most `WINDOW`.
-    sent: AtomicUsize,
-    /// Queries waiting for room in the window, oldest first.
-    backlog: Mutex<VecDeque<u16>>,
+    /// Per server: queries sent and not yet ended, and those waiting.
+    windows: Mutex<HashMap<SocketAddr, Window>>,
     /// The earliest attempt deadline in the table: the sweeper walks the
     /// table only once it has passed.
     next_due: Mutex<Instant>,
@@ -114,8 +120,7 @@ impl Exchange {
             big: Mutex::new(HashMap::new()),
             sweeping: AtomicBool::new(true),
             outbox: Mutex::new(Vec::new()),
-            sent: AtomicUsize::new(0),
-            backlog: Mutex::new(VecDeque::new()),
+            windows: Mutex::new(HashMap::new()),
             next_due: Mutex::new(Instant::now()),
             draining: AtomicBool::new(false),
             wake: Notify::new(),
@@ -180,18 +185,28 @@ impl Exchange {
                 return self.fail(pending.reply, e);
             }
         }
-        let send = if self.sent.load(Ordering::Acquire) < WINDOW {
-            self.sent.fetch_add(1, Ordering::AcqRel);
+        let room = self
+            .windows
+            .lock()
+            .map(|mut windows| {
+                let window = windows.entry(pending.servers[0]).or_default();
+                if window.sent < WINDOW {
+                    window.sent += 1;
+                    true
+                } else {
+                    // The window is full: the query waits for an answer
+                    // (or a timeout) to make room, so a burst cannot
+                    // overflow the server's receive buffer and lose queries.
+                    window.backlog.push_back(id);
+                    false
+                }
+            })
+            .unwrap_or(true);
+        let send = if room {
             self.next_attempt(&mut pending, now)
         } else {
-            // The window is full: the query waits for an answer (or a
-            // timeout) to make room, so a burst cannot overflow the
-            // server's receive buffer and lose queries.
             pending.queued = true;
             pending.attempt_deadline = pending.deadline;
-            if let Ok(mut backlog) = self.backlog.lock() {
-                backlog.push_back(id);
-            }
             None
         };
         if let Ok(mut due) = self.next_due.lock() {
@@ -213,32 +228,30 @@ impl Exchange {
         }
     }
 
-    /// `count` sent queries have ended: make room in the window and send as
-    /// many queued ones. Called with the table locked.
+    /// `count` sent queries to `server` have ended: make room in its window
+    /// and send as many queued ones. Called with the table locked.
     fn finished(
         self: &Arc<Self>,
         table: &mut HashMap<u16, Pending>,
+        server: SocketAddr,
         count: usize,
     ) -> Vec<Outgoing> {
-        if count > 0 {
-            let _ = self
-                .sent
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    Some(n.saturating_sub(count))
-                });
-        }
         let mut out = Vec::new();
-        let Ok(mut backlog) = self.backlog.lock() else {
+        let Ok(mut windows) = self.windows.lock() else {
             return out;
         };
+        let Some(window) = windows.get_mut(&server) else {
+            return out;
+        };
+        window.sent = window.sent.saturating_sub(count);
         let now = Instant::now();
-        while self.sent.load(Ordering::Acquire) < WINDOW {
-            let Some(id) = backlog.pop_front() else {
+        while window.sent < WINDOW {
+            let Some(id) = window.backlog.pop_front() else {
                 break;
             };
             if let Some(pending) = table.get_mut(&id).filter(|p| p.queued) {
                 pending.queued = false;
-                self.sent.fetch_add(1, Ordering::AcqRel);
+                window.sent += 1;
                 if let Some(outgoing) = self.next_attempt(pending, now) {
                     out.push(outgoing);
                 }
@@ -396,8 +409,9 @@ impl Exchange {
             };
             match table.get(&id) {
                 Some(p) if matches_query(p, &message, server) => {
+                    let window = p.servers[0];
                     let done = table.remove(&id);
-                    let send = self.finished(&mut table, 1);
+                    let send = self.finished(&mut table, window, 1);
                     drop(table);
                     for outgoing in send {
                         self.send_later(Some(outgoing));
@@ -472,9 +486,15 @@ impl Exchange {
             }
         }
         let removed: Vec<Pending> = done.iter().filter_map(|id| table.remove(id)).collect();
-        let finished_sent = removed.iter().filter(|p| !p.queued).count();
+        let mut finished: HashMap<SocketAddr, usize> = HashMap::new();
+        for p in removed.iter().filter(|p| !p.queued) {
+            *finished.entry(p.servers[0]).or_default() += 1;
+        }
         let expired = removed.into_iter().map(|p| p.reply).collect();
-        let released = self.finished(&mut table, finished_sent);
+        let released: Vec<Outgoing> = finished
+            .into_iter()
+            .flat_map(|(server, count)| self.finished(&mut table, server, count))
+            .collect();
         let mut sends = Vec::with_capacity(retry.len());
         for id in &retry {
             if let Some(pending) = table.get_mut(id) {
