@@ -107,4 +107,21 @@ defmodule DynamicSrv.HostileDnsTest do
     assert Enum.all?(results, &(&1 == {:error, :timeout}))
     assert elapsed < 2 * @timeout + 1_000
   end
+
+  test "hundreds of lookups stuck on a silent server do not hold back another server", %{
+    opts: opts
+  } do
+    working = Dns.start(&valid/1)
+    on_exit(fn -> Dns.stop(working) end)
+
+    stuck =
+      for i <- 1..300,
+          do:
+            elem(Resolver.request("s#{i}." <> @name, :srv, Keyword.put(opts, :timeout, 3_000)), 1)
+
+    working_opts = [nameservers: Dns.nameservers(working), timeout: 1_000, attempts: 1]
+    assert {:ok, [%{port: 4000}]} = Resolver.lookup_srv(@name, working_opts)
+
+    assert Enum.all?(stuck, &(Resolver.await(&1) == {:error, :timeout}))
+  end
 end
