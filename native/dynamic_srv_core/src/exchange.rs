@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_resolver::proto::rr::Name;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 use tokio::sync::Notify;
 
 use crate::config::{Nameservers, Protocol, Settings, EDNS_PAYLOAD};
@@ -46,12 +48,19 @@ const IDLE: Duration = Duration::from_secs(1);
 const BIG_FOR: Duration = Duration::from_secs(60);
 const MAX_BIG: usize = 1024;
 const RECV_BUFFER: usize = 65_535;
+/// How long opening a TCP connection to a server may take.
+const TCP_CONNECT: Duration = Duration::from_secs(2);
+/// Times a TCP query is sent again when its connection closes.
+const TCP_RESENDS: u8 = 2;
 /// Lookups in flight up to which the caller's thread sends the query itself.
 const DIRECT_SENDS: usize = 1;
 /// Queries sent and unanswered at once, per server. A local server
 /// reading one socket drops what its receive buffer cannot hold (about 160
 /// small datagrams on loopback); a lost query costs a whole attempt timeout.
 const WINDOW: usize = 96;
+
+/// Per server: the open TCP connection's number and its query queue.
+type TcpConnections = HashMap<SocketAddr, (u64, mpsc::UnboundedSender<Vec<u8>>)>;
 
 /// A packet to send and the socket to send it on.
 type Outgoing = (Arc<UdpSocket>, Vec<u8>);
@@ -73,6 +82,13 @@ struct Pending {
     attempts_left: usize,
     /// Waiting for room in the window of queries sent.
     queued: bool,
+    /// Sent over TCP (the settings ask for it, the name's answers are big,
+    /// or the UDP answer came back truncated).
+    tcp: bool,
+    /// Moved to TCP by a truncated UDP answer.
+    switched: bool,
+    /// Times sent again because its TCP connection closed.
+    resent: u8,
     attempt_deadline: Instant,
     deadline: Instant,
     settings: Settings,
@@ -82,6 +98,7 @@ struct Pending {
 struct Exchange {
     runtime: Handle,
     sockets: Mutex<HashMap<SocketAddr, Vec<Arc<UdpSocket>>>>,
+    tcp: Mutex<TcpConnections>,
     pending: Mutex<HashMap<u16, Pending>>,
     big: Mutex<HashMap<(String, Kind), Instant>>,
     sweeping: AtomicBool,
@@ -101,7 +118,7 @@ static EXCHANGE: OnceLock<Arc<Exchange>> = OnceLock::new();
 
 /// Whether `settings` can use the fast path.
 pub fn eligible(settings: &Settings) -> bool {
-    matches!(settings.nameservers, Nameservers::Explicit(_)) && settings.protocol == Protocol::Udp
+    matches!(settings.nameservers, Nameservers::Explicit(_))
 }
 
 /// Starts a lookup. Returns at once; `reply` runs later on `runtime`.
@@ -116,6 +133,7 @@ impl Exchange {
         let exchange = Arc::new(Exchange {
             runtime,
             sockets: Mutex::new(HashMap::new()),
+            tcp: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             big: Mutex::new(HashMap::new()),
             sweeping: AtomicBool::new(true),
@@ -136,10 +154,7 @@ impl Exchange {
         let Nameservers::Explicit(servers) = &settings.nameservers else {
             return self.via_hickory(settings, name, kind, reply);
         };
-        if self.is_big(&name, kind) {
-            let deadline = Instant::now() + settings.timeout;
-            return self.via_tcp(settings, name, kind, deadline, false, reply);
-        }
+        let tcp = settings.protocol == Protocol::Tcp || self.is_big(&name, kind);
         let servers: Arc<[SocketAddr]> = servers.clone().into();
         let parsed = Name::from_str(&name);
         let sockets: Option<Vec<Arc<UdpSocket>>> =
@@ -157,6 +172,9 @@ impl Exchange {
             next_server: 0,
             attempts_left: settings.attempts,
             queued: false,
+            tcp,
+            switched: false,
+            resent: 0,
             attempt_deadline: now,
             deadline: now + settings.timeout,
             settings,
@@ -185,23 +203,24 @@ impl Exchange {
                 return self.fail(pending.reply, e);
             }
         }
-        let room = self
-            .windows
-            .lock()
-            .map(|mut windows| {
-                let window = windows.entry(pending.servers[0]).or_default();
-                if window.sent < WINDOW {
-                    window.sent += 1;
-                    true
-                } else {
-                    // The window is full: the query waits for an answer
-                    // (or a timeout) to make room, so a burst cannot
-                    // overflow the server's receive buffer and lose queries.
-                    window.backlog.push_back(id);
-                    false
-                }
-            })
-            .unwrap_or(true);
+        let room = pending.tcp
+            || self
+                .windows
+                .lock()
+                .map(|mut windows| {
+                    let window = windows.entry(pending.servers[0]).or_default();
+                    if window.sent < WINDOW {
+                        window.sent += 1;
+                        true
+                    } else {
+                        // The window is full: the query waits for an answer
+                        // (or a timeout) to make room, so a burst cannot
+                        // overflow the server's receive buffer and lose queries.
+                        window.backlog.push_back(id);
+                        false
+                    }
+                })
+                .unwrap_or(true);
         let send = if room {
             self.next_attempt(&mut pending, now)
         } else {
@@ -269,8 +288,106 @@ impl Exchange {
         pending.next_server += 1;
         pending.attempts_left = pending.attempts_left.saturating_sub(1);
         pending.attempt_deadline = (now + pending.settings.attempt_timeout()).min(pending.deadline);
+        if pending.tcp {
+            self.tcp_send(server, &pending.packet);
+            return None;
+        }
         self.socket(server)
             .map(|socket| (socket, pending.packet.clone()))
+    }
+
+    /// Sends a query on the server's TCP connection, opening one if needed.
+    /// Never waits: the connection's task writes.
+    fn tcp_send(self: &Arc<Self>, server: SocketAddr, packet: &[u8]) {
+        let Ok(len) = u16::try_from(packet.len()) else {
+            return;
+        };
+        let mut framed = Vec::with_capacity(packet.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(packet);
+        let Ok(mut conns) = self.tcp.lock() else {
+            return;
+        };
+        if let Some((_, sender)) = conns.get(&server) {
+            match sender.send(framed) {
+                Ok(()) => return,
+                Err(returned) => framed = returned.0,
+            }
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let _ = sender.send(framed);
+        let conn = self.counter.fetch_add(1, Ordering::Relaxed);
+        conns.insert(server, (conn, sender));
+        let exchange = Arc::clone(self);
+        self.runtime
+            .spawn(async move { exchange.tcp_connection(server, conn, receiver).await });
+    }
+
+    /// Owns one TCP connection: writes the queries sent to it, while a
+    /// reader task hands answers to `answer`. The connection ends when the
+    /// server closes it, on an error, or when it is replaced.
+    async fn tcp_connection(
+        self: Arc<Self>,
+        server: SocketAddr,
+        conn: u64,
+        mut queries: mpsc::UnboundedReceiver<Vec<u8>>,
+    ) {
+        let connect = tokio::time::timeout(TCP_CONNECT, TcpStream::connect(server));
+        let Ok(Ok(stream)) = connect.await else {
+            // Its queries are retried when their attempts time out.
+            return self.tcp_closed(server, conn, false);
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let exchange = Arc::clone(&self);
+        let reading = self.runtime.spawn(async move {
+            loop {
+                let mut len = [0u8; 2];
+                if reader.read_exact(&mut len).await.is_err() {
+                    break;
+                }
+                let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                if reader.read_exact(&mut message).await.is_err() {
+                    break;
+                }
+                let _ = catch_unwind(AssertUnwindSafe(|| exchange.answer(&message, server, true)));
+            }
+            // Closing drops the senders, which ends the writer below.
+            exchange.tcp_closed(server, conn, true);
+        });
+        while let Some(packet) = queries.recv().await {
+            if writer.write_all(&packet).await.is_err() {
+                reading.abort();
+                self.tcp_closed(server, conn, true);
+                break;
+            }
+        }
+    }
+
+    /// Forgets connection `conn` (unless a newer one replaced it). When it
+    /// had been open, the queries waiting on the server over TCP are sent
+    /// again on a new connection (at most `TCP_RESENDS` times each), since a
+    /// server may close an idle connection just as a query is written.
+    fn tcp_closed(self: &Arc<Self>, server: SocketAddr, conn: u64, was_open: bool) {
+        let current = self.tcp.lock().is_ok_and(|mut conns| {
+            let current = conns.get(&server).is_some_and(|(c, _)| *c == conn);
+            if current {
+                conns.remove(&server);
+            }
+            current
+        });
+        if !(current && was_open) {
+            return;
+        }
+        let Ok(mut table) = self.pending.lock() else {
+            return;
+        };
+        for pending in table.values_mut() {
+            if pending.tcp && pending.servers.contains(&server) && pending.resent < TCP_RESENDS {
+                pending.resent += 1;
+                self.tcp_send(server, &pending.packet);
+            }
+        }
     }
 
     /// Sends without waiting; a full socket buffer hands the packet to the
@@ -389,7 +506,7 @@ impl Exchange {
             match socket.recv(&mut buffer).await {
                 Ok(len) => {
                     let packet = &buffer[..len];
-                    let _ = catch_unwind(AssertUnwindSafe(|| self.answer(packet, server)));
+                    let _ = catch_unwind(AssertUnwindSafe(|| self.answer(packet, server, false)));
                 }
                 // ICMP errors (nothing listening) surface here; the queries
                 // concerned time out or are retried by the sweeper.
@@ -398,7 +515,7 @@ impl Exchange {
         }
     }
 
-    fn answer(self: &Arc<Self>, packet: &[u8], server: SocketAddr) {
+    fn answer(self: &Arc<Self>, packet: &[u8], server: SocketAddr, over_tcp: bool) {
         let Ok(message) = Message::from_vec(packet) else {
             return;
         };
@@ -407,7 +524,25 @@ impl Exchange {
             let Ok(mut table) = self.pending.lock() else {
                 return;
             };
-            match table.get(&id) {
+            match table.get_mut(&id) {
+                Some(p) if p.tcp != over_tcp => None,
+                // Cut short over UDP: ask the same server again over TCP.
+                Some(p)
+                    if matches_query(p, &message, server)
+                        && message.metadata.truncation
+                        && !over_tcp =>
+                {
+                    p.tcp = true;
+                    p.switched = true;
+                    p.attempt_deadline =
+                        (Instant::now() + p.settings.attempt_timeout()).min(p.deadline);
+                    let packet = p.packet.clone();
+                    if let Ok(mut due) = self.next_due.lock() {
+                        *due = (*due).min(p.attempt_deadline);
+                    }
+                    self.tcp_send(server, &packet);
+                    None
+                }
                 Some(p) if matches_query(p, &message, server) => {
                     let window = p.servers[0];
                     let done = table.remove(&id);
@@ -424,18 +559,10 @@ impl Exchange {
         let Some(pending) = pending else {
             return;
         };
-        if message.metadata.truncation {
-            let name = pending.name.to_ascii();
-            let Pending {
-                settings,
-                kind,
-                deadline,
-                reply,
-                ..
-            } = pending;
-            return self.via_tcp(settings, name, kind, deadline, true, reply);
-        }
         let result = result_of(&message, pending.kind);
+        if pending.switched && result.is_ok() {
+            self.mark_big(&pending.name.to_ascii(), pending.kind);
+        }
         deliver(pending.reply, result);
     }
 
@@ -539,36 +666,6 @@ impl Exchange {
             }
             big.insert((name.to_ascii_lowercase(), kind), Instant::now() + BIG_FOR);
         }
-    }
-
-    /// The answer did not fit in UDP: ask hickory over TCP within what is
-    /// left of the deadline. A name whose UDP answer was truncated then goes
-    /// to TCP directly for `BIG_FOR`, saving the truncated round trip.
-    fn via_tcp(
-        self: &Arc<Self>,
-        mut settings: Settings,
-        name: String,
-        kind: Kind,
-        deadline: Instant,
-        truncated: bool,
-        reply: Reply,
-    ) {
-        settings.protocol = Protocol::Tcp;
-        let exchange = Arc::clone(self);
-        self.runtime.spawn(async move {
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1));
-            let lookup = resolver::lookup(&settings, &name, kind);
-            let result = match tokio::time::timeout(left, lookup).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::Timeout),
-            };
-            if truncated && result.is_ok() {
-                exchange.mark_big(&name, kind);
-            }
-            deliver(reply, result);
-        });
     }
 
     fn via_hickory(&self, settings: Settings, name: String, kind: Kind, reply: Reply) {
