@@ -723,3 +723,73 @@ pub fn result_of(message: &Message, kind: Kind) -> Result<Answer, Error> {
         code => Err(Error::Other(format!("the server answered {code}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::proto::op::OpCode;
+    use hickory_resolver::proto::rr::rdata::SRV;
+    use hickory_resolver::proto::rr::{RData, Record};
+
+    fn response(code: ResponseCode, answers: Vec<Record>) -> Message {
+        let mut message = Message::response(7, OpCode::Query);
+        message.metadata.response_code = code;
+        message.add_answers(answers);
+        message
+    }
+
+    fn name(text: &str) -> Name {
+        Name::from_str(text).expect("test name")
+    }
+
+    #[test]
+    fn response_codes_become_errors() {
+        assert_eq!(
+            result_of(&response(ResponseCode::NXDomain, vec![]), Kind::Srv),
+            Err(Error::NxDomain)
+        );
+        assert_eq!(
+            result_of(&response(ResponseCode::NoError, vec![]), Kind::Srv),
+            Err(Error::NoData)
+        );
+        assert_eq!(
+            result_of(&response(ResponseCode::ServFail, vec![]), Kind::A),
+            Err(Error::ServFail)
+        );
+        assert_eq!(
+            result_of(&response(ResponseCode::Refused, vec![]), Kind::Aaaa),
+            Err(Error::Refused)
+        );
+        assert!(matches!(
+            result_of(&response(ResponseCode::NotImp, vec![]), Kind::Srv),
+            Err(Error::Other(_))
+        ));
+    }
+
+    #[test]
+    fn records_of_another_type_are_no_data() {
+        let srv = Record::from_rdata(
+            name("app.test."),
+            0,
+            RData::SRV(SRV::new(0, 1, 4000, name("n1.app.test."))),
+        );
+        assert_eq!(
+            result_of(&response(ResponseCode::NoError, vec![srv.clone()]), Kind::A),
+            Err(Error::NoData)
+        );
+        assert!(matches!(
+            result_of(&response(ResponseCode::NoError, vec![srv]), Kind::Srv),
+            Ok(Answer::Srv(records)) if records.len() == 1
+        ));
+    }
+
+    #[test]
+    fn queries_carry_the_id_the_question_and_edns() {
+        let packet = encode(4242, &name("app.test."), Kind::Srv).expect("encodes");
+        let message = Message::from_vec(&packet).expect("decodes");
+        assert_eq!(message.metadata.id, 4242);
+        assert_eq!(message.queries.len(), 1);
+        assert_eq!(message.queries[0].query_type(), Kind::Srv.record_type());
+        assert_eq!(message.max_payload(), EDNS_PAYLOAD);
+    }
+}
