@@ -9,7 +9,7 @@ export LC_ALL := C.UTF-8
 export ERL_AFLAGS := -kernel shell_history disabled
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := elixir erlang-dev erlang-src dnsmasq-base bind9 iproute2 procps
+APT_PACKAGES := elixir erlang-dev erlang-src dnsmasq-base bind9 iproute2 procps python3-yaml
 
 .PHONY: test demo bench system-deps build rust-test rust-lint elixir-test clean
 
@@ -26,6 +26,7 @@ system-deps:
 	@missing=""; \
 	for cmd in elixir erl dnsmasq named; do command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing=1; done; \
 	[ -f /usr/lib/erlang/usr/include/erl_nif.h ] || missing=1; \
+	/usr/bin/python3 -c "import yaml" 2>/dev/null || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing $(APT_PACKAGES) with apt-get"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(APT_PACKAGES); \
