@@ -10,7 +10,7 @@ defmodule DynamicSrv.Test.DnsServer do
   authoritatively (NXDOMAIN / no data for anything else there).
   """
 
-  defstruct [:dir, :port, :os_pid, :records, :log_queries]
+  defstruct [:dir, :port, :os_pid, :records, :log_queries, listen: {127, 0, 0, 1}]
 
   @type record ::
           {:srv, String.t(), String.t(), :inet.port_number()}
@@ -28,17 +28,18 @@ defmodule DynamicSrv.Test.DnsServer do
       dir: dir,
       port: port,
       records: records,
-      log_queries: Keyword.get(opts, :log_queries, false)
+      log_queries: Keyword.get(opts, :log_queries, false),
+      listen: Keyword.get(opts, :listen, {127, 0, 0, 1})
     }
 
     launch(server)
   end
 
   @doc "The `nameservers` option pointing at this server."
-  def nameservers(%__MODULE__{port: port}), do: [{{127, 0, 0, 1}, port}]
+  def nameservers(%__MODULE__{port: port, listen: ip}), do: [{ip, port}]
 
   @doc "The `DYNAMIC_SRV_NAMESERVERS` value pointing at this server."
-  def env_value(%__MODULE__{port: port}), do: "127.0.0.1:#{port}"
+  def env_value(%__MODULE__{port: port, listen: ip}), do: "#{:inet.ntoa(ip)}:#{port}"
 
   @doc "Serves `records` instead (a restart on the same port)."
   def set_records(%__MODULE__{} = server, records) do
@@ -76,14 +77,14 @@ defmodule DynamicSrv.Test.DnsServer do
       )
 
     os_pid = wait_for_pid(pid_file, 100)
-    wait_until_serving(server.port, 100)
+    wait_until_serving(server.listen, server.port, 100)
     %{server | os_pid: os_pid}
   end
 
   defp config(server) do
     base = [
       "port=#{server.port}",
-      "listen-address=127.0.0.1",
+      "listen-address=#{:inet.ntoa(server.listen)}",
       "bind-interfaces",
       "no-resolv",
       "no-hosts",
@@ -162,16 +163,16 @@ defmodule DynamicSrv.Test.DnsServer do
     end
   end
 
-  defp wait_until_serving(_port, 0), do: raise("dnsmasq is not answering")
+  defp wait_until_serving(_ip, _port, 0), do: raise("dnsmasq is not answering")
 
-  defp wait_until_serving(port, tries) do
-    case :gen_tcp.connect({127, 0, 0, 1}, port, [], 200) do
+  defp wait_until_serving(ip, port, tries) do
+    case :gen_tcp.connect(ip, port, [], 200) do
       {:ok, socket} ->
         :gen_tcp.close(socket)
 
       {:error, _} ->
         Process.sleep(20)
-        wait_until_serving(port, tries - 1)
+        wait_until_serving(ip, port, tries - 1)
     end
   end
 

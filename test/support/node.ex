@@ -16,7 +16,8 @@ defmodule DynamicSrv.Test.Node do
   Starts `name` (e.g. `"node-0@svc.service.consul"`). Options: `:dist_port`
   (`ERL_DIST_PORT`; `nil` leaves it unset), `:env` (more variables),
   `:eval` (Elixir code run at start, before the agent loop), `:erl` (more
-  emulator flags), `:hidden`, `:wait` (wait for the agent; default true).
+  emulator flags), `:hidden`, `:wait` (wait for the agent; default true),
+  `:netns` (run inside that network namespace).
   """
   def start(name, opts \\ []) do
     dist_port = Keyword.get(opts, :dist_port)
@@ -46,7 +47,18 @@ defmodule DynamicSrv.Test.Node do
 
     env = Enum.map(env, fn {k, v} -> {String.to_charlist(k), v && String.to_charlist(v)} end)
     env = Enum.map(env, fn {k, v} -> {k, v || false} end)
-    {relay, os_pid} = start_relay(args, env)
+
+    {executable, args} =
+      case Keyword.get(opts, :netns) do
+        nil ->
+          {System.find_executable("elixir"), args}
+
+        ns ->
+          {System.find_executable("ip"),
+           ["netns", "exec", ns, System.find_executable("elixir") | args]}
+      end
+
+    {relay, os_pid} = start_relay(executable, args, env)
     node = %__MODULE__{name: name, port: relay, dist_port: dist_port, os_pid: os_pid, log: []}
 
     if Keyword.get(opts, :wait, true), do: wait_ready(node), else: node
@@ -79,7 +91,7 @@ defmodule DynamicSrv.Test.Node do
   # The port is owned by a relay process, so any test process (not only the
   # one that started the node, e.g. a setup_all) can talk to the node. The
   # relay kills the node when its starter exits.
-  defp start_relay(args, env) do
+  defp start_relay(executable, args, env) do
     starter = self()
 
     relay =
@@ -87,7 +99,7 @@ defmodule DynamicSrv.Test.Node do
         ref = Process.monitor(starter)
 
         port =
-          Port.open({:spawn_executable, System.find_executable("elixir")}, [
+          Port.open({:spawn_executable, executable}, [
             :binary,
             :exit_status,
             :stderr_to_stdout,
