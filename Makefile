@@ -11,7 +11,7 @@ export ERL_AFLAGS := -kernel shell_history disabled
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := elixir erlang-dev erlang-src dnsmasq-base bind9 iproute2 procps python3-yaml
 
-.PHONY: test demo bench system-deps build rust-test rust-lint elixir-test clean
+.PHONY: test demo bench soak system-deps build rust-test rust-lint elixir-test clean
 
 test: system-deps rust-lint rust-test elixir-test
 
@@ -21,6 +21,10 @@ demo: system-deps build
 bench: system-deps
 	MIX_ENV=dev mix compile
 	MIX_ENV=dev mix run --no-start bench/run.exs
+
+soak: system-deps
+	MIX_ENV=dev mix compile
+	MIX_ENV=dev mix run --no-start bench/soak.exs
 
 system-deps:
 	@missing=""; \
