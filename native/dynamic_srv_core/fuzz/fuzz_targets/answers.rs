@@ -1,0 +1,16 @@
+//! DNS answers from arbitrary bytes: decoding and turning the records into
+//! results must never panic, whatever a hostile server sends.
+#![no_main]
+
+use dynamic_srv_core::exchange::result_of;
+use dynamic_srv_core::resolver::Kind;
+use hickory_resolver::proto::op::Message;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(message) = Message::from_vec(data) {
+        for kind in [Kind::Srv, Kind::A, Kind::Aaaa] {
+            let _ = result_of(&message, kind);
+        }
+    }
+});
