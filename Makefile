@@ -25,6 +25,7 @@ bench: system-deps
 soak: system-deps
 	MIX_ENV=dev mix compile
 	MIX_ENV=dev mix run --no-start bench/soak.exs
+	MIX_ENV=dev mix run --no-start bench/churn.exs
 
 system-deps:
 	@missing=""; \

@@ -70,7 +70,7 @@ defmodule DynamicSrv.Epmd do
   end
 
   defp boot_nif do
-    if Code.ensure_loaded?(DynamicSrv.Native) do
+    if DynamicSrv.Native.loaded?() do
       :ok
     else
       {:error,

@@ -1,28 +1,60 @@
 defmodule DynamicSrv.Native do
   @moduledoc false
-  # Stubs of the Rust NIF (native/dynamic_srv_nif). The library is loaded from
-  # the application's priv dir when this module loads; it needs neither the
-  # file server nor Logger, so it also works while the kernel boots.
+  # The Rust NIF (native/dynamic_srv_nif). The library is loaded on first
+  # use, not by @on_load: in a release's embedded mode the kernel runs
+  # @on_load functions only after it has started the distribution, and with
+  # it DynamicSrv.Epmd, which needs the NIF at once. Loading needs neither
+  # the file server nor Logger, so it also works while the kernel boots.
   #
-  # Callers go through DynamicSrv.Resolver, DynamicSrv.Target and
+  # Each public function below is replaced by its NIF once the library is
+  # loaded; until then it loads the library and calls itself again (now the
+  # NIF). Callers go through DynamicSrv.Resolver, DynamicSrv.Target and
   # DynamicSrv.Env, never through this module directly.
 
-  @on_load :load
   @nif_name ~c"libdynamic_srv_nif"
 
   @doc false
+  @spec load() :: :ok | {:error, term()}
   def load do
     case :code.priv_dir(:libcluster_dynamic_srv) do
-      {:error, _} -> :priv_dir_not_found
-      dir -> :erlang.load_nif(:filename.join([dir, ~c"native", @nif_name]), 0)
+      {:error, reason} ->
+        {:error, {:priv_dir, reason}}
+
+      dir ->
+        case :erlang.load_nif(:filename.join([dir, ~c"native", @nif_name]), 0) do
+          :ok -> :ok
+          # Another process loaded it first.
+          {:error, {:reload, _}} -> :ok
+          {:error, _} = error -> error
+        end
     end
   end
 
+  @doc false
+  @spec loaded?() :: boolean()
+  def loaded?, do: load() == :ok
+
   # Starts a lookup and returns at once; the caller later receives
   # {:dynamic_srv_dns, ref, result}.
-  def lookup(_ref, _type, _name, _settings), do: :erlang.nif_error(:nif_not_loaded)
+  def lookup(ref, type, name, settings) do
+    load!()
+    __MODULE__.lookup(ref, type, name, settings)
+  end
 
-  def parse_targets(_targets, _service), do: :erlang.nif_error(:nif_not_loaded)
+  def parse_targets(targets, service) do
+    load!()
+    __MODULE__.parse_targets(targets, service)
+  end
 
-  def parse_nameservers(_text), do: :erlang.nif_error(:nif_not_loaded)
+  def parse_nameservers(text) do
+    load!()
+    __MODULE__.parse_nameservers(text)
+  end
+
+  defp load! do
+    case load() do
+      :ok -> :ok
+      {:error, reason} -> :erlang.nif_error({:nif_not_loaded, reason})
+    end
+  end
 end
