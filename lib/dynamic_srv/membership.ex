@@ -218,7 +218,14 @@ defmodule DynamicSrv.Membership do
   # Runs the provider in its own process so that a hung or crashing
   # provider costs at most :poll_timeout and never takes the engine down.
   defp run_provider(%{poll: poll, poll_timeout: timeout}) do
-    {pid, ref} = spawn_monitor(fn -> exit({:poll_result, poll.()}) end)
+    # The provider's own log lines carry the engine's metadata (topology).
+    metadata = Logger.metadata()
+
+    {pid, ref} =
+      spawn_monitor(fn ->
+        Logger.metadata(metadata)
+        exit({:poll_result, poll.()})
+      end)
 
     receive do
       {:DOWN, ^ref, :process, ^pid, {:poll_result, {:ok, nodes}}} when is_list(nodes) ->

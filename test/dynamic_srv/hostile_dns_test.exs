@@ -92,6 +92,17 @@ defmodule DynamicSrv.HostileDnsTest do
 
     assert {:ok, [%{target: ^long_name, port: 7}]} = Resolver.lookup_srv(@name, opts)
 
+    # A server that ignores the advertised payload and sends a 300-record
+    # answer (about 15 KiB) in one UDP datagram: read whole.
+    Dns.set_mode(server, fn q ->
+      {id, question} = Dns.split_query(q)
+      rrs = for i <- 1..300, into: <<>>, do: Dns.srv_rr("n#{i}." <> @name, i)
+      [Dns.header(id, 300) <> question <> rrs]
+    end)
+
+    assert {:ok, records} = Resolver.lookup_srv(@name, opts)
+    assert length(records) == 300
+
     # After all that, the resolver still answers.
     Dns.set_mode(server, &valid/1)
     assert {:ok, [%{target: "node-1." <> @name, port: 4000}]} = Resolver.lookup_srv(@name, opts)

@@ -78,6 +78,7 @@ defmodule DynamicSrv.Via.Udp do
   @impl GenServer
   def init(config) do
     config = Map.merge(defaults(), config)
+    Logger.metadata(topology: __MODULE__)
 
     case :gen_udp.open(config.port, socket_options(config)) do
       {:ok, socket} ->
