@@ -9,7 +9,7 @@ export LC_ALL := C.UTF-8
 export ERL_AFLAGS := -kernel shell_history disabled
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := elixir erlang-dev erlang-src dnsmasq-base bind9 iproute2 procps python3-yaml
+APT_PACKAGES := elixir erlang-dev erlang-src dnsmasq-base bind9 iproute2 procps python3-yaml openssl
 
 .PHONY: test demo bench soak system-deps build rust-test rust-lint elixir-test clean
 
@@ -29,7 +29,7 @@ soak: system-deps
 
 system-deps:
 	@missing=""; \
-	for cmd in elixir erl dnsmasq named; do command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing=1; done; \
+	for cmd in elixir erl dnsmasq named openssl ip; do command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing=1; done; \
 	[ -f /usr/lib/erlang/usr/include/erl_nif.h ] || missing=1; \
 	/usr/bin/python3 -c "import yaml" 2>/dev/null || missing=1; \
 	if [ -n "$$missing" ]; then \
