@@ -24,15 +24,7 @@ kinds =
 
 bounds = %{processes: 40, atoms: 100, memory_kib: 20_480}
 
-strategy = """
-state = %{topology: :churn, config: [service: "#{svc}", polling_interval: #{interval}],
-          connect: {:net_kernel, :connect_node, []}, disconnect: {:erlang, :disconnect_node, []},
-          list_nodes: {:erlang, :nodes, [:connected]}, meta: nil}
-{:ok, pid} = Cluster.Strategy.DynamicSrv.start_link([state])
-Process.unlink(pid)
-Process.register(pid, :churn_strategy)
-:started
-"""
+strategy = Node.strategy_code(:churn, svc, interval, :churn_strategy)
 
 stats = """
 :erlang.garbage_collect()

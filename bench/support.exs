@@ -738,17 +738,9 @@ defmodule Bench.Convergence do
 
   # The strategy as libcluster would start it, with the time of its start.
   defp strategy_code(svc) do
-    """
-    state = %{topology: :bench, config: [service: "#{svc}", polling_interval: #{@interval}],
-              connect: {:net_kernel, :connect_node, []}, disconnect: {:erlang, :disconnect_node, []},
-              list_nodes: {:erlang, :nodes, [:connected]}, meta: nil}
-
-    :persistent_term.put(:bench_started, System.os_time(:microsecond))
-    {:ok, pid} = Cluster.Strategy.DynamicSrv.start_link([state])
-    Process.unlink(pid)
-    Process.register(pid, :bench_strategy)
-    :started
-    """
+    ":persistent_term.put(:bench_started, System.os_time(:microsecond))
+" <>
+      Node.strategy_code(:bench, svc, @interval, :bench_strategy)
   end
 
   @probe """

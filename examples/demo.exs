@@ -13,18 +13,6 @@ defmodule Demo do
     end)
   end
 
-  def strategy_code do
-    """
-    state = %{topology: :demo, config: [service: "#{@svc}", polling_interval: 1_000],
-              connect: {:net_kernel, :connect_node, []}, disconnect: {:erlang, :disconnect_node, []},
-              list_nodes: {:erlang, :nodes, [:connected]}, meta: nil}
-    {:ok, pid} = Cluster.Strategy.DynamicSrv.start_link([state])
-    Process.unlink(pid)
-    Process.register(pid, :demo_strategy)
-    :ok
-    """
-  end
-
   def table(nodes, started) do
     rows =
       for {i, port, node} <- nodes do
@@ -86,7 +74,8 @@ try do
   {epmd, _} = System.cmd("sh", ["-c", "pgrep -x epmd || echo none"])
   IO.puts("epmd processes: #{String.trim(epmd)}")
 
-  for {_, _, node} <- nodes, do: :ok = Node.eval(node, Demo.strategy_code())
+  code = Node.strategy_code(:demo, Demo.svc(), 1_000, :demo_strategy)
+  for {_, _, node} <- nodes, do: :started = Node.eval(node, code)
   {:ok, _} = Demo.until_peers(nodes, started, 2)
 
   IO.puts(

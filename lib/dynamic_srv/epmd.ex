@@ -186,7 +186,9 @@ defmodule DynamicSrv.Epmd do
     # A host known to have no per-node SRV records is asked for its
     # service's answer directly.
     srv =
-      if PortBook.no_node_srv?(host), do: {:error, :nxdomain}, else: Resolver.request(fqdn, :srv)
+      if PortBook.marked?({host, :no_node_srv}),
+        do: {:error, :nxdomain},
+        else: Resolver.request(fqdn, :srv)
 
     ip = Resolver.request(fqdn, ip_type(family))
 
@@ -227,7 +229,7 @@ defmodule DynamicSrv.Epmd do
   defp port_record({:ok, []}, fqdn, host), do: port_record({:error, :no_data}, fqdn, host)
 
   defp port_record({:error, reason}, fqdn, host) when reason in [:nxdomain, :no_data] do
-    PortBook.note_no_node_srv(host, @no_node_srv_ttl)
+    PortBook.mark({host, :no_node_srv}, @no_node_srv_ttl)
 
     with {:ok, records} <- Resolver.lookup_srv(host) do
       book_service(records, host)

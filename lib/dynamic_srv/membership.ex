@@ -71,6 +71,10 @@ defmodule DynamicSrv.Membership do
     :connect_timeout,
     :poll_timeout,
     :log_results,
+    # Whether libcluster's Cluster.Strategy and :telemetry are there,
+    # looked up once at start rather than on every connect.
+    :libcluster,
+    :telemetry,
     members: MapSet.new(),
     missing: %{},
     failing: nil,
@@ -104,7 +108,10 @@ defmodule DynamicSrv.Membership do
       list_nodes: Keyword.get(opts, :list_nodes, {:erlang, :nodes, [:connected]}),
       connect_timeout: Keyword.get(opts, :connect_timeout, min(interval, 10_000)),
       poll_timeout: Keyword.get(opts, :poll_timeout, 30_000),
-      log_results: Keyword.get(opts, :log_results, true)
+      log_results: Keyword.get(opts, :log_results, true),
+      libcluster:
+        Code.ensure_loaded?(@libcluster) and function_exported?(@libcluster, :connect_nodes, 4),
+      telemetry: Code.ensure_loaded?(:telemetry)
     }
 
     Logger.metadata(topology: state.topology)
@@ -265,7 +272,7 @@ defmodule DynamicSrv.Membership do
     started = System.monotonic_time()
     result = do_connect(state, node)
 
-    emit(:connect, %{duration: System.monotonic_time() - started}, %{
+    emit(state, :connect, %{duration: System.monotonic_time() - started}, %{
       topology: state.topology,
       node: node,
       result: result
@@ -275,7 +282,7 @@ defmodule DynamicSrv.Membership do
   end
 
   defp do_connect(%{connect: connect} = state, node) do
-    if libcluster?() do
+    if state.libcluster do
       apply(@libcluster, :connect_nodes, [state.topology, connect, state.list_nodes, [node]])
     else
       {m, f, a} = connect
@@ -291,9 +298,9 @@ defmodule DynamicSrv.Membership do
   defp disconnect(_state, []), do: :ok
 
   defp disconnect(%{disconnect: disconnect} = state, nodes) do
-    emit(:disconnect, %{count: length(nodes)}, %{topology: state.topology, nodes: nodes})
+    emit(state, :disconnect, %{count: length(nodes)}, %{topology: state.topology, nodes: nodes})
 
-    if libcluster?() do
+    if state.libcluster do
       apply(@libcluster, :disconnect_nodes, [state.topology, disconnect, state.list_nodes, nodes])
     else
       connected = MapSet.new(list_nodes(state))
@@ -317,30 +324,26 @@ defmodule DynamicSrv.Membership do
 
   defp emit_poll(state, {:ok, nodes}, duration),
     do:
-      emit(:poll, %{duration: duration, nodes: length(nodes)}, %{
+      emit(state, :poll, %{duration: duration, nodes: length(nodes)}, %{
         topology: state.topology,
         result: :ok
       })
 
   defp emit_poll(state, {:error, reason}, duration),
     do:
-      emit(:poll, %{duration: duration, nodes: 0}, %{
+      emit(state, :poll, %{duration: duration, nodes: 0}, %{
         topology: state.topology,
         result: :error,
         reason: reason
       })
 
   # :telemetry is optional: called through apply/3 only when it is loaded.
-  defp emit(event, measurements, metadata) do
-    if Code.ensure_loaded?(:telemetry) do
-      apply(:telemetry, :execute, [[:libcluster_dynamic_srv, event], measurements, metadata])
-    end
+  defp emit(%{telemetry: false}, _event, _measurements, _metadata), do: :ok
 
+  defp emit(_state, event, measurements, metadata) do
+    apply(:telemetry, :execute, [[:libcluster_dynamic_srv, event], measurements, metadata])
     :ok
   catch
     _, _ -> :ok
   end
-
-  defp libcluster?,
-    do: Code.ensure_loaded?(@libcluster) and function_exported?(@libcluster, :connect_nodes, 4)
 end

@@ -79,7 +79,10 @@ defmodule DynamicSrv.PortBook do
   @doc "Whether the live entry of `name` lacks an address of `family`."
   @spec missing_address?(String.t(), family()) :: boolean()
   def missing_address?(name, family) do
-    match?({:ok, nil, _}, fetch(name, family)) or fetch(name, family) == :miss
+    case fetch(name, family) do
+      {:ok, address, _} -> address == nil
+      _ -> true
+    end
   end
 
   defp known_address(name, family) do
@@ -98,32 +101,31 @@ defmodule DynamicSrv.PortBook do
   def enabled?, do: :ets.whereis(@table) != :undefined
 
   @doc """
-  Notes that the hosts's nodes have no SRV records of their own (the
-  per-node SRV name gave NXDOMAIN), so the epmd module skips that query
-  for `ttl_ms`.
+  Marks `key` for `ttl_ms`: a fact worth remembering for a while, e.g. that
+  a host has no per-node SRV records (`{host, :no_node_srv}`).
   """
-  @spec note_no_node_srv(String.t(), non_neg_integer()) :: :ok
-  def note_no_node_srv(host, ttl_ms) do
-    if enabled?(), do: :ets.insert(@table, {{host, :no_node_srv}, true, now() + ttl_ms})
+  @spec mark(term(), non_neg_integer()) :: :ok
+  def mark(key, ttl_ms) do
+    if enabled?(), do: :ets.insert(@table, {{:mark, key}, true, now() + ttl_ms})
     :ok
   end
 
-  @spec no_node_srv?(String.t()) :: boolean()
-  def no_node_srv?(host), do: fetch(host, :no_node_srv) == true
+  @spec marked?(term()) :: boolean()
+  def marked?(key), do: lookup({:mark, key}) == true
 
   @doc "The live entry for `name` and `family`, or `:miss`."
-  @spec fetch(String.t(), family() | :no_node_srv) :: answer() | true | :miss
-  def fetch(name, family) do
+  @spec fetch(String.t(), family()) :: answer() | :miss
+  def fetch(name, family), do: lookup({name, family})
+
+  defp lookup(key) do
     now = now()
 
-    try do
-      case :ets.lookup(@table, {name, family}) do
-        [{_, answer, expires}] when expires > now -> answer
-        _ -> :miss
-      end
-    rescue
-      ArgumentError -> :miss
+    case :ets.lookup(@table, key) do
+      [{_, value, expires}] when expires > now -> value
+      _ -> :miss
     end
+  rescue
+    ArgumentError -> :miss
   end
 
   @spec family_of(:inet.ip_address()) :: family()

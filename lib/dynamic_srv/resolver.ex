@@ -96,6 +96,15 @@ defmodule DynamicSrv.Resolver do
     end
   end
 
+  @doc """
+  The resolver options among `config` (a map or keyword list of a
+  strategy's or provider's settings): `:nameservers`, `:timeout` and
+  `:protocol`, when set.
+  """
+  @spec options(map() | keyword()) :: [option()]
+  def options(config),
+    do: for(key <- [:nameservers, :timeout, :protocol], value = config[key], do: {key, value})
+
   @doc "Waits for the answer of a lookup started with `request/3`."
   @spec await(request()) :: {:ok, [map()]} | {:error, reason()}
   def await({ref, type, deadline}) do

@@ -47,14 +47,11 @@ defmodule DynamicSrv.Srv do
   @doc "Builds the poll configuration from keys validated against `schema/0`."
   @spec config(map(), non_neg_integer()) :: config()
   def config(validated, book_ttl) do
-    resolver_opts =
-      for key <- [:nameservers, :timeout, :protocol], value = validated[key], do: {key, value}
-
     %{
       service: validated.service,
       query: validated.query,
       resolver: validated.resolver,
-      resolver_opts: resolver_opts,
+      resolver_opts: Resolver.options(validated),
       max_nodes: validated.max_nodes,
       book_ttl: book_ttl
     }
@@ -109,9 +106,14 @@ defmodule DynamicSrv.Srv do
   # knows no address for such a node, one query over TCP fetches them all,
   # instead of one A lookup per node and connection later.
   defp complete_addresses(records, pairs, query, config) do
+    # A target without any address would otherwise send this query on
+    # every poll: once per book lifetime is enough.
+    refilled = {query, :tcp_refill}
+
     if Map.get(config, :resolver) == nil and PortBook.enabled?() and
-         missing_addresses?(records, pairs) do
+         not PortBook.marked?(refilled) and missing_addresses?(records, pairs) do
       opts = Keyword.put(Map.get(config, :resolver_opts, []), :protocol, :tcp)
+      PortBook.mark(refilled, Map.get(config, :book_ttl, 15_000))
 
       case Resolver.lookup_srv(query, opts) do
         {:ok, full} ->

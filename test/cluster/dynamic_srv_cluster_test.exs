@@ -18,18 +18,7 @@ defmodule Cluster.Strategy.DynamicSrvClusterTest do
     end)
   end
 
-  defp strategy_code do
-    """
-    DynamicSrv.Test.NodeWatch.start()
-    state = %{topology: :dyn_srv, config: [service: "#{@svc}", polling_interval: #{@interval}],
-              connect: {:net_kernel, :connect_node, []}, disconnect: {:erlang, :disconnect_node, []},
-              list_nodes: {:erlang, :nodes, [:connected]}, meta: nil}
-    {:ok, pid} = Cluster.Strategy.DynamicSrv.start_link([state])
-    Process.unlink(pid)
-    Process.register(pid, :dyn_srv_test)
-    :started
-    """
-  end
+  defp strategy_code, do: Node.strategy_code(:dyn_srv, @svc, @interval, :dyn_srv_test)
 
   defp peers(node), do: node |> Node.eval("Node.list()") |> Enum.sort()
 
@@ -62,7 +51,11 @@ defmodule Cluster.Strategy.DynamicSrvClusterTest do
       DnsServer.stop(dns)
     end)
 
-    for {_, node} <- nodes, do: assert(Node.eval(node, strategy_code()) == :started)
+    for {_, node} <- nodes,
+        do:
+          assert(
+            Node.eval(node, "DynamicSrv.Test.NodeWatch.start()\n" <> strategy_code()) == :started
+          )
 
     # 1. The full mesh forms through DNS alone.
     assert {:ok, _} = wait_mesh(nodes, members, 4 * @interval),
@@ -96,7 +89,7 @@ defmodule Cluster.Strategy.DynamicSrvClusterTest do
 
     assert Node.eval(
              elem(three, 1),
-             strategy_code() |> String.replace("DynamicSrv.Test.NodeWatch.start()\n", "")
+             strategy_code()
            ) == :started
 
     assert {:ok, _} = wait_mesh(nodes, members, 2 * @interval)

@@ -22,16 +22,7 @@ defmodule DynamicSrv.MultihostTest do
     end)
   end
 
-  defp strategy_code do
-    """
-    state = %{topology: :multihost, config: [service: "#{@svc}", polling_interval: #{@interval}],
-              connect: {:net_kernel, :connect_node, []}, disconnect: {:erlang, :disconnect_node, []},
-              list_nodes: {:erlang, :nodes, [:connected]}, meta: nil}
-    {:ok, pid} = Cluster.Strategy.DynamicSrv.start_link([state])
-    Process.unlink(pid)
-    :started
-    """
-  end
+  defp strategy_code, do: Node.strategy_code(:multihost, @svc, @interval, :multihost_strategy)
 
   defp peers(node), do: node |> Node.eval("Node.list()") |> Enum.sort()
   defp name(i), do: :"host-#{i}@#{@svc}"

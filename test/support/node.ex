@@ -64,6 +64,23 @@ defmodule DynamicSrv.Test.Node do
     if Keyword.get(opts, :wait, true), do: wait_ready(node), else: node
   end
 
+  @doc """
+  Code that starts `Cluster.Strategy.DynamicSrv` on a node as libcluster's
+  supervisor does (a state map with the real `:net_kernel` connect),
+  unlinked and registered as `name`; it evaluates to `:started`.
+  """
+  def strategy_code(topology, service, interval, name) do
+    """
+    state = %{topology: #{inspect(topology)}, config: [service: #{inspect(service)}, polling_interval: #{interval}],
+              connect: {:net_kernel, :connect_node, []}, disconnect: {:erlang, :disconnect_node, []},
+              list_nodes: {:erlang, :nodes, [:connected]}, meta: nil}
+    {:ok, pid} = Cluster.Strategy.DynamicSrv.start_link([state])
+    Process.unlink(pid)
+    Process.register(pid, #{inspect(name)})
+    :started
+    """
+  end
+
   @doc "Evaluates `code` on the node and returns its value."
   def eval(%__MODULE__{} = node, code, timeout \\ 15_000) do
     call(node, {:eval, Base.encode64(code), timeout}, timeout)

@@ -42,7 +42,7 @@ defmodule DynamicSrv.Via.Dns do
   @impl true
   def poll do
     config = Map.new(Provider.config())
-    opts = for key <- [:nameservers, :timeout, :protocol], value = config[key], do: {key, value}
+    opts = Resolver.options(config)
 
     config.families
     |> Enum.map(&Resolver.request(config.dns_name, type(&1), opts))

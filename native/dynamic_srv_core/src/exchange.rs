@@ -116,13 +116,10 @@ struct Exchange {
 
 static EXCHANGE: OnceLock<Arc<Exchange>> = OnceLock::new();
 
-/// Whether `settings` can use the fast path.
-pub fn eligible(settings: &Settings) -> bool {
-    matches!(settings.nameservers, Nameservers::Explicit(_))
-}
-
 /// Starts a lookup. Returns at once; `reply` runs later on `runtime`.
-/// `name` must have been checked by `parse::query_name`.
+/// `name` must have been checked by `parse::query_name`. Explicit
+/// nameservers take the fast path; the system configuration goes to
+/// hickory-resolver.
 pub fn start(runtime: &Handle, settings: Settings, name: String, kind: Kind, reply: Reply) {
     let exchange = EXCHANGE.get_or_init(|| Exchange::new(runtime.clone()));
     exchange.start(settings, name, kind, reply);
@@ -156,10 +153,9 @@ impl Exchange {
         };
         let tcp = settings.protocol == Protocol::Tcp || self.is_big(&name, kind);
         let servers: Arc<[SocketAddr]> = servers.clone().into();
-        let parsed = Name::from_str(&name);
-        let sockets: Option<Vec<Arc<UdpSocket>>> =
-            servers.iter().map(|server| self.socket(*server)).collect();
-        let (Ok(query_name), Some(_)) = (parsed, sockets) else {
+        // Past MAX_SERVERS servers have no sockets: hickory asks them.
+        let sockets_ready = servers.iter().all(|server| self.socket(*server).is_some());
+        let (Ok(query_name), true) = (Name::from_str(&name), sockets_ready) else {
             return self.via_hickory(settings, name, kind, reply);
         };
 

@@ -17,7 +17,7 @@ use dynamic_srv_core::config::{self, Nameservers, Protocol, Settings};
 use dynamic_srv_core::error::Error;
 use dynamic_srv_core::exchange;
 use dynamic_srv_core::parse::{self, TargetParser};
-use dynamic_srv_core::resolver::{self, Answer, Kind};
+use dynamic_srv_core::resolver::{Answer, Kind};
 
 mod atoms {
     rustler::atoms! {
@@ -80,15 +80,8 @@ fn start_lookup<'a>(
     let name = parse::query_name(name.as_slice())?;
     let runtime = RUNTIME.as_ref().map_err(|e| Error::Other(e.clone()))?;
     let responder = Responder::new(env.pid(), reference);
-    if exchange::eligible(&settings) {
-        let reply = Box::new(move |result| responder.send(result));
-        exchange::start(runtime.handle(), settings, name, kind, reply);
-    } else {
-        runtime.spawn(async move {
-            let result = resolver::lookup(&settings, &name, kind).await;
-            responder.send(result);
-        });
-    }
+    let reply = Box::new(move |result| responder.send(result));
+    exchange::start(runtime.handle(), settings, name, kind, reply);
     Ok(())
 }
 
