@@ -34,11 +34,11 @@ defmodule DynamicSrv.Native do
   @spec loaded?() :: boolean()
   def loaded?, do: load() == :ok
 
-  # Starts a lookup and returns at once; the caller later receives
-  # {:dynamic_srv_dns, ref, result}.
-  def lookup(ref, type, name, settings) do
+  # Starts a lookup and returns {:ok, tag} at once; the caller later
+  # receives {:dynamic_srv_dns, tag, result}.
+  def lookup(type, name, settings) do
     load!()
-    __MODULE__.lookup(ref, type, name, settings)
+    __MODULE__.lookup(type, name, settings)
   end
 
   def parse_targets(targets, service) do

@@ -58,7 +58,7 @@ defmodule DynamicSrv.Resolver do
           | {:timeout, pos_integer()}
           | {:attempts, pos_integer()}
           | {:protocol, :udp | :tcp}
-  @opaque request :: {reference(), :srv | :a | :aaaa, integer()}
+  @opaque request :: {pos_integer(), :srv | :a | :aaaa, integer()}
 
   @doc """
   Looks up the SRV records of `name`. Each record carries the addresses the
@@ -86,13 +86,9 @@ defmodule DynamicSrv.Resolver do
   """
   @spec request(name(), :srv | :a | :aaaa, [option()]) :: {:ok, request()} | {:error, reason()}
   def request(name, type, opts \\ []) when type in [:srv, :a, :aaaa] do
-    with {:ok, settings, timeout} <- settings(opts) do
-      ref = make_ref()
-
-      case DynamicSrv.Native.lookup(ref, type, to_string(name), settings) do
-        :ok -> {:ok, {ref, type, System.monotonic_time(:millisecond) + timeout + @reply_margin}}
-        {:error, _} = error -> error
-      end
+    with {:ok, settings, timeout} <- settings(opts),
+         {:ok, tag} <- DynamicSrv.Native.lookup(type, to_string(name), settings) do
+      {:ok, {tag, type, System.monotonic_time(:millisecond) + timeout + @reply_margin}}
     end
   end
 
@@ -107,12 +103,12 @@ defmodule DynamicSrv.Resolver do
 
   @doc "Waits for the answer of a lookup started with `request/3`."
   @spec await(request()) :: {:ok, [map()]} | {:error, reason()}
-  def await({ref, type, deadline}) do
+  def await({tag, type, deadline}) do
     wait = max(deadline - System.monotonic_time(:millisecond), 0)
 
     receive do
-      {@reply_tag, ^ref, {:ok, records}} -> {:ok, Enum.map(records, &record(type, &1))}
-      {@reply_tag, ^ref, {:error, _} = error} -> error
+      {@reply_tag, ^tag, {:ok, records}} -> {:ok, Enum.map(records, &record(type, &1))}
+      {@reply_tag, ^tag, {:error, _} = error} -> error
     after
       wait -> {:error, :timeout}
     end
@@ -121,7 +117,7 @@ defmodule DynamicSrv.Resolver do
   @doc """
   The message tag of NIF replies. A process that gave up waiting may still
   receive a late reply; `c:GenServer.handle_info/2` clauses can match it with
-  `{tag, _ref, _result}` and drop it.
+  `{tag, _lookup, _result}` and drop it.
   """
   @spec reply_tag() :: atom()
   def reply_tag, do: @reply_tag

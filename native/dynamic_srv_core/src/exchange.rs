@@ -16,13 +16,11 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use hickory_resolver::proto::op::{Edns, Message, MessageType, Query, ResponseCode};
-use hickory_resolver::proto::rr::Name;
+use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::Handle;
@@ -74,8 +72,11 @@ struct Window {
 }
 
 struct Pending {
-    name: Name,
+    /// The name asked, as given to `start`.
+    name: String,
     kind: Kind,
+    /// The query as sent; its question (from byte 12) is what an answer
+    /// must echo.
     packet: Vec<u8>,
     servers: Arc<[SocketAddr]>,
     next_server: usize,
@@ -154,14 +155,13 @@ impl Exchange {
         let tcp = settings.protocol == Protocol::Tcp || self.is_big(&name, kind);
         let servers: Arc<[SocketAddr]> = servers.clone().into();
         // Past MAX_SERVERS servers have no sockets: hickory asks them.
-        let sockets_ready = servers.iter().all(|server| self.socket(*server).is_some());
-        let (Ok(query_name), true) = (Name::from_str(&name), sockets_ready) else {
+        if !servers.iter().all(|server| self.socket(*server).is_some()) {
             return self.via_hickory(settings, name, kind, reply);
-        };
+        }
 
         let now = Instant::now();
         let mut pending = Pending {
-            name: query_name,
+            name,
             kind,
             packet: Vec::new(),
             servers,
@@ -524,7 +524,7 @@ impl Exchange {
                 Some(p) if p.tcp != over_tcp => None,
                 // Cut short over UDP: ask the same server again over TCP.
                 Some(p)
-                    if matches_query(p, &message, server)
+                    if matches_query(p, &message, packet, server)
                         && message.metadata.truncation
                         && !over_tcp =>
                 {
@@ -539,7 +539,7 @@ impl Exchange {
                     self.tcp_send(server, &packet);
                     None
                 }
-                Some(p) if matches_query(p, &message, server) => {
+                Some(p) if matches_query(p, &message, packet, server) => {
                     let window = p.servers[0];
                     let done = table.remove(&id);
                     let send = self.finished(&mut table, window, 1);
@@ -557,7 +557,7 @@ impl Exchange {
         };
         let result = result_of(&message, pending.kind);
         if pending.switched && result.is_ok() {
-            self.mark_big(&pending.name.to_ascii(), pending.kind);
+            self.mark_big(&pending.name, pending.kind);
         }
         deliver(pending.reply, result);
     }
@@ -647,6 +647,9 @@ impl Exchange {
         let Ok(big) = self.big.lock() else {
             return false;
         };
+        if big.is_empty() {
+            return false;
+        }
         big.get(&(name.to_ascii_lowercase(), kind))
             .is_some_and(|until| *until > Instant::now())
     }
@@ -681,25 +684,73 @@ fn deliver(reply: Reply, result: Result<Answer, Error>) {
     let _ = catch_unwind(AssertUnwindSafe(move || reply(result)));
 }
 
-fn encode(id: u16, name: &Name, kind: Kind) -> Result<Vec<u8>, Error> {
-    let mut message = Message::query();
-    message.metadata.id = id;
-    message.metadata.recursion_desired = true;
-    message.add_query(Query::query(name.clone(), kind.record_type()));
-    let mut edns = Edns::new();
-    edns.set_max_payload(EDNS_PAYLOAD);
-    message.set_edns(edns);
-    message
-        .to_vec()
-        .map_err(|e| Error::InvalidName(format!("cannot encode the query: {e}")))
+/// Bytes of a DNS header.
+const HEADER: usize = 12;
+/// The OPT record advertising `EDNS_PAYLOAD`: root owner, type 41, the
+/// payload as class, TTL 0 (version 0, no flags), no data.
+const OPT: [u8; 11] = [
+    0,
+    0,
+    41,
+    (EDNS_PAYLOAD >> 8) as u8,
+    (EDNS_PAYLOAD & 0xff) as u8,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+];
+
+/// The query packet: a header asking for recursion, one question of class
+/// IN and the OPT record. Written by hand because it runs on the caller's
+/// thread (a BEAM scheduler), where hickory's name parsing and message
+/// encoding cost several times more. `name` comes from
+/// `parse::query_name`; its labels are checked again here all the same.
+fn encode(id: u16, name: &str, kind: Kind) -> Result<Vec<u8>, Error> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    let mut packet = Vec::with_capacity(HEADER + bare.len() + 2 + 4 + OPT.len());
+    packet.extend_from_slice(&id.to_be_bytes());
+    // RD set; one question, no answer or authority records, one additional.
+    packet.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
+    for label in bare.split('.') {
+        let len = u8::try_from(label.len())
+            .ok()
+            .filter(|len| (1..=63).contains(len))
+            .ok_or_else(|| {
+                Error::InvalidName(format!("{name:?} has an empty or too long label"))
+            })?;
+        packet.push(len);
+        packet.extend_from_slice(label.as_bytes());
+    }
+    packet.push(0);
+    if packet.len() - HEADER > 255 {
+        return Err(Error::InvalidName(format!(
+            "{name:?} is longer than 255 bytes"
+        )));
+    }
+    packet.extend_from_slice(&u16::from(kind.record_type()).to_be_bytes());
+    packet.extend_from_slice(&[0, 1]);
+    packet.extend_from_slice(&OPT);
+    Ok(packet)
 }
 
-fn matches_query(pending: &Pending, message: &Message, server: SocketAddr) -> bool {
+/// The question of a query made by `encode`: name, type and class.
+fn question(packet: &[u8]) -> &[u8] {
+    let end = packet.len().saturating_sub(OPT.len());
+    packet.get(HEADER..end).unwrap_or_default()
+}
+
+/// An answer is ours when it is a response from one of the servers asked
+/// and echoes our question (the name compared without regard to case).
+fn matches_query(pending: &Pending, message: &Message, raw: &[u8], server: SocketAddr) -> bool {
+    let asked = question(&pending.packet);
     message.metadata.message_type == MessageType::Response
         && pending.servers.contains(&server)
         && message.queries.len() == 1
-        && message.queries[0].name() == &pending.name
-        && message.queries[0].query_type() == pending.kind.record_type()
+        && raw
+            .get(HEADER..HEADER + asked.len())
+            .is_some_and(|echoed| echoed.eq_ignore_ascii_case(asked))
 }
 
 /// The result a response gives, by its code and records.
@@ -723,9 +774,12 @@ pub fn result_of(message: &Message, kind: Kind) -> Result<Answer, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_resolver::proto::op::OpCode;
+    use hickory_resolver::proto::op::{OpCode, Query};
     use hickory_resolver::proto::rr::rdata::SRV;
+    use hickory_resolver::proto::rr::Name;
     use hickory_resolver::proto::rr::{RData, Record};
+    use proptest::prelude::*;
+    use std::str::FromStr;
 
     fn response(code: ResponseCode, answers: Vec<Record>) -> Message {
         let mut message = Message::response(7, OpCode::Query);
@@ -781,11 +835,90 @@ mod tests {
 
     #[test]
     fn queries_carry_the_id_the_question_and_edns() {
-        let packet = encode(4242, &name("app.test."), Kind::Srv).expect("encodes");
-        let message = Message::from_vec(&packet).expect("decodes");
-        assert_eq!(message.metadata.id, 4242);
-        assert_eq!(message.queries.len(), 1);
-        assert_eq!(message.queries[0].query_type(), Kind::Srv.record_type());
-        assert_eq!(message.max_payload(), EDNS_PAYLOAD);
+        for (text, kind) in [
+            ("app.test.", Kind::Srv),
+            ("App.Test", Kind::A),
+            ("localhost", Kind::Aaaa),
+        ] {
+            let packet = encode(4242, text, kind).expect("encodes");
+            let message = Message::from_vec(&packet).expect("decodes");
+            assert_eq!(message.metadata.id, 4242);
+            assert!(message.metadata.recursion_desired);
+            assert_eq!(message.queries.len(), 1);
+            let asked = message.queries[0].name().to_ascii();
+            assert_eq!(asked.trim_end_matches('.'), text.trim_end_matches('.'));
+            assert_eq!(message.queries[0].query_type(), kind.record_type());
+            assert_eq!(message.max_payload(), EDNS_PAYLOAD);
+            let edns = message.edns.as_ref().expect("an OPT record");
+            assert!(!edns.flags().dnssec_ok);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_names_are_sent_as_given(
+            labels in proptest::collection::vec("[a-zA-Z0-9_-]{1,63}", 1..6),
+            dot in any::<bool>(),
+        ) {
+            let text = format!("{}{}", labels.join("."), if dot { "." } else { "" });
+            if let Ok(query) = crate::parse::query_name(text.as_bytes()) {
+                let packet = encode(1, &query, Kind::Srv).expect("an accepted name encodes");
+                let message = Message::from_vec(&packet).expect("decodes");
+                let asked: Vec<&[u8]> = message.queries[0].name().iter().collect();
+                let given: Vec<&[u8]> = labels.iter().map(|l| l.as_bytes()).collect();
+                prop_assert_eq!(asked, given);
+            }
+        }
+    }
+
+    #[test]
+    fn names_that_cannot_be_sent_are_refused() {
+        let long_label = format!("{}.test", "a".repeat(64));
+        let long_name = vec!["abcdefg"; 40].join(".");
+        for text in ["", ".", "a..b", long_label.as_str(), long_name.as_str()] {
+            assert!(
+                matches!(encode(1, text, Kind::A), Err(Error::InvalidName(_))),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_must_echo_the_question_in_any_case() {
+        let packet = encode(9, "app.test.", Kind::Srv).expect("encodes");
+        let server: SocketAddr = "127.0.0.1:53".parse().expect("address");
+        let pending = Pending {
+            name: "app.test.".into(),
+            kind: Kind::Srv,
+            packet: packet.clone(),
+            servers: vec![server].into(),
+            next_server: 0,
+            attempts_left: 1,
+            queued: false,
+            tcp: false,
+            switched: false,
+            resent: 0,
+            attempt_deadline: Instant::now(),
+            deadline: Instant::now(),
+            settings: Settings::new(Nameservers::Explicit(vec![server]), 100, 1, Protocol::Udp)
+                .expect("settings"),
+            reply: Box::new(|_| {}),
+        };
+        let answer_to = |text: &str, kind: Kind| {
+            let mut message = Message::response(9, OpCode::Query);
+            message.add_query(Query::query(name(text), kind.record_type()));
+            let raw = message.to_vec().expect("encodes");
+            (message, raw)
+        };
+        let (same, raw) = answer_to("APP.test.", Kind::Srv);
+        assert!(matches_query(&pending, &same, &raw, server));
+        let other_server: SocketAddr = "127.0.0.2:53".parse().expect("address");
+        assert!(!matches_query(&pending, &same, &raw, other_server));
+        let (other_name, raw) = answer_to("app.test2.", Kind::Srv);
+        assert!(!matches_query(&pending, &other_name, &raw, server));
+        let (other_type, raw) = answer_to("app.test.", Kind::A);
+        assert!(!matches_query(&pending, &other_type, &raw, server));
+        let query = Message::from_vec(&packet).expect("decodes");
+        assert!(!matches_query(&pending, &query, &packet, server));
     }
 }

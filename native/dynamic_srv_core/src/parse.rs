@@ -88,11 +88,12 @@ pub fn query_name(name: &[u8]) -> Result<String, Error> {
         .map_err(|_| Error::InvalidName("the name is not valid UTF-8".into()))?;
     let bare = name.strip_suffix('.').unwrap_or(name);
     check_dns_name(bare).map_err(|msg| Error::InvalidName(format!("{name:?} {msg}")))?;
+    let mut query = String::with_capacity(bare.len() + 1);
+    query.push_str(bare);
     if bare.contains('.') {
-        Ok(format!("{bare}."))
-    } else {
-        Ok(bare.to_owned())
+        query.push('.');
     }
+    Ok(query)
 }
 
 fn check_dns_name(name: &str) -> Result<(), String> {
@@ -112,10 +113,11 @@ fn check_dns_name(name: &str) -> Result<(), String> {
         if label.len() > MAX_LABEL {
             return Err(format!("has a label longer than {MAX_LABEL} bytes"));
         }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-        {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if label.bytes().all(|b| allowed(char::from(b))) {
+            continue;
+        }
+        if let Some(c) = label.chars().find(|c| !allowed(*c)) {
             return Err(format!(
                 "contains {c:?}; only a-z, 0-9, '-', '_' and '.' are allowed"
             ));

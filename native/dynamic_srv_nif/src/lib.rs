@@ -2,13 +2,17 @@
 //! tokio runtime and encodes answers and errors. The DNS work is in
 //! `dynamic_srv_core`.
 //!
-//! `lookup/4` returns at once; the answer is sent to the caller as
-//! `{dynamic_srv_dns, Ref, Result}`, so no scheduler waits on the network.
+//! `lookup/3` returns `{ok, Tag}` at once; the answer is sent to the caller
+//! as `{dynamic_srv_dns, Tag, Result}`, so no scheduler waits on the
+//! network. The scheduler's share of a lookup is kept small (no term is
+//! saved per call, the query is encoded by hand): a burst of a thousand
+//! lookups must not make other processes late.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use once_cell::sync::Lazy;
-use rustler::env::SavedTerm;
 use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, OwnedEnv, Term};
 use tokio::runtime::Runtime;
@@ -54,83 +58,74 @@ static RUNTIME: Lazy<Result<Runtime, String>> = Lazy::new(|| {
         .map_err(|e| format!("cannot start the DNS runtime: {e}"))
 });
 
+/// The tag of the next lookup: unique for the life of the VM, so a reply
+/// can only match the lookup that asked for it.
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// Each runtime thread builds its replies in one environment, cleared
+    /// after every send, instead of allocating one per lookup.
+    static REPLY_ENV: RefCell<OwnedEnv> = RefCell::new(OwnedEnv::new());
+}
+
 #[rustler::nif]
-fn lookup<'a>(
-    env: Env<'a>,
-    reference: Term<'a>,
-    kind: Atom,
-    name: Binary<'a>,
-    settings: Term<'a>,
-) -> Term<'a> {
-    match start_lookup(env, reference, kind, name, settings) {
-        Ok(()) => atoms::ok().encode(env),
+fn lookup<'a>(env: Env<'a>, kind: Atom, name: Binary<'a>, settings: Term<'a>) -> Term<'a> {
+    match start_lookup(env, kind, name, settings) {
+        Ok(tag) => (atoms::ok(), tag).encode(env),
         Err(e) => (atoms::error(), encode_error(env, &e)).encode(env),
     }
 }
 
-fn start_lookup<'a>(
-    env: Env<'a>,
-    reference: Term<'a>,
-    kind: Atom,
-    name: Binary<'a>,
-    settings: Term<'a>,
-) -> Result<(), Error> {
+fn start_lookup(env: Env, kind: Atom, name: Binary, settings: Term) -> Result<u64, Error> {
     let kind = decode_kind(kind)?;
     let settings = decode_settings(settings)?;
     let name = parse::query_name(name.as_slice())?;
     let runtime = RUNTIME.as_ref().map_err(|e| Error::Other(e.clone()))?;
-    let responder = Responder::new(env.pid(), reference);
+    let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed);
+    let responder = Responder {
+        pid: env.pid(),
+        tag,
+        sent: false,
+    };
     let reply = Box::new(move |result| responder.send(result));
     exchange::start(runtime.handle(), settings, name, kind, reply);
-    Ok(())
+    Ok(tag)
 }
 
-/// Sends `{dynamic_srv_dns, Ref, Result}` to the caller, once. Dropped
+/// Sends `{dynamic_srv_dns, Tag, Result}` to the caller, once. Dropped
 /// without having sent (a panic in the lookup), it sends an error instead,
 /// so the caller never waits for a reply that cannot come. It only runs on
 /// runtime threads, never on a scheduler.
 struct Responder {
     pid: LocalPid,
-    env: OwnedEnv,
-    reference: SavedTerm,
+    tag: u64,
     sent: bool,
 }
 
 impl Responder {
-    fn new(pid: LocalPid, reference: Term) -> Self {
-        let env = OwnedEnv::new();
-        let reference = env.save(reference);
-        Responder {
-            pid,
-            env,
-            reference,
-            sent: false,
-        }
-    }
-
     fn send(mut self, result: Result<Answer, Error>) {
         self.deliver(&result);
     }
 
     fn deliver(&mut self, result: &Result<Answer, Error>) {
         self.sent = true;
-        let reference = &self.reference;
-        // A send fails only when the caller has exited; nobody is left to tell.
-        let _ = self.env.send_and_clear(&self.pid, |env| {
-            let reply = match result {
-                Ok(answer) => (atoms::ok(), encode_answer(env, answer)).encode(env),
-                Err(e) => (atoms::error(), encode_error(env, e)).encode(env),
-            };
-            make_tuple(
-                env,
-                &[
-                    atoms::dynamic_srv_dns().encode(env),
-                    reference.load(env),
-                    reply,
-                ],
-            )
+        let tag = self.tag;
+        // A send fails only when the caller has exited; nobody is left to
+        // tell. The thread's environment is busy only if building a reply
+        // panicked half-way; a fresh one serves then.
+        let _ = REPLY_ENV.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut env) => env.send_and_clear(&self.pid, |env| reply(env, tag, result)),
+            Err(_) => OwnedEnv::new().send_and_clear(&self.pid, |env| reply(env, tag, result)),
         });
     }
+}
+
+fn reply<'a>(env: Env<'a>, tag: u64, result: &Result<Answer, Error>) -> Term<'a> {
+    let result = match result {
+        Ok(answer) => (atoms::ok(), encode_answer(env, answer)).encode(env),
+        Err(e) => (atoms::error(), encode_error(env, e)).encode(env),
+    };
+    (atoms::dynamic_srv_dns(), tag, result).encode(env)
 }
 
 impl Drop for Responder {
