@@ -74,6 +74,34 @@ defmodule DynamicSrv.ResolverTest do
     :gen_udp.close(silent)
   end
 
+  test "a silent first nameserver: the next attempt asks the second one", %{server: server} do
+    {:ok, silent} = :gen_udp.open(0, [:binary, active: false, ip: {127, 0, 0, 1}])
+    {:ok, port} = :inet.port(silent)
+    nameservers = [{{127, 0, 0, 1}, port} | DnsServer.nameservers(server)]
+
+    try do
+      # Each lookup spends its first attempt (half the deadline) on the silent
+      # server, then gets its answer from dnsmasq.
+      requests =
+        for _ <- 1..20 do
+          {:ok, request} =
+            Resolver.request("svc.service.consul", :srv,
+              nameservers: nameservers,
+              timeout: 600,
+              attempts: 2
+            )
+
+          request
+        end
+
+      for request <- requests, do: assert({:ok, [_, _, _]} = Resolver.await(request))
+      # The silent server did get the first attempts.
+      assert {:ok, {_, _, _}} = :gen_udp.recv(silent, 0, 0)
+    after
+      :gen_udp.close(silent)
+    end
+  end
+
   test "#{@big} records: the truncated UDP answer is fetched whole over TCP", %{opts: opts} do
     assert {:ok, records} = Resolver.lookup_srv("big.service.consul", opts)
     assert length(records) == @big

@@ -11,8 +11,9 @@
 //! Against a local DNS server this saves hickory's per-query socket and
 //! its internal task hops: see the README's benchmark table.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -38,7 +39,9 @@ pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
 const MAX_SERVERS: usize = 64;
 /// Sockets per server.
 const SOCKETS_PER_SERVER: usize = 8;
-/// Sweeper tick: the resolution of per-attempt timeouts.
+/// The sweeper sleeps until the next attempt deadline, and at most this
+/// long, so that a lookup started meanwhile with an earlier deadline is
+/// late by at most this much. (Tokio's timers have a 1 ms resolution.)
 const TICK: Duration = Duration::from_millis(5);
 /// The sweeper parks after this long without anything in flight.
 const IDLE: Duration = Duration::from_secs(1);
@@ -96,19 +99,73 @@ struct Pending {
     reply: Reply,
 }
 
+/// The lookups in flight, by query ID, and when each is next due.
+#[derive(Default)]
+struct Table {
+    lookups: HashMap<u16, Pending>,
+    /// (attempt deadline, ID), earliest first: the sweeper pops what is due
+    /// instead of walking every lookup. An entry is stale once its lookup
+    /// has ended or been given a new deadline, and is skipped when popped.
+    due: BinaryHeap<Reverse<(Instant, u16)>>,
+}
+
+impl Table {
+    /// Records that lookup `id` is due at its (new) attempt deadline.
+    fn schedule(&mut self, id: u16) {
+        let Some(at) = self.lookups.get(&id).map(|p| p.attempt_deadline) else {
+            return;
+        };
+        // Answered lookups leave stale entries behind; past a bound the
+        // heap is rebuilt from the live lookups.
+        if self.due.len() > 2 * self.lookups.len() + 1024 {
+            self.due = self
+                .lookups
+                .iter()
+                .map(|(id, p)| Reverse((p.attempt_deadline, *id)))
+                .collect();
+        } else {
+            self.due.push(Reverse((at, id)));
+        }
+    }
+
+    /// The lookups whose attempt deadline has passed, earliest first.
+    fn take_due(&mut self, now: Instant) -> Vec<u16> {
+        let mut ids = Vec::new();
+        let mut last = None;
+        while let Some(&Reverse(entry)) = self.due.peek() {
+            let (at, id) = entry;
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            // Equal entries (scheduled twice) pop one after the other.
+            let live = self
+                .lookups
+                .get(&id)
+                .is_some_and(|p| p.attempt_deadline == at);
+            if live && last != Some(entry) {
+                ids.push(id);
+            }
+            last = Some(entry);
+        }
+        ids
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse((at, _))| *at)
+    }
+}
+
 struct Exchange {
     runtime: Handle,
     sockets: Mutex<HashMap<SocketAddr, Vec<Arc<UdpSocket>>>>,
     tcp: Mutex<TcpConnections>,
-    pending: Mutex<HashMap<u16, Pending>>,
+    pending: Mutex<Table>,
     big: Mutex<HashMap<(String, Kind), Instant>>,
     sweeping: AtomicBool,
     outbox: Mutex<Vec<Outgoing>>,
     /// Per server: queries sent and not yet ended, and those waiting.
     windows: Mutex<HashMap<SocketAddr, Window>>,
-    /// The earliest attempt deadline in the table: the sweeper walks the
-    /// table only once it has passed.
-    next_due: Mutex<Instant>,
     draining: AtomicBool,
     wake: Notify,
     ids: RandomState,
@@ -132,12 +189,11 @@ impl Exchange {
             runtime,
             sockets: Mutex::new(HashMap::new()),
             tcp: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Table::default()),
             big: Mutex::new(HashMap::new()),
             sweeping: AtomicBool::new(true),
             outbox: Mutex::new(Vec::new()),
             windows: Mutex::new(HashMap::new()),
-            next_due: Mutex::new(Instant::now()),
             draining: AtomicBool::new(false),
             wake: Notify::new(),
             ids: RandomState::new(),
@@ -224,11 +280,9 @@ impl Exchange {
             pending.attempt_deadline = pending.deadline;
             None
         };
-        if let Ok(mut due) = self.next_due.lock() {
-            *due = (*due).min(pending.attempt_deadline);
-        }
-        table.insert(id, pending);
-        let in_flight = table.len();
+        table.lookups.insert(id, pending);
+        table.schedule(id);
+        let in_flight = table.lookups.len();
         drop(table);
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
@@ -247,7 +301,7 @@ impl Exchange {
     /// and send as many queued ones. Called with the table locked.
     fn finished(
         self: &Arc<Self>,
-        table: &mut HashMap<u16, Pending>,
+        table: &mut Table,
         server: SocketAddr,
         count: usize,
     ) -> Vec<Outgoing> {
@@ -264,15 +318,13 @@ impl Exchange {
             let Some(id) = window.backlog.pop_front() else {
                 break;
             };
-            if let Some(pending) = table.get_mut(&id).filter(|p| p.queued) {
+            if let Some(pending) = table.lookups.get_mut(&id).filter(|p| p.queued) {
                 pending.queued = false;
                 window.sent += 1;
                 if let Some(outgoing) = self.next_attempt(pending, now) {
                     out.push(outgoing);
                 }
-                if let Ok(mut due) = self.next_due.lock() {
-                    *due = (*due).min(pending.attempt_deadline);
-                }
+                table.schedule(id);
             }
         }
         out
@@ -378,7 +430,7 @@ impl Exchange {
         let Ok(mut table) = self.pending.lock() else {
             return;
         };
-        for pending in table.values_mut() {
+        for pending in table.lookups.values_mut() {
             if pending.tcp && pending.servers.contains(&server) && pending.resent < TCP_RESENDS {
                 pending.resent += 1;
                 self.tcp_send(server, &pending.packet);
@@ -443,15 +495,15 @@ impl Exchange {
         }
     }
 
-    fn free_id(&self, table: &HashMap<u16, Pending>) -> Option<u16> {
-        if table.len() >= usize::from(u16::MAX) {
+    fn free_id(&self, table: &Table) -> Option<u16> {
+        if table.lookups.len() >= usize::from(u16::MAX) {
             return None;
         }
         loop {
             let mut hasher = self.ids.build_hasher();
             hasher.write_u64(self.counter.fetch_add(1, Ordering::Relaxed));
             let id = hasher.finish() as u16;
-            if !table.contains_key(&id) {
+            if !table.lookups.contains_key(&id) {
                 return Some(id);
             }
         }
@@ -520,7 +572,7 @@ impl Exchange {
             let Ok(mut table) = self.pending.lock() else {
                 return;
             };
-            match table.get_mut(&id) {
+            match table.lookups.get_mut(&id) {
                 Some(p) if p.tcp != over_tcp => None,
                 // Cut short over UDP: ask the same server again over TCP.
                 Some(p)
@@ -533,15 +585,13 @@ impl Exchange {
                     p.attempt_deadline =
                         (Instant::now() + p.settings.attempt_timeout()).min(p.deadline);
                     let packet = p.packet.clone();
-                    if let Ok(mut due) = self.next_due.lock() {
-                        *due = (*due).min(p.attempt_deadline);
-                    }
+                    table.schedule(id);
                     self.tcp_send(server, &packet);
                     None
                 }
                 Some(p) if matches_query(p, &message, packet, server) => {
                     let window = p.servers[0];
-                    let done = table.remove(&id);
+                    let done = table.lookups.remove(&id);
                     let send = self.finished(&mut table, window, 1);
                     drop(table);
                     for outgoing in send {
@@ -565,7 +615,13 @@ impl Exchange {
     async fn sweep(self: Arc<Self>) {
         let mut idle_since = Instant::now();
         loop {
-            tokio::time::sleep(TICK).await;
+            let next = self.pending.lock().ok().and_then(|t| t.next_due());
+            let wake_at = tokio::time::Instant::now() + TICK;
+            let wake_at = match next {
+                Some(due) => wake_at.min(tokio::time::Instant::from_std(due)),
+                None => wake_at,
+            };
+            tokio::time::sleep_until(wake_at).await;
             let now = Instant::now();
             let (expired, empty) = self.expire(now);
             for reply in expired {
@@ -580,7 +636,11 @@ impl Exchange {
             }
             self.sweeping.store(false, Ordering::Release);
             // Re-check: a lookup may have started just before the flag fell.
-            let empty_now = self.pending.lock().map(|t| t.is_empty()).unwrap_or(true);
+            let empty_now = self
+                .pending
+                .lock()
+                .map(|t| t.lookups.is_empty())
+                .unwrap_or(true);
             if empty_now {
                 self.wake.notified().await;
             }
@@ -589,26 +649,26 @@ impl Exchange {
         }
     }
 
-    /// Resends attempts past their deadline and removes lookups past theirs.
-    /// Ends lookups past their deadline and resends attempts past theirs.
-    /// The table is only walked when something is due.
+    /// Ends the lookups past their deadline (or out of attempts) and
+    /// resends those past their attempt deadline, earliest first. Returns
+    /// the replies of the ended ones and whether the table is now empty.
     fn expire(self: &Arc<Self>, now: Instant) -> (Vec<Reply>, bool) {
         let Ok(mut table) = self.pending.lock() else {
             return (Vec::new(), true);
         };
-        if self.next_due.lock().map(|due| now < *due).unwrap_or(false) {
-            return (Vec::new(), table.is_empty());
-        }
         let mut done = Vec::new();
         let mut retry = Vec::new();
-        for (id, p) in table.iter() {
-            if now >= p.deadline || (now >= p.attempt_deadline && p.attempts_left == 0) {
-                done.push(*id);
-            } else if now >= p.attempt_deadline {
-                retry.push(*id);
+        for id in table.take_due(now) {
+            match table.lookups.get(&id) {
+                Some(p) if now >= p.deadline || p.attempts_left == 0 => done.push(id),
+                Some(_) => retry.push(id),
+                None => {}
             }
         }
-        let removed: Vec<Pending> = done.iter().filter_map(|id| table.remove(id)).collect();
+        let removed: Vec<Pending> = done
+            .iter()
+            .filter_map(|id| table.lookups.remove(id))
+            .collect();
         let mut finished: HashMap<SocketAddr, usize> = HashMap::new();
         for p in removed.iter().filter(|p| !p.queued) {
             *finished.entry(p.servers[0]).or_default() += 1;
@@ -619,20 +679,13 @@ impl Exchange {
             .flat_map(|(server, count)| self.finished(&mut table, server, count))
             .collect();
         let mut sends = Vec::with_capacity(retry.len());
-        for id in &retry {
-            if let Some(pending) = table.get_mut(id) {
+        for id in retry {
+            if let Some(pending) = table.lookups.get_mut(&id) {
                 sends.push(self.next_attempt(pending, now));
+                table.schedule(id);
             }
         }
-        let due = table
-            .values()
-            .map(|p| p.attempt_deadline.min(p.deadline))
-            .min()
-            .unwrap_or(now + IDLE);
-        if let Ok(mut next_due) = self.next_due.lock() {
-            *next_due = due;
-        }
-        let empty = table.is_empty();
+        let empty = table.lookups.is_empty();
         drop(table);
         for send in sends {
             self.send_now(send);
@@ -883,14 +936,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn answers_must_echo_the_question_in_any_case() {
-        let packet = encode(9, "app.test.", Kind::Srv).expect("encodes");
-        let server: SocketAddr = "127.0.0.1:53".parse().expect("address");
-        let pending = Pending {
+    fn pending_for(server: SocketAddr, packet: Vec<u8>) -> Pending {
+        Pending {
             name: "app.test.".into(),
             kind: Kind::Srv,
-            packet: packet.clone(),
+            packet,
             servers: vec![server].into(),
             next_server: 0,
             attempts_left: 1,
@@ -903,7 +953,57 @@ mod tests {
             settings: Settings::new(Nameservers::Explicit(vec![server]), 100, 1, Protocol::Udp)
                 .expect("settings"),
             reply: Box::new(|_| {}),
-        };
+        }
+    }
+
+    #[test]
+    fn due_lookups_come_out_earliest_first_and_stale_entries_are_skipped() {
+        let server: SocketAddr = "127.0.0.1:53".parse().expect("address");
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut table = Table::default();
+        for (id, ms) in [(3, 30), (1, 10), (2, 20)] {
+            let mut p = pending_for(server, Vec::new());
+            p.attempt_deadline = at(ms);
+            table.lookups.insert(id, p);
+            table.schedule(id);
+        }
+        assert_eq!(table.next_due(), Some(at(10)));
+        assert_eq!(table.take_due(at(5)), Vec::<u16>::new());
+        assert_eq!(table.take_due(at(20)), vec![1, 2]);
+        // Lookup 1 was not removed: its entry is gone all the same.
+        assert_eq!(table.take_due(at(20)), Vec::<u16>::new());
+        // Lookup 3 gets a later deadline; its first entry goes stale.
+        if let Some(p) = table.lookups.get_mut(&3) {
+            p.attempt_deadline = at(50);
+        }
+        table.schedule(3);
+        assert_eq!(table.take_due(at(40)), Vec::<u16>::new());
+        assert_eq!(table.take_due(at(50)), vec![3]);
+        // An ended lookup is never due.
+        table.schedule(2);
+        table.lookups.remove(&2);
+        assert_eq!(table.take_due(at(100)), Vec::<u16>::new());
+        assert_eq!(table.next_due(), None);
+    }
+
+    #[test]
+    fn stale_entries_are_bounded() {
+        let server: SocketAddr = "127.0.0.1:53".parse().expect("address");
+        let mut table = Table::default();
+        table.lookups.insert(7, pending_for(server, Vec::new()));
+        for _ in 0..10_000 {
+            table.schedule(7);
+        }
+        assert!(table.due.len() <= 2 * table.lookups.len() + 1025);
+        assert_eq!(table.take_due(Instant::now()), vec![7]);
+    }
+
+    #[test]
+    fn answers_must_echo_the_question_in_any_case() {
+        let packet = encode(9, "app.test.", Kind::Srv).expect("encodes");
+        let server: SocketAddr = "127.0.0.1:53".parse().expect("address");
+        let pending = pending_for(server, packet.clone());
         let answer_to = |text: &str, kind: Kind| {
             let mut message = Message::response(9, OpCode::Query);
             message.add_query(Query::query(name(text), kind.record_type()));
