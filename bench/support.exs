@@ -167,8 +167,8 @@ defmodule Bench.ResolverBench do
           Named.stop(named)
         end
 
-      a3 = throughput(nif, inet, &srv_count(&1, 3), 2_000, 200, 3)
-      a4 = scheduler_health(5)
+      a3 = throughput(nif, inet, &srv_count(&1, 3), 2_000, 200, 7)
+      a4 = scheduler_health(7)
       cache = cache_check()
       report(a1, a2, a3, a4, cache)
     after
@@ -264,8 +264,12 @@ defmodule Bench.ResolverBench do
   end
 
   # `rounds` alternating rounds of `total` lookups spread over `concurrency`
-  # processes; lookups per second of each round.
+  # processes, after one unmeasured round of each; lookups per second of
+  # each round. A round lasts tens of milliseconds, so one hiccup of the
+  # machine moves it: hence several rounds and their median.
   defp throughput(nif, inet, check, total, concurrency, rounds) do
+    _warm_up = {burst(nif, check, total, concurrency), burst(inet, check, total, concurrency)}
+
     results =
       for _ <- 1..rounds do
         {burst(nif, check, total, concurrency), burst(inet, check, total, concurrency)}
@@ -494,7 +498,7 @@ defmodule Bench.ResolverBench do
     NIF #{a2.nif_count}, :inet_res #{a2.inet_count}. A raw UDP query with EDNS0 payload 4096 got \
     #{a2.udp.bytes} bytes, #{a2.udp.answers} answers, TC=#{a2.udp.tc} (so both sides retried over \
     TCP; :inet_res given udp_payload_size: 4096 like the NIF); #{a2.bad} wrong answer(s).
-    * A3: median of #{length(a3.nif)} alternating rounds (NIF #{Enum.map_join(a3.nif, "/", &fmt_int/1)}, \
+    * A3: median of #{length(a3.nif)} alternating rounds after one warm-up round each (NIF #{Enum.map_join(a3.nif, "/", &fmt_int/1)}, \
     :inet_res #{Enum.map_join(a3.inet, "/", &fmt_int/1)} lookups/s); each round #{a3.concurrency} \
     processes x #{div(a3.total, a3.concurrency)} lookups; #{a3.bad} failed lookup(s).
     * A4: ticker = `receive after 1` in a loop at normal priority; lateness = measured wait - 1 ms, \
