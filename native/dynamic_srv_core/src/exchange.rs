@@ -1,12 +1,15 @@
-//! The fast path for explicit nameservers over UDP: one connected socket per
-//! server, kept for the life of the VM, and a table of queries in flight.
+//! The path for explicit nameservers: a few connected UDP sockets and one
+//! TCP connection per server, kept for the life of the VM, and a table of
+//! the queries in flight.
 //!
-//! A query is sent from the caller's thread with a non-blocking `try_send`
-//! (it never waits), and its answer is matched on the runtime by ID, server
-//! and question. Per-attempt timeouts and retries are driven by one sweeper
-//! task. A truncated answer, or a name whose answer was truncated recently,
-//! goes to the hickory resolver over TCP. Everything else (system
-//! configuration, TCP-only settings) uses `resolver::lookup` directly.
+//! `start` runs on the caller's thread (a BEAM scheduler), so it only
+//! encodes the query, registers it and hands it to the runtime; a lone
+//! query is sent at once with a non-blocking `try_send`. Answers are
+//! matched on the runtime by ID, server and echoed question. One sweeper
+//! task, sleeping until the earliest deadline in a heap, drives per-attempt
+//! timeouts and retries. A truncated answer is asked again over TCP, and
+//! that name goes to TCP for a while. The system configuration (and more
+//! than `MAX_SERVERS` servers) goes to `resolver::lookup`.
 //!
 //! Against a local DNS server this saves hickory's per-query socket and
 //! its internal task hops: see the README's benchmark table.
