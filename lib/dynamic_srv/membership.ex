@@ -33,8 +33,10 @@ defmodule DynamicSrv.Membership do
     dropped within about 1.25 intervals, not 2. With `disconnect_removed: false` it is never
     disconnected, and forgotten once its connection is gone.
   * A failed poll (timeout, SERVFAIL, refused, network, a crashed provider)
-    changes nothing: the last membership stands and its nodes are still
-    reconnected. The failure is logged when it starts and when it ends.
+    changes nothing: the last membership stands and the nodes the last
+    answer listed are still reconnected (a node that answer left out is
+    kept, not dialled again). The failure is logged when it starts and
+    when it ends.
   * When libcluster's `Cluster.Strategy` is loaded, connects and disconnects
     go through `Cluster.Strategy.connect_nodes/4` and `disconnect_nodes/4`,
     so libcluster logs and emits telemetry as for its own strategies.
@@ -124,8 +126,6 @@ defmodule DynamicSrv.Membership do
   @impl true
   def handle_info(:poll, state), do: {:noreply, poll_and_schedule(state)}
 
-  # A late reply of a provider that gave up waiting.
-  def handle_info({_tag, ref, _result}, state) when is_reference(ref), do: {:noreply, state}
   def handle_info(_other, state), do: {:noreply, state}
 
   @impl true
@@ -154,7 +154,9 @@ defmodule DynamicSrv.Membership do
 
       {:error, reason} ->
         state = failed(state, reason)
-        connect(state, state.members)
+        # Members the last answer left out are kept but not dialled again:
+        # the source has already said they are leaving.
+        connect(state, Enum.reject(state.members, &Map.has_key?(state.missing, &1)))
         %{state | confirm: false}
     end
   end

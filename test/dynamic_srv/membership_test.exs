@@ -42,6 +42,51 @@ defmodule DynamicSrv.MembershipTest do
     assert log =~ "provider_crashed"
   end
 
+  test "while the source fails, listed members are redialled but a node it already left out is not" do
+    parent = self()
+    rec = Recorder.start(parent)
+    answers = [{:ok, [:a@host, :b@host]}, {:ok, [:a@host]}]
+    {:ok, script} = Agent.start_link(fn -> answers end)
+
+    poll = fn ->
+      send(parent, :polled)
+
+      case Agent.get_and_update(script, fn
+             [] -> {nil, []}
+             [next | rest] -> {next, rest}
+           end) do
+        # The answer that leaves b out; b's connection then drops on its own
+        # (as global does when a peer disconnects it).
+        {:ok, [:a@host]} = answer ->
+          Recorder.drop(rec, :b@host)
+          answer
+
+        nil ->
+          {:error, :timeout}
+
+        answer ->
+          answer
+      end
+    end
+
+    opts = [poll: poll, interval: 50, log_results: false] ++ Recorder.mfas(rec)
+
+    capture_log(fn ->
+      {:ok, pid} = Membership.start_link(opts)
+      assert_receive {:connect, :a@host}
+      assert_receive {:connect, :b@host}
+      for _ <- 1..3, do: assert_receive(:polled, 1_000)
+      # The source now fails: a, dropped as well, is dialled again; b is not.
+      Recorder.drop(rec, :a@host)
+      assert_receive {:connect, :a@host}, 1_000
+      for _ <- 1..3, do: assert_receive(:polled, 1_000)
+      refute_received {:connect, :b@host}
+      refute_received {:disconnect, _}
+      Process.unlink(pid)
+      Process.exit(pid, :kill)
+    end)
+  end
+
   test "a provider that hangs is cut off after poll_timeout" do
     parent = self()
 
