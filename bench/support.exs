@@ -417,82 +417,56 @@ defmodule Bench.ResolverBench do
 
   defp report(a1, a2, {a3, a3_long}, a4, cache) do
     r1 = ratio(median(a1.nif), median(a1.inet))
-    r1_99 = ratio(percentile(a1.nif, 99), percentile(a1.inet, 99))
     r2 = ratio(median(a2.nif), median(a2.inet))
-    r2_99 = ratio(percentile(a2.nif, 99), percentile(a2.inet, 99))
-    tn = median(a3.nif)
-    ti = median(a3.inet)
-    r3 = ratio(tn, ti)
+    r3 = ratio(median(a3.nif), median(a3.inet))
     # A4: the median over rounds of each round's max (and p99) lateness.
     a4m = Map.new(a4, fn {k, rounds} -> {k, median(Enum.map(rounds, & &1.max))} end)
     a4p = Map.new(a4, fn {k, rounds} -> {k, median(Enum.map(rounds, & &1.p99))} end)
     per_round = fn k -> Enum.map_join(a4[k], "/", &fmt_ms(&1.max)) end
+    p99 = &percentile(&1, 99)
 
     rows = [
-      [
+      row(
         "A1 SRV, 3 records, sequential: p50 (us)",
-        fmt_int(median(a1.nif)),
-        fmt_int(median(a1.inet)),
-        fmt_ratio(r1),
+        a1,
+        &median/1,
+        &fmt_int/1,
         "<= 0.60x",
-        yes_no(r1 <= 0.6)
-      ],
-      [
-        "A1 SRV, 3 records, sequential: p99 (us)",
-        fmt_int(percentile(a1.nif, 99)),
-        fmt_int(percentile(a1.inet, 99)),
-        fmt_ratio(r1_99),
-        "-",
-        "-"
-      ],
-      [
+        r1 <= 0.6
+      ),
+      row("A1 SRV, 3 records, sequential: p99 (us)", a1, p99, &fmt_int/1),
+      row(
         "A2 SRV, 200 records, UDP->TCP: p50 (us)",
-        fmt_int(median(a2.nif)),
-        fmt_int(median(a2.inet)),
-        fmt_ratio(r2),
+        a2,
+        &median/1,
+        &fmt_int/1,
         "<= 0.50x",
-        yes_no(r2 <= 0.5)
-      ],
-      [
-        "A2 SRV, 200 records, UDP->TCP: p99 (us)",
-        fmt_int(percentile(a2.nif, 99)),
-        fmt_int(percentile(a2.inet, 99)),
-        fmt_ratio(r2_99),
-        "-",
-        "-"
-      ],
-      [
+        r2 <= 0.5
+      ),
+      row("A2 SRV, 200 records, UDP->TCP: p99 (us)", a2, p99, &fmt_int/1),
+      row(
         "A3 throughput, #{a3.total} lookups, #{a3.concurrency} concurrent (lookups/s)",
-        fmt_int(tn),
-        fmt_int(ti),
-        fmt_ratio(r3),
+        a3,
+        &median/1,
+        &fmt_int/1,
         ">= 3.00x",
-        yes_no(r3 >= 3)
-      ],
-      [
+        r3 >= 3
+      ),
+      row(
         "A3 same, #{a3_long.total} lookups per round (lookups/s)",
-        fmt_int(median(a3_long.nif)),
-        fmt_int(median(a3_long.inet)),
-        fmt_ratio(ratio(median(a3_long.nif), median(a3_long.inet))),
-        "-",
-        "-"
-      ],
-      [
+        a3_long,
+        &median/1,
+        &fmt_int/1
+      ),
+      row(
         "A4 ticker max lateness, 1000 lookups on a silent server (ms)",
-        fmt_ms(a4m.nif),
-        fmt_ms(a4m.inet),
-        fmt_ratio(ratio(a4m.nif, a4m.inet)),
+        a4m,
+        & &1,
+        &fmt_ms/1,
         "NIF <= 5 ms",
-        yes_no(a4m.nif <= 5_000)
-      ],
-      [
-        "A4 ticker p99 lateness, same load (ms)",
-        fmt_ms(a4p.nif),
-        fmt_ms(a4p.inet),
-        fmt_ratio(ratio(a4p.nif, a4p.inet)),
-        "-",
-        "-"
-      ]
+        a4m.nif <= 5_000
+      ),
+      row("A4 ticker p99 lateness, same load (ms)", a4p, & &1, &fmt_ms/1)
     ]
 
     Report.emit(
@@ -528,6 +502,13 @@ defmodule Bench.ResolverBench do
     * No NIF cache for TTL 0: 50 NIF lookups reached a logging dnsmasq #{cache} time(s).
 
     """)
+  end
+
+  # One table row: the statistic `stat` of each side's figures, their ratio
+  # and, when there is one, the target and whether it is met.
+  defp row(label, %{nif: nif, inet: inet}, stat, fmt, target \\ "-", met \\ nil) do
+    {n, i} = {stat.(nif), stat.(inet)}
+    [label, fmt.(n), fmt.(i), fmt_ratio(ratio(n, i)), target, yes_no(met)]
   end
 end
 

@@ -214,7 +214,7 @@ impl Exchange {
         let tcp = settings.protocol == Protocol::Tcp || self.is_big(&name, kind);
         let servers: Arc<[SocketAddr]> = servers.clone().into();
         // Past MAX_SERVERS servers have no sockets: hickory asks them.
-        if !servers.iter().all(|server| self.socket(*server).is_some()) {
+        if !self.has_sockets(&servers) {
             return self.via_hickory(settings, name, kind, reply);
         }
 
@@ -512,30 +512,51 @@ impl Exchange {
         }
     }
 
-    /// One of the server's sockets, in turn. Several sockets per server
-    /// spread a burst of answers over several receive buffers (one buffer
-    /// overflows at a few hundred answers) and vary the source port.
-    fn socket(self: &Arc<Self>, server: SocketAddr) -> Option<Arc<UdpSocket>> {
-        let mut sockets = self.sockets.lock().ok()?;
-        let turn = self.counter.fetch_add(1, Ordering::Relaxed) as usize;
-        if let Some(pool) = sockets.get(&server) {
-            return pool.get(turn % pool.len()).map(Arc::clone);
-        }
+    /// Whether every one of `servers` has its sockets, opening those of a
+    /// new server (at most `MAX_SERVERS` get any; hickory asks the others).
+    fn has_sockets(self: &Arc<Self>, servers: &[SocketAddr]) -> bool {
+        let Ok(mut sockets) = self.sockets.lock() else {
+            return false;
+        };
+        servers
+            .iter()
+            .all(|server| sockets.contains_key(server) || self.open_pool(&mut sockets, *server))
+    }
+
+    /// Opens a server's sockets and starts their receivers. Several sockets
+    /// per server spread a burst of answers over several receive buffers
+    /// (one buffer overflows at a few hundred answers) and vary the source
+    /// port.
+    fn open_pool(
+        self: &Arc<Self>,
+        sockets: &mut HashMap<SocketAddr, Vec<Arc<UdpSocket>>>,
+        server: SocketAddr,
+    ) -> bool {
         if sockets.len() >= MAX_SERVERS {
-            return None;
+            return false;
         }
-        let pool: Vec<Arc<UdpSocket>> = (0..SOCKETS_PER_SERVER)
+        let Some(pool) = (0..SOCKETS_PER_SERVER)
             .map(|_| self.open_socket(server))
-            .collect::<Option<_>>()?;
+            .collect::<Option<Vec<_>>>()
+        else {
+            return false;
+        };
         for socket in &pool {
             let exchange = Arc::clone(self);
             let receiver = Arc::clone(socket);
             self.runtime
                 .spawn(async move { exchange.receive(receiver, server).await });
         }
-        let chosen = pool.get(turn % pool.len()).map(Arc::clone);
         sockets.insert(server, pool);
-        chosen
+        true
+    }
+
+    /// One of the server's sockets, in turn (opened by `has_sockets`).
+    fn socket(&self, server: SocketAddr) -> Option<Arc<UdpSocket>> {
+        let sockets = self.sockets.lock().ok()?;
+        let pool = sockets.get(&server)?;
+        let turn = self.counter.fetch_add(1, Ordering::Relaxed) as usize;
+        pool.get(turn % pool.len()).map(Arc::clone)
     }
 
     fn open_socket(&self, server: SocketAddr) -> Option<Arc<UdpSocket>> {
@@ -617,8 +638,9 @@ impl Exchange {
 
     async fn sweep(self: Arc<Self>) {
         let mut idle_since = Instant::now();
+        // The earliest deadline as of the last sweep.
+        let mut next: Option<Instant> = None;
         loop {
-            let next = self.pending.lock().ok().and_then(|t| t.next_due());
             let wake_at = tokio::time::Instant::now() + TICK;
             let wake_at = match next {
                 Some(due) => wake_at.min(tokio::time::Instant::from_std(due)),
@@ -626,7 +648,8 @@ impl Exchange {
             };
             tokio::time::sleep_until(wake_at).await;
             let now = Instant::now();
-            let (expired, empty) = self.expire(now);
+            let (expired, empty, due) = self.expire(now);
+            next = due;
             for reply in expired {
                 deliver(reply, Err(Error::Timeout));
             }
@@ -654,10 +677,11 @@ impl Exchange {
 
     /// Ends the lookups past their deadline (or out of attempts) and
     /// resends those past their attempt deadline, earliest first. Returns
-    /// the replies of the ended ones and whether the table is now empty.
-    fn expire(self: &Arc<Self>, now: Instant) -> (Vec<Reply>, bool) {
+    /// the replies of the ended ones, whether the table is now empty, and
+    /// the next deadline.
+    fn expire(self: &Arc<Self>, now: Instant) -> (Vec<Reply>, bool, Option<Instant>) {
         let Ok(mut table) = self.pending.lock() else {
-            return (Vec::new(), true);
+            return (Vec::new(), true, None);
         };
         let mut done = Vec::new();
         let mut retry = Vec::new();
@@ -689,6 +713,7 @@ impl Exchange {
             }
         }
         let empty = table.lookups.is_empty();
+        let next = table.next_due();
         drop(table);
         for send in sends {
             self.send_now(send);
@@ -696,7 +721,7 @@ impl Exchange {
         for outgoing in released {
             self.send_now(Some(outgoing));
         }
-        (expired, empty)
+        (expired, empty, next)
     }
 
     fn is_big(&self, name: &str, kind: Kind) -> bool {
