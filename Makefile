@@ -11,7 +11,7 @@ export ERL_AFLAGS := -kernel shell_history disabled
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := elixir erlang-dev erlang-src dnsmasq-base bind9 iproute2 procps python3-yaml openssl
 
-.PHONY: test demo bench soak system-deps build rust-test rust-lint elixir-test clean
+.PHONY: test test-stress demo bench soak system-deps build rust-test rust-lint elixir-test clean
 
 test: system-deps rust-lint rust-test elixir-test
 
@@ -37,6 +37,22 @@ system-deps:
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(APT_PACKAGES); \
 	fi
 	@command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (1.91 or newer), e.g. with rustup"; exit 1; }
+
+# `make test` three times in a row while two CPU hogs take both cores and an
+# unrelated epmd daemon listens on 4369; every process it starts is stopped
+# by its PID, also when a run fails or is interrupted.
+test-stress: system-deps
+	@pids=""; \
+	cleanup() { for p in $$pids; do kill $$p 2>/dev/null; done; wait 2>/dev/null; }; \
+	trap cleanup EXIT INT TERM; \
+	yes > /dev/null & pids="$$pids $$!"; \
+	yes > /dev/null & pids="$$pids $$!"; \
+	epmd -port 4369 & pids="$$pids $$!"; \
+	for run in 1 2 3; do \
+	  start=$$(date +%s); \
+	  $(MAKE) --no-print-directory test || { echo "test-stress: run $$run failed"; exit 1; }; \
+	  echo "test-stress: run $$run passed in $$(( $$(date +%s) - start )) s"; \
+	done
 
 build:
 	MIX_ENV=dev mix compile

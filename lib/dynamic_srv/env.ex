@@ -44,10 +44,15 @@ defmodule DynamicSrv.Env do
     end
   end
 
-  @doc "The message for a node that needs `ERL_DIST_PORT` and has none."
-  @spec dist_port_unset_message(String.t()) :: String.t()
-  def dist_port_unset_message(node_name) do
-    "ERL_DIST_PORT is not set: node #{node_name} uses DynamicSrv.Epmd, which needs the port its " <>
+  @doc """
+  The message for a node that needs `ERL_DIST_PORT` and has none; without a
+  name (a runtime start, where the name is not known yet), for this node.
+  """
+  @spec dist_port_unset_message(String.t() | nil) :: String.t()
+  def dist_port_unset_message(node_name \\ nil) do
+    subject = if node_name, do: "node #{node_name}", else: "this node"
+
+    "ERL_DIST_PORT is not set: #{subject} uses DynamicSrv.Epmd, which needs the port its " <>
       "distribution listens on; export ERL_DIST_PORT=<port in 1..65535> before starting it"
   end
 

@@ -30,11 +30,22 @@ defmodule DynamicSrv.Epmd do
   connection attempt, and the second ask costs no DNS. Lookups use the
   `DYNAMIC_SRV_NAMESERVERS` and `DYNAMIC_SRV_TIMEOUT_MS` settings.
 
-  ## At boot
+  ## Starting the distribution
 
-  `start_link/0` runs while the kernel boots, before Logger and the file
-  server: it validates the environment (see `DynamicSrv.Env`) and on a bad
-  value writes one line to standard error and stops the VM with status 1.
+  `start_link/0` is called by the kernel each time the distribution starts:
+  at boot (`--name`/`--sname`, or `-name`/`-sname` in `vm.args`), or later by
+  `Node.start/2`. It validates the environment (see `DynamicSrv.Env`),
+  creates the `DynamicSrv.PortBook` table and returns `:ignore`: no process
+  of this package runs under the kernel's `net_sup`, so nothing of it can
+  take the distribution down.
+
+  A bad or missing value is one message:
+
+    * at boot, before Logger and the file server exist, it is written to
+      standard error and the VM stops with status 1;
+    * at runtime, `Node.start/2` returns `{:error, reason}` with the message
+      inside `reason` (as the kernel wraps a failed start) and the VM lives.
+
   """
 
   alias DynamicSrv.{Env, PortBook, Resolver}
@@ -49,16 +60,34 @@ defmodule DynamicSrv.Epmd do
   @helper ~r/^(?:rem|rpc)-[^-]+-(.+)$/
 
   @doc false
-  @spec start_link() :: {:ok, pid()} | no_return()
+  @spec start_link() :: :ignore | {:error, String.t()} | no_return()
   def start_link do
-    with {:ok, port} <- boot_dist_port(),
+    with {:ok, port} <- start_dist_port(),
          :ok <- boot_nif(),
          {:ok, _} <- Env.resolver_defaults() do
       :persistent_term.put(@config_key, port)
-      PortBook.start_link()
+      PortBook.ensure_started()
+      :ignore
     else
-      {:error, message} -> fatal(message)
+      {:error, message} -> if boot?(), do: fatal(message), else: {:error, message}
     end
+  end
+
+  # At boot the node's name is known to listen_port_please/2, which reports
+  # an unset port with it (release helpers need none); a runtime start
+  # reports it here, the only place whose error Node.start/2 returns.
+  defp start_dist_port do
+    case boot_dist_port() do
+      {:ok, nil} -> if boot?(), do: {:ok, nil}, else: {:error, Env.dist_port_unset_message()}
+      other -> other
+    end
+  end
+
+  # The distribution starts at boot when the VM was given a node name; the
+  # kernel's init arguments tell, without asking any server that may not be
+  # running yet.
+  defp boot? do
+    match?({:ok, _}, :init.get_argument(:name)) or match?({:ok, _}, :init.get_argument(:sname))
   end
 
   defp boot_dist_port do
@@ -81,7 +110,7 @@ defmodule DynamicSrv.Epmd do
 
   @doc "The distribution listen port for the local node `name`."
   @spec listen_port_please(charlist() | String.t(), charlist() | String.t()) ::
-          {:ok, :inet.port_number()}
+          {:ok, :inet.port_number()} | {:error, String.t()}
   def listen_port_please(name, host) do
     name = to_string(name)
 
@@ -92,8 +121,11 @@ defmodule DynamicSrv.Epmd do
       port = dist_port() ->
         {:ok, port}
 
-      true ->
+      boot?() ->
         fatal(Env.dist_port_unset_message("#{name}@#{host}"))
+
+      true ->
+        {:error, Env.dist_port_unset_message("#{name}@#{host}")}
     end
   end
 

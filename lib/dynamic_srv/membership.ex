@@ -170,6 +170,11 @@ defmodule DynamicSrv.Membership do
   @impl true
   def handle_call(:members, _from, state), do: {:reply, MapSet.to_list(state.members), state}
 
+  def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
+
+  @impl true
+  def handle_cast(_request, state), do: {:noreply, state}
+
   defp poll_and_schedule(state) do
     state = state |> poll() |> Map.update!(:polls, &(&1 + 1))
 

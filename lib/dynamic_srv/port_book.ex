@@ -10,24 +10,33 @@ defmodule DynamicSrv.PortBook do
   DNS although OTP asks for the address twice.
 
   Entries expire; a miss falls back to DNS. The table is public and owned by
-  a small process that `DynamicSrv.Epmd.start_link/0` starts under the
-  kernel's `net_sup`. When the node does not use `DynamicSrv.Epmd`, there is
-  no table and writes are no-ops.
+  a plain process, registered as `DynamicSrv.PortBook`, that
+  `DynamicSrv.Epmd.start_link/0` starts unlinked: nothing supervises it and
+  nothing depends on it. It traps exits and ignores every message but its
+  own sweep timer; calls (`GenServer.call/3`) and `:sys` requests get
+  `{:error, :not_supported}`. If it is killed anyway (`:kill`) or its table
+  is deleted, the next write starts a new one, and lookups meanwhile fall
+  back to DNS. When the node does not use `DynamicSrv.Epmd`, there is no
+  table and writes are no-ops.
   """
-  use GenServer
 
   @table __MODULE__
   @sweep_every 10_000
+  @enabled_key {__MODULE__, :enabled}
 
   @type family :: :inet | :inet6
   @type answer :: {:ok, :inet.ip_address() | nil, :inet.port_number()} | {:error, term()}
 
-  @doc false
-  def start_link do
-    case GenServer.start_link(__MODULE__, [], name: __MODULE__) do
-      {:error, {:already_started, pid}} -> {:ok, pid}
-      other -> other
-    end
+  @doc """
+  Creates the table and its owner unless they exist, and enables the book
+  for the life of the VM: from then on a write recreates a lost table.
+  """
+  @spec ensure_started() :: :ok
+  def ensure_started do
+    :persistent_term.put(@enabled_key, true)
+
+    if :ets.whereis(@table) == :undefined, do: start_owner()
+    :ok
   end
 
   @doc """
@@ -36,11 +45,7 @@ defmodule DynamicSrv.PortBook do
   """
   @spec put(String.t(), family(), answer(), non_neg_integer()) :: :ok
   def put(name, family, answer, ttl_ms) do
-    if :ets.whereis(@table) != :undefined do
-      :ets.insert(@table, {{name, family}, answer, now() + ttl_ms})
-    end
-
-    :ok
+    insert({{name, family}, answer, now() + ttl_ms})
   end
 
   @doc """
@@ -96,9 +101,9 @@ defmodule DynamicSrv.PortBook do
     ArgumentError -> nil
   end
 
-  @doc "Whether the book exists (this node runs `DynamicSrv.Epmd`)."
+  @doc "Whether the book is in use (this node runs `DynamicSrv.Epmd`)."
   @spec enabled?() :: boolean()
-  def enabled?, do: :ets.whereis(@table) != :undefined
+  def enabled?, do: :persistent_term.get(@enabled_key, false)
 
   @doc """
   Marks `key` for `ttl_ms`: a fact worth remembering for a while, e.g. that
@@ -106,8 +111,7 @@ defmodule DynamicSrv.PortBook do
   """
   @spec mark(term(), non_neg_integer()) :: :ok
   def mark(key, ttl_ms) do
-    if enabled?(), do: :ets.insert(@table, {{:mark, key}, true, now() + ttl_ms})
-    :ok
+    insert({{:mark, key}, true, now() + ttl_ms})
   end
 
   @spec marked?(term()) :: boolean()
@@ -132,19 +136,83 @@ defmodule DynamicSrv.PortBook do
   def family_of(address) when tuple_size(address) == 4, do: :inet
   def family_of(address) when tuple_size(address) == 8, do: :inet6
 
-  @impl true
-  def init([]) do
-    :ets.new(@table, [:named_table, :public, :set, read_concurrency: true])
-    Process.send_after(self(), :sweep, @sweep_every)
-    {:ok, nil}
+  # Writes go to the table when the book is enabled; a table lost with its
+  # owner is created again first.
+  defp insert(entry) do
+    if :persistent_term.get(@enabled_key, false) do
+      if :ets.whereis(@table) == :undefined, do: start_owner()
+      :ets.insert(@table, entry)
+    end
+
+    :ok
+  rescue
+    ArgumentError -> :ok
   end
 
-  @impl true
-  def handle_info(:sweep, state) do
+  # Starts the owner and waits until the table exists. Creating the named
+  # table is the lock: of two owners started at once, the second fails to
+  # create it and exits, and the table of the first is there by then.
+  defp start_owner do
+    caller = self()
+    {pid, ref} = spawn_monitor(fn -> init_owner(caller) end)
+
+    receive do
+      {^pid, :table_ready} -> Process.demonitor(ref, [:flush])
+      {:DOWN, ^ref, :process, ^pid, _} -> :ok
+    end
+
+    :ok
+  end
+
+  defp init_owner(caller) do
+    Process.flag(:trap_exit, true)
+    :ets.new(@table, [:named_table, :public, :set, read_concurrency: true])
+    register()
+    send(caller, {self(), :table_ready})
+    owner_loop(schedule_sweep())
+  end
+
+  defp owner_loop(timer) do
+    receive do
+      {:timeout, ^timer, :sweep} ->
+        sweep()
+        owner_loop(schedule_sweep())
+
+      {:"$gen_call", {pid, _} = from, _request} when is_pid(pid) ->
+        refuse(from)
+        owner_loop(timer)
+
+      {:system, {pid, _} = from, _request} when is_pid(pid) ->
+        refuse(from)
+        owner_loop(timer)
+
+      _other ->
+        owner_loop(timer)
+    end
+  end
+
+  defp refuse(from) do
+    GenServer.reply(from, {:error, :not_supported})
+  catch
+    _, _ -> :ok
+  end
+
+  defp schedule_sweep, do: :erlang.start_timer(@sweep_every, self(), :sweep)
+
+  # The table is public, so it may have been deleted from outside and a
+  # write may have started a new owner meanwhile: an owner without its table
+  # leaves, and the one that owns the table takes the name when it is free.
+  defp sweep do
+    if :ets.info(@table, :owner) != self(), do: exit(:normal)
+    register()
     now = now()
     :ets.select_delete(@table, [{{:_, :_, :"$1"}, [{:"=<", :"$1", now}], [true]}])
-    Process.send_after(self(), :sweep, @sweep_every)
-    {:noreply, state}
+  end
+
+  defp register do
+    if Process.whereis(__MODULE__) == nil, do: Process.register(self(), __MODULE__)
+  rescue
+    ArgumentError -> false
   end
 
   defp now, do: System.monotonic_time(:millisecond)

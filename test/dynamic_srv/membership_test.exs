@@ -15,7 +15,7 @@ defmodule DynamicSrv.MembershipTest do
 
   test "never connects the local node" do
     start(fn -> {:ok, [node(), :other@host]} end)
-    assert_receive {:connect, :other@host}
+    assert_receive {:connect, :other@host}, 5_000
     refute_receive {:connect, _}, 200
   end
 
@@ -31,7 +31,7 @@ defmodule DynamicSrv.MembershipTest do
     log =
       capture_log(fn ->
         pid = start(poll)
-        assert_receive {:connect, :a@host}
+        assert_receive {:connect, :a@host}, 5_000
         Agent.update(flag, fn _ -> :crash end)
         for _ <- 1..4, do: assert_receive(:polled, 1_000)
         refute_received {:disconnect, _}
@@ -73,8 +73,8 @@ defmodule DynamicSrv.MembershipTest do
 
     capture_log(fn ->
       {:ok, pid} = Membership.start_link(opts)
-      assert_receive {:connect, :a@host}
-      assert_receive {:connect, :b@host}
+      assert_receive {:connect, :a@host}, 5_000
+      assert_receive {:connect, :b@host}, 5_000
       for _ <- 1..3, do: assert_receive(:polled, 1_000)
       # The source now fails: a, dropped as well, is dialled again; b is not.
       Recorder.drop(rec, :a@host)
@@ -151,20 +151,23 @@ defmodule DynamicSrv.MembershipTest do
 
     assert_receive {:telemetry, [:libcluster_dynamic_srv, :poll], %{duration: d, nodes: 2},
                     %{topology: :telemetry_test, result: :ok}}
-                   when is_integer(d)
+                   when is_integer(d),
+                   5_000
 
     assert_receive {:telemetry, [:libcluster_dynamic_srv, :connect], %{duration: _},
-                    %{node: :a@host, result: true}}
+                    %{node: :a@host, result: true}},
+                   5_000
 
     Agent.update(answer, fn _ -> {:error, :timeout} end)
 
     assert_receive {:telemetry, [:libcluster_dynamic_srv, :poll], %{nodes: 0},
-                    %{result: :error, reason: :timeout}}
+                    %{result: :error, reason: :timeout}},
+                   5_000
 
     Agent.update(answer, fn _ -> {:ok, [:a@host]} end)
 
     assert_receive {:telemetry, [:libcluster_dynamic_srv, :disconnect], %{count: 1},
                     %{nodes: [:b@host]}},
-                   1_000
+                   5_000
   end
 end

@@ -13,7 +13,8 @@ defmodule DynamicSrv.Test.Node do
   @marker "DYNAMIC_SRV_AGENT "
 
   @doc """
-  Starts `name` (e.g. `"node-0@svc.service.consul"`). Options: `:dist_port`
+  Starts `name` (e.g. `"node-0@svc.service.consul"`; `nil` for a VM
+  started without a name, with no distribution). Options: `:dist_port`
   (`ERL_DIST_PORT`; `nil` leaves it unset), `:env` (more variables),
   `:eval` (Elixir code run at start, before the agent loop), `:erl` (more
   emulator flags), `:hidden`, `:wait` (wait for the agent; default true),
@@ -43,7 +44,9 @@ defmodule DynamicSrv.Test.Node do
 
     code = "#{Keyword.get(opts, :eval, ":ok")}; DynamicSrv.Test.Agent.loop()"
 
-    args = ["--name", name, "--cookie", "dynamic_srv_test", "-e", code]
+    # A nil name starts a VM without distribution (it may call Node.start/2).
+    name_args = if name, do: ["--name", name], else: []
+    args = name_args ++ ["--cookie", "dynamic_srv_test", "-e", code]
 
     env = Enum.map(env, fn {k, v} -> {String.to_charlist(k), v && String.to_charlist(v)} end)
     env = Enum.map(env, fn {k, v} -> {k, v || false} end)

@@ -79,6 +79,8 @@ defmodule DynamicSrv.Via.Udp do
   def init(config) do
     config = Map.merge(defaults(), config)
     Logger.metadata(topology: __MODULE__)
+    # An exit from a process linked to it is a message, not its end.
+    Process.flag(:trap_exit, true)
 
     case :gen_udp.open(config.port, socket_options(config)) do
       {:ok, socket} ->
@@ -105,6 +107,11 @@ defmodule DynamicSrv.Via.Udp do
     {:reply, peers, state}
   end
 
+  def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
+
+  @impl GenServer
+  def handle_cast(_request, state), do: {:noreply, state}
+
   @impl GenServer
   def handle_info(:announce, state) do
     state = forget_quiet(state)
@@ -116,6 +123,10 @@ defmodule DynamicSrv.Via.Udp do
   def handle_info({:udp, _socket, ip, _port, data}, state) do
     {:noreply, receive_packet(data, ip, state)}
   end
+
+  # The socket is linked to this process: it closing is this process's end.
+  def handle_info({:EXIT, socket, reason}, %{socket: socket} = state),
+    do: {:stop, reason, state}
 
   def handle_info(_other, state), do: {:noreply, state}
 
