@@ -132,8 +132,13 @@ defmodule LibclusterDynamicSrv.MixProject do
 
   defp package do
     [
-      files:
-        ~w(lib native/dynamic_srv_nif/src native/dynamic_srv_nif/Cargo.toml Cargo.toml Cargo.lock mix.exs README.md),
+      files: ~w(
+        lib
+        native/dynamic_srv_core/Cargo.toml native/dynamic_srv_core/src
+        native/dynamic_srv_nif/Cargo.toml native/dynamic_srv_nif/src
+        Cargo.toml Cargo.lock
+        mix.exs .formatter.exs README.md LICENSE
+      ),
       licenses: ["Apache-2.0"]
     ]
   end
