@@ -9,11 +9,20 @@ export LC_ALL := C.UTF-8
 export ERL_AFLAGS := -kernel shell_history disabled
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := elixir erlang-dev erlang-src dnsmasq-base bind9 iproute2 procps python3-yaml openssl
+# Debian's Erlang (erlang-dev erlang-src) only when there is no Erlang at all:
+# an Erlang from asdf, kerl or source has its own NIF headers.
+ERLANG_PACKAGES := erlang-dev erlang-src
+APT_PACKAGES := elixir $(ERLANG_PACKAGES) dnsmasq-base bind9 iproute2 procps python3-yaml openssl gcc libc6-dev
 
-.PHONY: test test-stress demo bench soak system-deps build rust-test rust-lint elixir-test clean
+.PHONY: test test-stress test-matrix demo bench soak system-deps apt-packages build rust-test rust-lint elixir-test clean
 
 test: system-deps rust-lint rust-test elixir-test
+
+# `make test` on Debian trixie and forky (chroots, built once) and on the
+# host, each on a clean clone of HEAD; SUITES="forky" and MATRIX_HOST=0
+# narrow it (see .ci/test-matrix).
+test-matrix:
+	.ci/test-matrix
 
 demo: system-deps build
 	MIX_ENV=dev mix run --no-start examples/demo.exs
@@ -29,12 +38,22 @@ soak: system-deps
 
 system-deps:
 	@missing=""; \
-	for cmd in elixir erl dnsmasq named openssl ip; do command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing=1; done; \
-	[ -f /usr/lib/erlang/usr/include/erl_nif.h ] || missing=1; \
-	/usr/bin/python3 -c "import yaml" 2>/dev/null || missing=1; \
+	for cmd in elixir dnsmasq named openssl ip gcc; do command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$cmd"; done; \
+	[ -f /usr/include/stdio.h ] || missing="$$missing libc6-dev"; \
+	/usr/bin/python3 -c "import yaml" 2>/dev/null || missing="$$missing python3-yaml"; \
+	packages="$(filter-out $(ERLANG_PACKAGES),$(APT_PACKAGES))"; \
+	if command -v erl >/dev/null 2>&1; then \
+	  root=$$(erl -noshell -eval 'io:format("~s",[code:root_dir()]),halt().'); \
+	  if [ ! -f "$$root/usr/include/erl_nif.h" ]; then \
+	    [ "$$root" = /usr/lib/erlang ] || { echo "The Erlang in $$root has no usr/include/erl_nif.h: install its development headers"; exit 1; }; \
+	    missing="$$missing erl_nif.h"; packages="$(APT_PACKAGES)"; \
+	  fi; \
+	else \
+	  missing="$$missing erl"; packages="$(APT_PACKAGES)"; \
+	fi; \
 	if [ -n "$$missing" ]; then \
-	  echo "Installing $(APT_PACKAGES) with apt-get"; \
-	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(APT_PACKAGES); \
+	  echo "Missing:$$missing; installing $$packages with apt-get"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$packages; \
 	fi
 	@command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (1.91 or newer), e.g. with rustup"; exit 1; }
 
@@ -54,6 +73,10 @@ test-stress: system-deps
 	  echo "test-stress: run $$run passed in $$(( $$(date +%s) - start )) s"; \
 	done
 
+# The Debian packages `make test` needs (.ci/test-matrix puts them in its chroots).
+apt-packages:
+	@echo $(APT_PACKAGES)
+
 build:
 	MIX_ENV=dev mix compile
 
@@ -67,7 +90,7 @@ rust-test:
 elixir-test:
 	MIX_ENV=test mix format --check-formatted
 	MIX_ENV=test mix compile --warnings-as-errors
-	MIX_ENV=test mix test
+	MIX_ENV=test mix test --warnings-as-errors
 
 clean:
 	rm -rf _build target priv/native

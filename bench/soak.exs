@@ -48,7 +48,11 @@ try do
     for chunk <- 0..(div(total, step) - 1) do
       results =
         (chunk * step + 1)..((chunk + 1) * step)
-        |> Task.async_stream(lookup, max_concurrency: concurrency, ordered: false, timeout: 10_000)
+        |> Task.async_stream(lookup,
+          max_concurrency: concurrency,
+          ordered: false,
+          timeout: 10_000
+        )
         |> Enum.reduce(%{}, fn {:ok, result}, acc ->
           key = if match?({:ok, [_, _, _]}, result), do: :ok, else: result
           Map.update(acc, key, 1, &(&1 + 1))

@@ -57,7 +57,6 @@ defmodule DynamicSrv.Epmd do
   @service_book_ttl 5_000
   @no_node_srv_ttl 30_000
   @config_key {__MODULE__, :dist_port}
-  @helper ~r/^(?:rem|rpc)-[^-]+-(.+)$/
 
   @doc false
   @spec start_link() :: :ignore | {:error, String.t()} | no_return()
@@ -341,10 +340,14 @@ defmodule DynamicSrv.Epmd do
     end
   end
 
-  defp helper?(name), do: Regex.match?(@helper, name)
+  # A function, not a module attribute: Elixir 1.19+ warns on a regex stored
+  # in an attribute.
+  defp helper_pattern, do: ~r/^(?:rem|rpc)-[^-]+-(.+)$/
+
+  defp helper?(name), do: Regex.match?(helper_pattern(), name)
 
   defp helper_of(name) do
-    case Regex.run(@helper, name, capture: :all_but_first) do
+    case Regex.run(helper_pattern(), name, capture: :all_but_first) do
       [main] -> main
       nil -> nil
     end

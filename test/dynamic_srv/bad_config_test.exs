@@ -34,17 +34,19 @@ defmodule DynamicSrv.BadConfigTest do
   ]
 
   for {key, value, expected} <- @strategy_cases do
+    # Built here, when the tests are defined: a `case` on the literal key and
+    # value inside the test has clauses that can never match, which Elixir
+    # 1.18+'s type checker reports.
+    config =
+      case {key, value} do
+        {:service, :missing} -> [polling_interval: 1_000]
+        {:service, value} -> [service: value]
+        {key, value} -> [service: @svc] ++ [{key, value}]
+      end
+
     test "strategy refuses #{key}: #{inspect(value)}" do
       rec = Recorder.start(self())
-      value = unquote(Macro.escape(value))
-      key = unquote(key)
-
-      config =
-        case {key, value} do
-          {:service, :missing} -> [polling_interval: 1_000]
-          {:service, value} -> [service: value]
-          {key, value} -> [service: @svc] ++ [{key, value}]
-        end
+      config = unquote(Macro.escape(config))
 
       state = struct(State, [topology: :bad, config: config] ++ Recorder.mfas(rec))
 

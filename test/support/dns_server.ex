@@ -12,13 +12,13 @@ defmodule DynamicSrv.Test.DnsServer do
 
   defstruct [:dir, :port, :os_pid, :records, :log_queries, listen: {127, 0, 0, 1}]
 
-  @type record ::
+  @type entry ::
           {:srv, String.t(), String.t(), :inet.port_number()}
           | {:srv, String.t(), String.t(), :inet.port_number(), non_neg_integer(),
              non_neg_integer()}
           | {:a | :aaaa, String.t(), :inet.ip_address()}
 
-  @spec start([record()], keyword()) :: %__MODULE__{}
+  @spec start([entry()], keyword()) :: %__MODULE__{}
   def start(records, opts \\ []) do
     dir = Path.join(System.tmp_dir!(), "dynamic_srv_dns_#{System.unique_integer([:positive])}")
     File.mkdir_p!(dir)

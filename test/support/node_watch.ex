@@ -27,7 +27,8 @@ defmodule DynamicSrv.Test.NodeWatch do
         loop(Map.update!(counts, event, &(&1 + 1)))
 
       {:counts, from} ->
-        send(from, {:counts, counts}) && loop(counts)
+        send(from, {:counts, counts})
+        loop(counts)
     end
   end
 end

@@ -40,7 +40,9 @@ defmodule DynamicSrv.Via.UdpTest do
 
       # A flipped bit anywhere is caught by the MAC.
       for i <- 0..(byte_size(packet) - 1) do
-        <<pre::binary-size(i), byte, post::binary>> = packet
+        pre = binary_part(packet, 0, i)
+        byte = :binary.at(packet, i)
+        post = binary_part(packet, i + 1, byte_size(packet) - i - 1)
         flipped = <<pre::binary, Bitwise.bxor(byte, 1), post::binary>>
         assert {:error, _} = Packet.decode(flipped, @secret)
       end

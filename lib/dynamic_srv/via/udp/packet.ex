@@ -16,7 +16,6 @@ defmodule DynamicSrv.Via.Udp.Packet do
   @version 1
   @mac_flag 1
   @mac_size 32
-  @name ~r/\A[A-Za-z0-9_.-]+@[A-Za-z0-9_.:-]+\z/
 
   @type t :: %{
           name: String.t(),
@@ -49,12 +48,15 @@ defmodule DynamicSrv.Via.Udp.Packet do
     end
   end
 
+  # Sizes are taken with binary_part/3, not size variables in the pattern:
+  # Elixir 1.20 wants such a variable pinned, which Elixir 1.14 refuses.
   defp split(
-         <<@magic, @version, flags, timestamp::64, dist_port::16, len, name::binary-size(len),
-           rest::binary>> = packet
-       ) do
-    body_size = byte_size(packet) - byte_size(rest)
-    <<body::binary-size(body_size), _::binary>> = packet
+         <<@magic, @version, flags, timestamp::64, dist_port::16, len, tail::binary>> = packet
+       )
+       when byte_size(tail) >= len do
+    name = binary_part(tail, 0, len)
+    rest = binary_part(tail, len, byte_size(tail) - len)
+    body = binary_part(packet, 0, byte_size(packet) - byte_size(rest))
     fields = %{name: name, timestamp: timestamp, dist_port: dist_port}
 
     case {Bitwise.band(flags, @mac_flag), rest} do
@@ -74,8 +76,12 @@ defmodule DynamicSrv.Via.Udp.Packet do
   end
 
   defp check_name(name) do
-    if String.valid?(name) and name =~ @name, do: :ok, else: {:error, :bad_name}
+    if String.valid?(name) and name =~ name_pattern(), do: :ok, else: {:error, :bad_name}
   end
+
+  # A function, not a module attribute: Elixir 1.19+ warns on a regex stored
+  # in an attribute (a compiled regex is not portable across OTP versions).
+  defp name_pattern, do: ~r/\A[A-Za-z0-9_.-]+@[A-Za-z0-9_.:-]+\z/
 
   defp mac(secret, body), do: :crypto.mac(:hmac, :sha256, secret, body)
 end
