@@ -15,8 +15,7 @@ defmodule DynamicSrv.Membership do
   | `:interval` | ms between polls (a jitter of up to 10% is added) | `5000` |
   | `:disconnect_removed` | disconnect nodes that left the answer | `true` |
   | `:connect` / `:disconnect` / `:list_nodes` | MFAs, the node appended as last argument | `:net_kernel.connect_node/1`, `:erlang.disconnect_node/1`, `:erlang.nodes(:connected)` |
-  | `:max_dialing` | connects in flight at once | `8` |
-  | `:connect_timeout` | ms after which a connect still running stops holding one of those places (it is never killed) | `15_000` |
+  | `:connect_timeout` | how long one round of connects may take, in ms | `min(interval, 10_000)` |
   | `:poll_timeout` | how long the provider may take, in ms | `30_000` |
   | `:log_results` | log each connect and disconnect at info level | `true` |
   | `:name` | the process name | none |
@@ -24,22 +23,9 @@ defmodule DynamicSrv.Membership do
   ## Rules
 
   * The first poll runs at start, then every `:interval`.
-  * Every listed node that is not connected is dialled, also on later
-    polls after a connection dropped. The local node is never dialled.
-  * Of two nodes, one dials first: a hash of the pair picks which, the same
-    on both nodes, so that about half of the peers are each node's to dial
-    and two nodes never dial each other at the same moment (a crossed
-    handshake fails on one side, and when that side is `global`'s own
-    connect, `global` disconnects the loser from every node to prevent
-    overlapping partitions). A peer that was the other node's to dial and is
-    still not connected at the next poll is dialled all the same (it may
-    not see this node in DNS yet, or run another strategy). A node that is
-    not distributed cannot be dialled, so it dials all its peers.
-  * Connects run in processes of their own, at most `:max_dialing` at once,
-    while the engine goes on polling. A connect is never killed half-way
-    through its handshake: `net_kernel`'s setup time (`net_setuptime`)
-    bounds it. Before a queued connect starts, a node that has meanwhile
-    been connected (by `global`, or by the peer) is skipped.
+  * Every listed node that is not connected is connected on every poll, in
+    parallel and within `:connect_timeout`, so a dead peer cannot stall the
+    loop. The local node is never connected.
   * A node is disconnected only when successful answers stop listing it:
     it must be missing from two consecutive answers (a grace against an
     answer that flaps). The answer that first misses a node brings the next
@@ -85,7 +71,6 @@ defmodule DynamicSrv.Membership do
     :disconnect,
     :list_nodes,
     :connect_timeout,
-    :max_dialing,
     :poll_timeout,
     :log_results,
     # Whether libcluster's Cluster.Strategy and :telemetry are there,
@@ -96,13 +81,6 @@ defmodule DynamicSrv.Membership do
     missing: %{},
     failing: nil,
     confirm: false,
-    # Connects in flight (monitor ref => node), those past :connect_timeout
-    # that still run, the nodes waiting for a place, and the peers left to
-    # the other side at the last poll.
-    dialing: %{},
-    overdue: %{},
-    queue: [],
-    deferred: MapSet.new(),
     polls: 0
   ]
 
@@ -130,8 +108,7 @@ defmodule DynamicSrv.Membership do
       connect: Keyword.get(opts, :connect, {:net_kernel, :connect_node, []}),
       disconnect: Keyword.get(opts, :disconnect, {:erlang, :disconnect_node, []}),
       list_nodes: Keyword.get(opts, :list_nodes, {:erlang, :nodes, [:connected]}),
-      connect_timeout: Keyword.get(opts, :connect_timeout, 15_000),
-      max_dialing: Keyword.get(opts, :max_dialing, 8),
+      connect_timeout: Keyword.get(opts, :connect_timeout, min(interval, 10_000)),
       poll_timeout: Keyword.get(opts, :poll_timeout, 30_000),
       log_results: Keyword.get(opts, :log_results, true),
       libcluster:
@@ -148,22 +125,6 @@ defmodule DynamicSrv.Membership do
 
   @impl true
   def handle_info(:poll, state), do: {:noreply, poll_and_schedule(state)}
-
-  def handle_info({:DOWN, ref, :process, _pid, _reason}, state)
-      when is_map_key(state.dialing, ref) or is_map_key(state.overdue, ref) do
-    state = %{
-      state
-      | dialing: Map.delete(state.dialing, ref),
-        overdue: Map.delete(state.overdue, ref)
-    }
-
-    {:noreply, pump(state)}
-  end
-
-  def handle_info({:connect_overdue, ref}, state) when is_map_key(state.dialing, ref) do
-    {node, dialing} = Map.pop(state.dialing, ref)
-    {:noreply, pump(%{state | dialing: dialing, overdue: Map.put(state.overdue, ref, node)})}
-  end
 
   def handle_info(_other, state), do: {:noreply, state}
 
@@ -200,9 +161,8 @@ defmodule DynamicSrv.Membership do
         state = failed(state, reason)
         # Members the last answer left out are kept but not dialled again:
         # the source has already said they are leaving.
-        state
-        |> connect(Enum.reject(state.members, &Map.has_key?(state.missing, &1)))
-        |> Map.put(:confirm, false)
+        connect(state, Enum.reject(state.members, &Map.has_key?(state.missing, &1)))
+        %{state | confirm: false}
     end
   end
 
@@ -231,7 +191,7 @@ defmodule DynamicSrv.Membership do
 
     if state.disconnect_removed, do: disconnect(state, removed)
     members = MapSet.union(listed, MapSet.new(Map.keys(missing)))
-    state = connect(state, listed)
+    connect(state, listed)
 
     first_miss? =
       Enum.any?(missing, fn {node, count} ->
@@ -301,68 +261,18 @@ defmodule DynamicSrv.Membership do
     end
   end
 
-  # Queues the nodes to dial: those of the listed, unconnected nodes that
-  # are this node's to dial first, and those the other side has left
-  # undialled since the last poll.
   defp connect(state, nodes) do
     connected = MapSet.new(list_nodes(state))
-    busy = MapSet.new(Map.values(state.dialing) ++ Map.values(state.overdue) ++ state.queue)
+    todo = nodes |> Enum.reject(&(&1 == node() or MapSet.member?(connected, &1)))
 
-    todo =
-      nodes
-      |> Enum.uniq()
-      |> Enum.reject(&(&1 == node() or MapSet.member?(connected, &1) or MapSet.member?(busy, &1)))
-
-    {now, later} =
-      Enum.split_with(todo, &(dials_first?(&1) or MapSet.member?(state.deferred, &1)))
-
-    pump(%{state | queue: state.queue ++ now, deferred: MapSet.new(later)})
-  end
-
-  @doc false
-  # Whether the local node dials `peer` first. The same answer, mirrored,
-  # on the peer: :erlang.phash2/1 is the same on every node and OTP release.
-  @spec dials_first?(node(), node()) :: boolean()
-  def dials_first?(peer, local \\ node())
-
-  def dials_first?(_peer, :nonode@nohost), do: true
-
-  def dials_first?(peer, local) do
-    {low, high} = if local < peer, do: {local, peer}, else: {peer, local}
-    first = if rem(:erlang.phash2({low, high}), 2) == 0, do: low, else: high
-    first == local
-  end
-
-  # Starts queued connects while there is room; a node connected meanwhile
-  # is skipped.
-  defp pump(%{queue: []} = state), do: state
-
-  defp pump(state) when map_size(state.dialing) >= state.max_dialing, do: state
-
-  defp pump(state) do
-    connected = MapSet.new(list_nodes(state))
-    {start, rest} = Enum.split(state.queue, state.max_dialing - map_size(state.dialing))
-
-    dialing =
-      for node <- start, not MapSet.member?(connected, node), into: state.dialing do
-        {dial(state, node), node}
-      end
-
-    pump(%{state | queue: rest, dialing: dialing})
-  end
-
-  # One connect in a process of its own, monitored and never killed.
-  defp dial(state, node) do
-    metadata = Logger.metadata()
-
-    {_pid, ref} =
-      spawn_monitor(fn ->
-        Logger.metadata(metadata)
-        connect_one(state, node)
-      end)
-
-    Process.send_after(self(), {:connect_overdue, ref}, state.connect_timeout)
-    ref
+    todo
+    |> Task.async_stream(&connect_one(state, &1),
+      timeout: state.connect_timeout,
+      on_timeout: :kill_task,
+      max_concurrency: 64,
+      ordered: false
+    )
+    |> Stream.run()
   end
 
   defp connect_one(state, node) do
