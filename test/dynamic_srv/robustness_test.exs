@@ -66,10 +66,7 @@ defmodule DynamicSrv.RobustnessTest do
 
     dns = DnsServer.start(records, log_queries: true)
 
-    env = [
-      {"DYNAMIC_SRV_NAMESERVERS", DnsServer.env_value(dns)},
-      {"DYNAMIC_SRV_TIMEOUT_MS", "1000"}
-    ]
+    env = DnsServer.node_env(dns)
 
     nodes =
       for {port, i} <- Enum.with_index(ports) do

@@ -38,6 +38,10 @@ defmodule DynamicSrv.Test.DnsServer do
   @doc "The `nameservers` option pointing at this server."
   def nameservers(%__MODULE__{port: port, listen: ip}), do: [{ip, port}]
 
+  @doc "The environment of a node that asks this server, with a 1 s lookup timeout."
+  def node_env(%__MODULE__{} = server),
+    do: [{"DYNAMIC_SRV_NAMESERVERS", env_value(server)}, {"DYNAMIC_SRV_TIMEOUT_MS", "1000"}]
+
   @doc "The `DYNAMIC_SRV_NAMESERVERS` value pointing at this server."
   def env_value(%__MODULE__{port: port, listen: ip}), do: "#{:inet.ntoa(ip)}:#{port}"
 
