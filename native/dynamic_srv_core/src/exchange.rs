@@ -1,6 +1,7 @@
-//! The path for explicit nameservers: a few connected UDP sockets and one
-//! TCP connection per server, kept for the life of the VM, and a table of
-//! the queries in flight.
+//! The path for explicit nameservers: a few connected UDP sockets per
+//! server, kept for the life of the VM, at most one TCP connection per
+//! server, open only while it is used, and a table of the queries in
+//! flight.
 //!
 //! `start` runs on the caller's thread (a BEAM scheduler), so it only
 //! encodes the query, registers it and hands it to the runtime; a lone
@@ -56,6 +57,11 @@ const RECV_BUFFER: usize = 65_535;
 const TCP_CONNECT: Duration = Duration::from_secs(2);
 /// Times a TCP query is sent again when its connection closes.
 const TCP_RESENDS: u8 = 2;
+/// A TCP connection with no query unanswered for this long is closed.
+/// Servers serve a bounded number of TCP connections at once (dnsmasq 20
+/// by default): a client that keeps one open for good holds a slot that a
+/// node starting later needs.
+const TCP_IDLE: Duration = Duration::from_millis(500);
 /// Lookups in flight up to which the caller's thread sends the query itself.
 const DIRECT_SENDS: usize = 1;
 /// Queries sent and unanswered at once, per server. A local server
@@ -63,8 +69,44 @@ const DIRECT_SENDS: usize = 1;
 /// small datagrams on loopback); a lost query costs a whole attempt timeout.
 const WINDOW: usize = 96;
 
-/// Per server: the open TCP connection's number and its query queue.
-type TcpConnections = HashMap<SocketAddr, (u64, mpsc::UnboundedSender<Vec<u8>>)>;
+/// Per server: the open TCP connection's number, its query queue and its
+/// progress.
+type TcpConnections = HashMap<SocketAddr, (u64, mpsc::UnboundedSender<Vec<u8>>, Arc<TcpLink>)>;
+
+/// What the sweeper needs to know of a TCP connection to tell a slow one
+/// from a dead one: queries written and not answered, and when it last
+/// made progress (opened, or an answer read).
+struct TcpLink {
+    unanswered: AtomicU64,
+    progress: Mutex<Instant>,
+}
+
+impl TcpLink {
+    fn new() -> Self {
+        TcpLink {
+            unanswered: AtomicU64::new(0),
+            progress: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn answered(&self) {
+        let _ = self
+            .unanswered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if let Ok(mut progress) = self.progress.lock() {
+            *progress = Instant::now();
+        }
+    }
+
+    /// Whether nothing came back for `quiet` while queries were waiting.
+    fn stalled(&self, now: Instant, quiet: Duration) -> bool {
+        self.unanswered.load(Ordering::Acquire) > 0
+            && self
+                .progress
+                .lock()
+                .map_or(true, |at| now.duration_since(*at) >= quiet)
+    }
+}
 
 /// A packet to send and the socket to send it on.
 type Outgoing = (Arc<UdpSocket>, Vec<u8>);
@@ -359,7 +401,7 @@ impl Exchange {
         let Ok(mut conns) = self.tcp.lock() else {
             return;
         };
-        if let Some((_, sender)) = conns.get(&server) {
+        if let Some((_, sender, _)) = conns.get(&server) {
             match sender.send(framed) {
                 Ok(()) => return,
                 Err(returned) => framed = returned.0,
@@ -368,19 +410,58 @@ impl Exchange {
         let (sender, receiver) = mpsc::unbounded_channel();
         let _ = sender.send(framed);
         let conn = self.counter.fetch_add(1, Ordering::Relaxed);
-        conns.insert(server, (conn, sender));
+        let link = Arc::new(TcpLink::new());
+        conns.insert(server, (conn, sender, Arc::clone(&link)));
         let exchange = Arc::clone(self);
         self.runtime
-            .spawn(async move { exchange.tcp_connection(server, conn, receiver).await });
+            .spawn(async move { exchange.tcp_connection(server, conn, link, receiver).await });
+    }
+
+    /// Closes the server's TCP connection if it has stalled: queries wait
+    /// on it and nothing came back for `quiet` (a server that accepted the
+    /// connection but does not serve it, or a dead peer). The next query
+    /// opens a new one. Called with the table locked, before the retries
+    /// are sent.
+    fn tcp_reset_stalled(&self, server: SocketAddr, now: Instant, quiet: Duration) {
+        if let Ok(mut conns) = self.tcp.lock() {
+            if conns
+                .get(&server)
+                .is_some_and(|(_, _, link)| link.stalled(now, quiet))
+            {
+                // Dropping the sender ends the connection's task.
+                conns.remove(&server);
+            }
+        }
+    }
+
+    /// Forgets connection `conn` if nothing waits on it: no query queued,
+    /// none unanswered. Under the lock, so no query can be queued after.
+    fn tcp_retire_idle(
+        &self,
+        server: SocketAddr,
+        conn: u64,
+        link: &TcpLink,
+        queries: &mpsc::UnboundedReceiver<Vec<u8>>,
+    ) -> bool {
+        let Ok(mut conns) = self.tcp.lock() else {
+            return true;
+        };
+        let idle = queries.is_empty() && link.unanswered.load(Ordering::Acquire) == 0;
+        if idle && conns.get(&server).is_some_and(|(c, _, _)| *c == conn) {
+            conns.remove(&server);
+        }
+        idle
     }
 
     /// Owns one TCP connection: writes the queries sent to it, while a
     /// reader task hands answers to `answer`. The connection ends when the
-    /// server closes it, on an error, or when it is replaced.
+    /// server closes it, on an error, when it has been idle for
+    /// `TCP_IDLE`, or when the sweeper drops it as stalled.
     async fn tcp_connection(
         self: Arc<Self>,
         server: SocketAddr,
         conn: u64,
+        link: Arc<TcpLink>,
         mut queries: mpsc::UnboundedReceiver<Vec<u8>>,
     ) {
         let connect = tokio::time::timeout(TCP_CONNECT, TcpStream::connect(server));
@@ -390,7 +471,11 @@ impl Exchange {
         };
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
+        if let Ok(mut progress) = link.progress.lock() {
+            *progress = Instant::now();
+        }
         let exchange = Arc::clone(&self);
+        let read_link = Arc::clone(&link);
         let reading = self.runtime.spawn(async move {
             loop {
                 let mut len = [0u8; 2];
@@ -401,18 +486,30 @@ impl Exchange {
                 if reader.read_exact(&mut message).await.is_err() {
                     break;
                 }
+                read_link.answered();
                 let _ = catch_unwind(AssertUnwindSafe(|| exchange.answer(&message, server, true)));
             }
             // Closing drops the senders, which ends the writer below.
             exchange.tcp_closed(server, conn, true);
         });
-        while let Some(packet) = queries.recv().await {
-            if writer.write_all(&packet).await.is_err() {
-                reading.abort();
-                self.tcp_closed(server, conn, true);
-                break;
+        loop {
+            match tokio::time::timeout(TCP_IDLE, queries.recv()).await {
+                Ok(Some(packet)) => {
+                    link.unanswered.fetch_add(1, Ordering::AcqRel);
+                    if writer.write_all(&packet).await.is_err() {
+                        reading.abort();
+                        self.tcp_closed(server, conn, true);
+                        return;
+                    }
+                }
+                // Replaced, or dropped as stalled.
+                Ok(None) => break,
+                Err(_) if self.tcp_retire_idle(server, conn, &link, &queries) => break,
+                Err(_) => {}
             }
         }
+        // The reader stops here; the writer half closes when dropped.
+        reading.abort();
     }
 
     /// Forgets connection `conn` (unless a newer one replaced it). When it
@@ -421,7 +518,7 @@ impl Exchange {
     /// server may close an idle connection just as a query is written.
     fn tcp_closed(self: &Arc<Self>, server: SocketAddr, conn: u64, was_open: bool) {
         let current = self.tcp.lock().is_ok_and(|mut conns| {
-            let current = conns.get(&server).is_some_and(|(c, _)| *c == conn);
+            let current = conns.get(&server).is_some_and(|(c, _, _)| *c == conn);
             if current {
                 conns.remove(&server);
             }
@@ -690,6 +787,15 @@ impl Exchange {
                 Some(p) if now >= p.deadline || p.attempts_left == 0 => done.push(id),
                 Some(_) => retry.push(id),
                 None => {}
+            }
+        }
+        // A TCP query whose attempt timed out on a connection that answers
+        // nothing: that connection is closed, so neither its retry nor the
+        // next lookup is sent on it.
+        for id in done.iter().chain(&retry) {
+            if let Some(p) = table.lookups.get(id).filter(|p| p.tcp && !p.queued) {
+                let last = p.servers[(p.next_server + p.servers.len() - 1) % p.servers.len()];
+                self.tcp_reset_stalled(last, now, p.settings.attempt_timeout());
             }
         }
         let removed: Vec<Pending> = done
@@ -1050,3 +1156,7 @@ mod tests {
         assert!(!matches_query(&pending, &query, &packet, server));
     }
 }
+
+#[cfg(test)]
+#[path = "exchange_tcp_tests.rs"]
+mod tcp_tests;

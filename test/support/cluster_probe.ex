@@ -1,0 +1,138 @@
+defmodule DynamicSrv.Test.ClusterProbe do
+  @moduledoc """
+  Runs on a node of a cluster test or benchmark and records how the cluster
+  forms there: when the node first saw all its expected peers, every nodeup
+  and nodedown, and the warnings `global` logs when it cuts connections
+  ("... in order to prevent overlapping partitions") or gives up on one
+  ("'global' at ... failed to connect to ...").
+
+  Times are wall-clock microseconds (`System.os_time/1`), which all VMs of
+  the machine share, so the controller can compare them with the instant it
+  told every node to start at.
+  """
+
+  @table __MODULE__
+
+  @doc "Starts recording; `peers` is how many peers make a full mesh."
+  @spec start(non_neg_integer()) :: :ok
+  def start(peers) do
+    parent = self()
+
+    pid =
+      spawn(fn ->
+        :ets.new(@table, [:named_table, :public, :set])
+        :ets.insert(@table, [{:peers, peers}, {:overlap, 0}, {:failed, 0}, {:downs, 0}])
+        :ok = :net_kernel.monitor_nodes(true, [:nodedown_reason])
+        send(parent, :probing)
+        loop()
+      end)
+
+    Process.register(pid, __MODULE__)
+    receive do: (:probing -> :ok)
+    :logger.add_primary_filter(__MODULE__, {&__MODULE__.filter/2, []})
+    check_mesh()
+    :ok
+  end
+
+  @doc """
+  Runs `fun` in a new process at the wall-clock instant `at_us`
+  (microseconds): every node given the same instant starts together.
+  """
+  @spec at(integer(), (() -> term())) :: :ok
+  def at(at_us, fun) do
+    spawn(fn ->
+      wait = div(at_us - System.os_time(:microsecond), 1000)
+      if wait > 0, do: Process.sleep(wait)
+      :ets.insert(@table, {:started, System.os_time(:microsecond)})
+      fun.()
+      Process.sleep(:infinity)
+    end)
+
+    :ok
+  end
+
+  @doc "Forgets the mesh time and counters, e.g. before a partition heal."
+  @spec reset() :: :ok
+  def reset do
+    :ets.delete(@table, :mesh_at)
+    :ets.insert(@table, [{:overlap, 0}, {:failed, 0}, {:downs, 0}])
+    check_mesh()
+    :ok
+  end
+
+  @doc "What was recorded, as a map."
+  @spec report() :: map()
+  def report do
+    get = fn key, default ->
+      case :ets.lookup(@table, key) do
+        [{^key, value}] -> value
+        [] -> default
+      end
+    end
+
+    %{
+      started: get.(:started, nil),
+      mesh_at: get.(:mesh_at, nil),
+      peers: length(Node.list()),
+      overlap: get.(:overlap, 0),
+      failed: get.(:failed, 0),
+      downs: get.(:downs, 0),
+      reasons: Map.new(:ets.match(@table, {{:reason, :"$1"}, :"$2"}), &List.to_tuple/1)
+    }
+  end
+
+  @doc false
+  # A primary logger filter: counts global's warnings, lets everything pass.
+  def filter(%{msg: msg} = event, _extra) do
+    text = format(msg)
+
+    cond do
+      String.contains?(text, "overlapping partitions") ->
+        :ets.update_counter(@table, :overlap, 1)
+
+      String.contains?(text, "failed to connect to") ->
+        :ets.update_counter(@table, :failed, 1)
+
+      true ->
+        :ok
+    end
+
+    event
+  catch
+    _, _ -> event
+  end
+
+  defp format({:string, text}), do: IO.chardata_to_string(text)
+
+  defp format({format, args}) when is_list(args),
+    do: format |> :io_lib.format(args) |> to_string()
+
+  defp format(other), do: inspect(other)
+
+  defp loop do
+    receive do
+      {:nodeup, _, _} ->
+        check_mesh()
+
+      {:nodedown, _, info} ->
+        :ets.update_counter(@table, :downs, 1)
+        :ets.update_counter(@table, {:reason, reason_key(info[:nodedown_reason])}, 1, {nil, 0})
+
+      _ ->
+        :ok
+    end
+
+    loop()
+  end
+
+  defp reason_key({key, _}) when is_atom(key), do: key
+  defp reason_key(key) when is_atom(key), do: key
+  defp reason_key(other), do: other
+
+  defp check_mesh do
+    [{:peers, peers}] = :ets.lookup(@table, :peers)
+
+    if length(Node.list()) >= peers,
+      do: :ets.insert_new(@table, {:mesh_at, System.os_time(:microsecond)})
+  end
+end
