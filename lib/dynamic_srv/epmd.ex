@@ -26,7 +26,14 @@ defmodule DynamicSrv.Epmd do
      Addresses the server sent in the additional section stand in for a
      failed A/AAAA answer.
 
-  Each answer (also a failure) is kept for one second: OTP asks twice per
+  3. When DNS gives no answer (a timeout, SERVFAIL, refused, a network
+     error), the last address and port known for the node, up to ten
+     minutes old (`DynamicSrv.PortBook.fetch_stale/2`): while a cluster
+     forms, `global` turns every failed connection attempt into a
+     cluster-wide disconnect of that node. An answer that says the node is
+     not there (NXDOMAIN, no data, not in the service's answer) is believed.
+
+    Each answer (also a failure) is kept for one second: OTP asks twice per
   connection attempt, and the second ask costs no DNS. Lookups use the
   `DYNAMIC_SRV_NAMESERVERS` and `DYNAMIC_SRV_TIMEOUT_MS` settings.
 
@@ -163,7 +170,7 @@ defmodule DynamicSrv.Epmd do
         {:ok, ip, port} when ip != nil -> {:ok, ip, port, @version}
         {:ok, nil, port} -> resolve_address(node, name, host, family, port)
         {:error, _} = error -> error
-        :miss -> remember(node, family, resolve_miss(name, host, family))
+        :miss -> resolve_or_last_known(node, name, host, family)
       end
     end
   catch
@@ -183,6 +190,27 @@ defmodule DynamicSrv.Epmd do
       {:error, _} -> :noport
     end
   end
+
+  # A lookup that got no answer (timeout, SERVFAIL, refused, a network
+  # error) falls back to the node's last known address and port: a DNS
+  # hiccup while the cluster forms must not fail connection attempts, since
+  # `global` turns each failed one into a cluster-wide disconnect of that
+  # node. An answer that says the node is not there is believed.
+  defp resolve_or_last_known(node, name, host, family) do
+    case resolve_miss(name, host, family) do
+      {:error, reason} = error ->
+        case not said_absent?(reason) and PortBook.fetch_stale(node, family) do
+          {:ok, ip, port} -> remember(node, family, {:ok, ip, port, @version})
+          _ -> remember(node, family, error)
+        end
+
+      answer ->
+        remember(node, family, answer)
+    end
+  end
+
+  defp said_absent?({:not_in_srv_answer, _}), do: true
+  defp said_absent?(reason), do: reason in [:nxdomain, :no_data, :address_family, :no_local_port]
 
   defp remember(node, family, {:ok, ip, port, _} = answer) do
     PortBook.put(node, family, {:ok, ip, port}, @attempt_ttl)

@@ -9,7 +9,8 @@ defmodule DynamicSrv.PortBook do
   answer for a short while so that one connection attempt costs one round of
   DNS although OTP asks for the address twice.
 
-  Entries expire; a miss falls back to DNS. The table is public and owned by
+  Entries expire; a miss falls back to DNS, and when DNS does not answer,
+  to the last answer known (`fetch_stale/2`). The table is public and owned by
   a plain process, registered as `DynamicSrv.PortBook`, that
   `DynamicSrv.Epmd.start_link/0` starts unlinked: nothing supervises it and
   nothing depends on it. It traps exits and ignores every message but its
@@ -22,6 +23,9 @@ defmodule DynamicSrv.PortBook do
 
   @table __MODULE__
   @sweep_every 10_000
+  # How long an expired answer is kept as the last known one: see
+  # fetch_stale/2.
+  @stale_for 600_000
   @enabled_key {__MODULE__, :enabled}
 
   @type family :: :inet | :inet6
@@ -121,6 +125,28 @@ defmodule DynamicSrv.PortBook do
   @spec fetch(String.t(), family()) :: answer() | :miss
   def fetch(name, family), do: lookup({name, family})
 
+  @doc """
+  The last address and port known for `name` and `family`, also when the
+  entry has expired (within ten minutes), or `:miss`. For when DNS does not
+  answer: a node's address rarely changes, and a wrong one only fails the
+  connection attempt that a failed lookup would fail anyway.
+  """
+  @spec fetch_stale(String.t(), family()) ::
+          {:ok, :inet.ip_address(), :inet.port_number()} | :miss
+  def fetch_stale(name, family) do
+    oldest = now() - @stale_for
+
+    case :ets.lookup(@table, {name, family}) do
+      [{_, {:ok, address, port}, expires}] when address != nil and expires > oldest ->
+        {:ok, address, port}
+
+      _ ->
+        :miss
+    end
+  rescue
+    ArgumentError -> :miss
+  end
+
   defp lookup(key) do
     now = now()
 
@@ -205,8 +231,8 @@ defmodule DynamicSrv.PortBook do
   defp sweep do
     if :ets.info(@table, :owner) != self(), do: exit(:normal)
     register()
-    now = now()
-    :ets.select_delete(@table, [{{:_, :_, :"$1"}, [{:"=<", :"$1", now}], [true]}])
+    oldest = now() - @stale_for
+    :ets.select_delete(@table, [{{:_, :_, :"$1"}, [{:"=<", :"$1", oldest}], [true]}])
   end
 
   defp register do

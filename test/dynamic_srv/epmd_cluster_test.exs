@@ -89,6 +89,37 @@ defmodule DynamicSrv.EpmdClusterTest do
     assert Node.eval(n0, "1 + 1") == 2
   end
 
+  test "when DNS does not answer, the last address known for a node is used; never without one",
+       %{ports: ports} do
+    {:ok, silent} = :gen_udp.open(0, ip: {127, 0, 0, 1})
+    {:ok, silent_port} = :inet.port(silent)
+
+    node =
+      Node.start("node-9@#{@svc}",
+        dist_port: DnsServer.free_port(),
+        env: [
+          {"DYNAMIC_SRV_NAMESERVERS", "127.0.0.1:#{silent_port}"},
+          {"DYNAMIC_SRV_TIMEOUT_MS", "300"}
+        ]
+      )
+
+    try do
+      # An entry for node-1 that has already expired, as a poll long ago left it.
+      Node.eval(
+        node,
+        ~s|DynamicSrv.PortBook.put("node-1@#{@svc}", :inet, {:ok, {127, 0, 0, 1}, #{Enum.at(ports, 1)}}, 0)|
+      )
+
+      assert Node.eval(node, ~s|DynamicSrv.PortBook.fetch("node-1@#{@svc}", :inet)|) == :miss
+      assert Node.eval(node, ~s|Node.connect(:"node-1@#{@svc}")|) == true
+      # node-2 was never known: nothing to fall back to.
+      assert Node.eval(node, ~s|Node.connect(:"node-2@#{@svc}")|) == false
+    after
+      Node.stop(node)
+      :gen_udp.close(silent)
+    end
+  end
+
   test "a rem- helper of node-0 reaches node-0 through the local path, without DNS", %{
     ports: ports
   } do

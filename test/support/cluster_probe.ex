@@ -51,12 +51,21 @@ defmodule DynamicSrv.Test.ClusterProbe do
     :ok
   end
 
-  @doc "Forgets the mesh time and counters, e.g. before a partition heal."
-  @spec reset() :: :ok
-  def reset do
-    :ets.delete(@table, :mesh_at)
-    :ets.insert(@table, [{:overlap, 0}, {:failed, 0}, {:downs, 0}])
-    check_mesh()
+  @doc """
+  At the wall-clock instant `at_us`, forgets the mesh time and counters and
+  runs `fun` (e.g. drops every connection, as a partition would), in a new
+  process.
+  """
+  @spec reset_at(integer(), (() -> term())) :: :ok
+  def reset_at(at_us, fun) do
+    spawn(fn ->
+      wait = div(at_us - System.os_time(:microsecond), 1000)
+      if wait > 0, do: Process.sleep(wait)
+      :ets.delete(@table, :mesh_at)
+      :ets.insert(@table, [{:overlap, 0}, {:failed, 0}, {:downs, 0}])
+      fun.()
+    end)
+
     :ok
   end
 
@@ -77,6 +86,8 @@ defmodule DynamicSrv.Test.ClusterProbe do
       overlap: get.(:overlap, 0),
       failed: get.(:failed, 0),
       downs: get.(:downs, 0),
+      first_overlap: get.(:first_overlap, nil),
+      first_failed: get.(:first_failed, nil),
       reasons: Map.new(:ets.match(@table, {{:reason, :"$1"}, :"$2"}), &List.to_tuple/1)
     }
   end
@@ -88,9 +99,11 @@ defmodule DynamicSrv.Test.ClusterProbe do
 
     cond do
       String.contains?(text, "overlapping partitions") ->
+        :ets.insert_new(@table, {:first_overlap, System.os_time(:microsecond)})
         :ets.update_counter(@table, :overlap, 1)
 
       String.contains?(text, "failed to connect to") ->
+        :ets.insert_new(@table, {:first_failed, System.os_time(:microsecond)})
         :ets.update_counter(@table, :failed, 1)
 
       true ->

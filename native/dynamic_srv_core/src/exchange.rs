@@ -59,9 +59,10 @@ const TCP_CONNECT: Duration = Duration::from_secs(2);
 const TCP_RESENDS: u8 = 2;
 /// A TCP connection with no query unanswered for this long is closed.
 /// Servers serve a bounded number of TCP connections at once (dnsmasq 20
-/// by default): a client that keeps one open for good holds a slot that a
-/// node starting later needs.
-const TCP_IDLE: Duration = Duration::from_millis(500);
+/// by default), so a slot held by an idle client is one that another node
+/// waits for: long enough to carry a burst of lookups, short enough that a
+/// hundred nodes polling every second fit in twenty slots.
+const TCP_IDLE: Duration = Duration::from_millis(100);
 /// Lookups in flight up to which the caller's thread sends the query itself.
 const DIRECT_SENDS: usize = 1;
 /// Queries sent and unanswered at once, per server. A local server

@@ -1,0 +1,30 @@
+defmodule Cluster.Strategy.SharedStartTest do
+  @moduledoc """
+  More nodes than the DNS server serves TCP connections at once (dnsmasq:
+  20), all starting their strategy at one instant, as after a parallel
+  rollout: the service's SRV answer is too big for UDP, so every poll
+  needs TCP. The cluster must form a full mesh without `global` cutting a
+  single connection.
+  """
+  use ExUnit.Case, async: false
+
+  alias DynamicSrv.Test.SharedStart
+
+  @n 24
+  @moduletag timeout: 300_000
+
+  test "#{@n} nodes started at one instant form a full mesh with no overlapping-partition disconnect" do
+    cluster = SharedStart.boot(@n, "together.service.consul")
+    on_exit(fn -> SharedStart.stop(cluster) end)
+
+    cluster = SharedStart.start_strategies(cluster)
+    # A bound for the wait, not a performance target (make bench has those).
+    reports = SharedStart.await_mesh(cluster, 60_000)
+    summary = SharedStart.summary(cluster, reports)
+
+    assert summary.meshed == @n, inspect(summary)
+    assert summary.overlap == 0, inspect(summary)
+    assert summary.failed == 0, inspect(summary)
+    assert summary.downs == 0, inspect(summary)
+  end
+end

@@ -1,0 +1,177 @@
+defmodule DynamicSrv.Test.SharedStart do
+  @moduledoc """
+  A cluster of real nodes whose strategies all start at one wall-clock
+  instant, as after a parallel rollout (a StatefulSet with
+  `podManagementPolicy: Parallel`, a Nomad job) or when a partition heals.
+  Shared by the cluster-start test and `make bench`.
+
+  Each node runs `DynamicSrv.Epmd` on its own `ERL_DIST_PORT` and is listed
+  (SRV and A record) in one dnsmasq that logs its queries. The nodes boot
+  first; then every node is told the same instant, a little ahead, and
+  sleeps until it before it starts `Cluster.Strategy.DynamicSrv`. No
+  controller's message spreads the starts. `DynamicSrv.Test.ClusterProbe`
+  records on each node when it saw all its peers, its nodedowns and
+  `global`'s warnings.
+  """
+
+  alias DynamicSrv.Test.{DnsServer, Node, QueryLog}
+
+  defstruct [:n, :svc, :dns, :log, :nodes, :at, :interval]
+
+  @doc """
+  Boots `n` nodes listed under `svc` and waits until all are up. Options:
+  `:interval` (the strategy's polling interval, ms, default 1000).
+  """
+  @spec boot(pos_integer(), String.t(), keyword()) :: %__MODULE__{}
+  def boot(n, svc, opts \\ []) do
+    members = Enum.zip(1..n, ports(n))
+
+    records =
+      Enum.flat_map(members, fn {i, port} ->
+        target = "node-#{i}.#{svc}"
+        [{:srv, svc, target, port}, {:a, target, {127, 0, 0, 1}}]
+      end)
+
+    dns = DnsServer.start(records, log_queries: true)
+    log = QueryLog.start(Path.join(dns.dir, "queries.log"))
+    env = DnsServer.node_env(dns)
+    probe = "DynamicSrv.Test.ClusterProbe.start(#{n - 1})"
+
+    nodes =
+      for {i, port} <- members do
+        Node.start("node-#{i}@#{svc}", dist_port: port, env: env, eval: probe, wait: false)
+      end
+
+    cluster = %__MODULE__{
+      n: n,
+      svc: svc,
+      dns: dns,
+      log: log,
+      nodes: nodes,
+      interval: Keyword.get(opts, :interval, 1_000)
+    }
+
+    case Enum.reject(on_all(cluster, ":ready", 120_000), &(&1 == :ready)) do
+      [] ->
+        cluster
+
+      not_ready ->
+        stop(cluster)
+        raise "#{length(not_ready)} of #{n} nodes did not boot: #{inspect(not_ready, limit: 3)}"
+    end
+  end
+
+  @doc """
+  Tells every node to start its strategy at one instant `lead_ms` from
+  now; returns the cluster with that instant (wall-clock microseconds).
+  """
+  @spec start_strategies(%__MODULE__{}, pos_integer()) :: %__MODULE__{}
+  def start_strategies(%__MODULE__{} = cluster, lead_ms \\ 2_000) do
+    at = System.os_time(:microsecond) + lead_ms * 1_000
+    strategy = Node.strategy_code(:shared_start, cluster.svc, cluster.interval, :shared_start)
+    code = "DynamicSrv.Test.ClusterProbe.at(#{at}, fn -> #{strategy} end)"
+
+    case Enum.reject(on_all(cluster, code, 10_000), &(&1 == :ok)) do
+      [] -> %{cluster | at: at}
+      failed -> raise "could not arm #{length(failed)} nodes: #{inspect(failed, limit: 3)}"
+    end
+  end
+
+  @doc """
+  Drops every connection of every node at one instant `lead_ms` from now,
+  as a partition that heals at once would leave them, after forgetting the
+  recorded mesh time and counters. Returns the cluster with that instant.
+  """
+  @spec drop_all_connections(%__MODULE__{}, pos_integer()) :: %__MODULE__{}
+  def drop_all_connections(%__MODULE__{} = cluster, lead_ms \\ 1_000) do
+    at = System.os_time(:microsecond) + lead_ms * 1_000
+
+    code = """
+    DynamicSrv.Test.ClusterProbe.reset_at(#{at}, fn ->
+      Enum.each(Node.list(), &:erlang.disconnect_node/1)
+    end)
+    """
+
+    case Enum.reject(on_all(cluster, code, 10_000), &(&1 == :ok)) do
+      [] -> %{cluster | at: at}
+      failed -> raise "could not arm #{length(failed)} nodes: #{inspect(failed, limit: 3)}"
+    end
+  end
+
+  @doc """
+  Waits until every node has seen all its peers, or `timeout_ms` passes;
+  returns every node's `ClusterProbe.report/0`.
+  """
+  @spec await_mesh(%__MODULE__{}, pos_integer()) :: [map()]
+  def await_mesh(%__MODULE__{} = cluster, timeout_ms) do
+    deadline = System.monotonic_time(:millisecond) + timeout_ms
+    await(cluster, deadline)
+  end
+
+  defp await(cluster, deadline) do
+    reports = on_all(cluster, "DynamicSrv.Test.ClusterProbe.report()", 10_000)
+    meshed? = Enum.all?(reports, &match?(%{mesh_at: at} when is_integer(at), &1))
+
+    if meshed? or System.monotonic_time(:millisecond) >= deadline do
+      reports
+    else
+      Process.sleep(100)
+      await(cluster, deadline)
+    end
+  end
+
+  @doc """
+  The figures of one start: ms from the instant to the full mesh on every
+  node (`nil` if some node never saw all peers), DNS queries logged until
+  then, and the sums of the nodes' counters.
+  """
+  @spec summary(%__MODULE__{}, [map()]) :: map()
+  def summary(%__MODULE__{} = cluster, reports) do
+    meshes = Enum.map(reports, &mesh_at/1)
+    mesh = if Enum.all?(meshes, &is_integer/1), do: Enum.max(meshes)
+
+    %{
+      n: cluster.n,
+      mesh_ms: mesh && div(mesh - cluster.at, 1_000),
+      meshed: Enum.count(meshes, &is_integer/1),
+      queries: mesh && queries_between(cluster, cluster.at, mesh),
+      overlap: sum(reports, :overlap),
+      failed: sum(reports, :failed),
+      downs: sum(reports, :downs)
+    }
+  end
+
+  @doc "DNS queries the server logged between two wall-clock instants (µs)."
+  @spec queries_between(%__MODULE__{}, integer(), integer()) :: non_neg_integer()
+  def queries_between(%__MODULE__{log: log}, from, to) do
+    log |> QueryLog.lines() |> Enum.count(fn {at, _, _} -> at >= from and at <= to end)
+  end
+
+  @doc "Evaluates `code` on every node at once; the values in node order."
+  @spec on_all(%__MODULE__{}, String.t(), pos_integer()) :: [term()]
+  def on_all(%__MODULE__{nodes: nodes}, code, timeout) do
+    nodes
+    |> Task.async_stream(&Node.eval(&1, code, timeout),
+      max_concurrency: length(nodes),
+      timeout: timeout + 10_000
+    )
+    |> Enum.map(fn {:ok, value} -> value end)
+  end
+
+  @doc "Stops every node and the DNS server."
+  @spec stop(%__MODULE__{}) :: :ok
+  def stop(%__MODULE__{nodes: nodes, dns: dns, log: log}) do
+    Enum.each(nodes, &Node.stop/1)
+    QueryLog.stop(log)
+    DnsServer.stop(dns)
+  end
+
+  defp mesh_at(%{mesh_at: at}) when is_integer(at), do: at
+  defp mesh_at(_), do: nil
+
+  defp sum(reports, key), do: reports |> Enum.map(&Map.get(&1, key, 0)) |> Enum.sum()
+
+  defp ports(n) do
+    Stream.repeatedly(&DnsServer.free_port/0) |> Stream.uniq() |> Enum.take(n)
+  end
+end
