@@ -23,6 +23,52 @@ defmodule DynamicSrv.RunnerTest do
     def poll, do: Agent.get(__MODULE__, & &1)
   end
 
+  defmodule PeerageStyle do
+    @moduledoc "A provider process as Peerage writes them: `use GenServer` and only start_link/0."
+    use GenServer
+
+    def start_link, do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
+
+    @impl true
+    def init(:ok), do: {:ok, [:p1@h]}
+
+    @impl true
+    def handle_call(:poll, _from, nodes), do: {:reply, nodes, nodes}
+
+    def poll, do: GenServer.call(__MODULE__, :poll)
+  end
+
+  defmodule PlainStartLink0 do
+    @moduledoc "A provider process with start_link/0 and no child_spec/1."
+    def start_link, do: Agent.start_link(fn -> [:p2@h] end, name: __MODULE__)
+    def poll, do: Agent.get(__MODULE__, & &1)
+  end
+
+  defmodule NotAProcess do
+    @moduledoc "A provider configured with serves: true that has no start function."
+    def poll, do: [:n@h]
+  end
+
+  defmodule Flaky do
+    @moduledoc """
+    A provider process whose start raises while `:flaky_failures` (in the
+    application environment) is above zero, and reports each attempt.
+    """
+    def start_link(config) do
+      send(Keyword.fetch!(config, :test_pid), {:attempt, System.monotonic_time(:millisecond)})
+      left = Application.get_env(:libcluster_dynamic_srv, :flaky_failures, 0)
+
+      if left > 0 do
+        Application.put_env(:libcluster_dynamic_srv, :flaky_failures, left - 1)
+        raise "the inventory API is down"
+      end
+
+      Agent.start_link(fn -> [:f1@h] end, name: __MODULE__)
+    end
+
+    def poll, do: Agent.get(__MODULE__, & &1)
+  end
+
   setup do
     before = Application.get_all_env(@app)
 
@@ -40,8 +86,23 @@ defmodule DynamicSrv.RunnerTest do
   defp start_runner(config, recorder) do
     assert {:ok, pid} = DynamicSrv.Runner.start_link(config ++ Recorder.mfas(recorder))
     Process.unlink(pid)
-    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+    on_exit(fn -> stop_runner(pid) end)
     pid
+  end
+
+  # Stops the runner as its supervisor would: the provider process is shut
+  # down and its name is free when this returns.
+  defp stop_runner(pid) do
+    Supervisor.stop(pid)
+  catch
+    :exit, _ -> :ok
+  end
+
+  defp keeper(runner) do
+    Enum.find_value(Supervisor.which_children(runner), fn
+      {DynamicSrv.Runner.Keeper, pid, _, _} -> pid
+      _ -> nil
+    end)
   end
 
   test "Self lists only the local node, which is never connected", %{recorder: rec} do
@@ -116,6 +177,73 @@ defmodule DynamicSrv.RunnerTest do
              )
 
     assert is_pid(second)
+  end
+
+  test "a serves: true provider with only start_link/0 (Peerage's convention) starts",
+       %{recorder: rec} do
+    runner = start_runner([via: PeerageStyle, serves: true, interval: 1], rec)
+    assert_receive {:connect, :p1@h}, 2_000
+    assert is_pid(Process.whereis(PeerageStyle))
+    stop_runner(runner)
+    assert Process.whereis(PeerageStyle) == nil
+
+    start_runner([via: PlainStartLink0, serves: true, interval: 1], rec)
+    assert_receive {:connect, :p2@h}, 2_000
+  end
+
+  test "the start of a provider process: its child_spec, start_link/1, else start_link/0" do
+    alias DynamicSrv.Runner.Keeper
+    assert Keeper.start_mfa(PeerageStyle, x: 1) == {:ok, {PeerageStyle, :start_link, []}}
+    assert Keeper.start_mfa(PlainStartLink0, x: 1) == {:ok, {PlainStartLink0, :start_link, []}}
+    assert Keeper.start_mfa(Custom, x: 1) == {:ok, {Custom, :start_link, [[x: 1]]}}
+    assert Keeper.start_mfa(NotAProcess, x: 1) == {:error, :no_start}
+  end
+
+  test "retries wait 1 s, doubling, at most 30 s" do
+    delays = Stream.iterate(1_000, &DynamicSrv.Runner.Keeper.next_delay/1) |> Enum.take(7)
+    assert delays == [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]
+  end
+
+  test "a provider without a start function: the runner runs, one message with the fix",
+       %{recorder: rec} do
+    log =
+      capture_log(fn ->
+        pid = start_runner([via: NotAProcess, serves: true, interval: 1], rec)
+        failures = fn -> :sys.get_state(keeper(pid)).failures end
+        # Three starts (at 0, 1 and 3 s) fail.
+        assert {:ok, _} = DynamicSrv.Test.Wait.until(fn -> failures.() >= 3 end, 6_000)
+        assert Process.alive?(pid)
+        assert_receive {:connect, :n@h}
+      end)
+
+    assert [_one] = Regex.scan(~r/NotAProcess cannot start/, log), log
+    assert log =~ "needs child_spec/1, start_link/1 or start_link/0"
+    assert log =~ "set serves: false"
+  end
+
+  test "a start that raises is logged once and retried with a growing delay until it works",
+       %{recorder: rec} do
+    Application.put_env(@app, :flaky_failures, 3)
+
+    log =
+      capture_log(fn ->
+        start_runner([via: Flaky, serves: true, interval: 1, test_pid: self()], rec)
+        times = for _ <- 1..4, do: receive(do: ({:attempt, t} -> t), after: (10_000 -> nil))
+        assert Enum.all?(times), "only #{Enum.count(times, & &1)} attempts"
+
+        [d1, d2, d3] =
+          times |> Enum.chunk_every(2, 1, :discard) |> Enum.map(fn [a, b] -> b - a end)
+
+        assert d1 in 900..1_800 and d2 in 1_900..2_800 and d3 in 3_900..4_800,
+               inspect({d1, d2, d3})
+
+        assert_receive {:connect, :f1@h}, 3_000
+      end)
+
+    assert [_one] = Regex.scan(~r/Flaky raised while starting/, log), log
+    assert log =~ "the inventory API is down"
+    assert log =~ "retrying in 1 s"
+    assert log =~ "started after 3 failed attempt(s)"
   end
 
   describe "DNS providers against a real dnsmasq" do
