@@ -55,6 +55,101 @@ defmodule DynamicSrv.Via.UdpTest do
     end
   end
 
+  describe "the provider in this VM" do
+    setup do
+      before = Application.get_all_env(:libcluster_dynamic_srv)
+
+      on_exit(fn ->
+        for {key, _} <- Application.get_all_env(:libcluster_dynamic_srv),
+            not Keyword.has_key?(before, key),
+            do: Application.delete_env(:libcluster_dynamic_srv, key)
+      end)
+
+      %{port: DnsServer.free_port()}
+    end
+
+    defp start_runner(config) do
+      assert {:ok, pid} =
+               DynamicSrv.Runner.start_link([via: DynamicSrv.Via.Udp, serves: true] ++ config)
+
+      Process.unlink(pid)
+
+      on_exit(fn ->
+        try do
+          Supervisor.stop(pid)
+        catch
+          :exit, _ -> :ok
+        end
+      end)
+
+      pid
+    end
+
+    defp udp_socket do
+      {:ok, pid} = Wait.until(fn -> Process.whereis(DynamicSrv.Via.Udp) end, 5_000)
+      :sys.get_state(pid).socket
+    end
+
+    test "Peerage's keys: ip binds the socket, ttl is the multicast TTL", %{port: port} do
+      runner = start_runner(port: port, ip: {127, 0, 0, 1}, ttl: 3, multicast_if: "127.0.0.1")
+      socket = udp_socket()
+      assert :inet.sockname(socket) == {:ok, {@lo, port}}
+      assert :inet.getopts(socket, [:multicast_ttl]) == {:ok, [multicast_ttl: 3]}
+      Supervisor.stop(runner)
+
+      # multicast_ttl, this project's name, wins over ttl; ip defaults to any.
+      start_runner(port: port, ttl: 3, multicast_ttl: 2, multicast_if: "127.0.0.1")
+      socket = udp_socket()
+      assert :inet.sockname(socket) == {:ok, {{0, 0, 0, 0}, port}}
+      assert :inet.getopts(socket, [:multicast_ttl]) == {:ok, [multicast_ttl: 2]}
+    end
+
+    test "a port held by another program: one message with the fix, started once it is free",
+         %{port: port} do
+      # Opened without SO_REUSEADDR, the port cannot be shared.
+      {:ok, holder} = :gen_udp.open(port, [:binary, ip: {0, 0, 0, 0}])
+
+      log =
+        ExUnit.CaptureLog.capture_log(fn ->
+          runner = start_runner(port: port, multicast_if: "127.0.0.1")
+
+          keeper =
+            Enum.find_value(Supervisor.which_children(runner), fn
+              {DynamicSrv.Runner.Keeper, pid, _, _} -> pid
+              _ -> nil
+            end)
+
+          assert {:ok, _} = Wait.until(fn -> :sys.get_state(keeper).failures >= 2 end, 5_000)
+          :ok = :gen_udp.close(holder)
+          assert {:ok, _} = Wait.until(fn -> Process.whereis(DynamicSrv.Via.Udp) end, 6_000)
+          assert Process.alive?(runner)
+        end)
+
+      assert [_one] = Regex.scan(~r/is held by another program/, log), log
+      assert log =~ "UDP port #{port} is held by another program"
+      assert log =~ "set port: to a free port"
+      assert log =~ ~r/Udp started after \d+ failed attempt\(s\)/
+    end
+
+    test "the application starts although its UDP provider cannot (a VM of its own)", %{
+      port: port
+    } do
+      vm = Node.start(nil)
+      on_exit(fn -> Node.stop(vm) end)
+
+      code = """
+      {:ok, _holder} = :gen_udp.open(#{port}, [])
+      Application.put_all_env(libcluster_dynamic_srv:
+        [via: DynamicSrv.Via.Udp, serves: true, port: #{port}])
+      {:ok, _} = Application.ensure_all_started(:libcluster_dynamic_srv)
+      started = Enum.any?(Application.started_applications(), &(elem(&1, 0) == :libcluster_dynamic_srv))
+      {started, is_pid(Process.whereis(DynamicSrv.Runner))}
+      """
+
+      assert Node.eval(vm, code) == {true, true}
+    end
+  end
+
   describe "real nodes" do
     setup do
       %{port: DnsServer.free_port()}
