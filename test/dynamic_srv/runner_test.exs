@@ -273,6 +273,7 @@ defmodule DynamicSrv.RunnerTest do
           interval: 1,
           dns_name: "peers.svc.test",
           app_name: "app",
+          families: [:inet, :inet6],
           nameservers: DnsServer.nameservers(dns),
           timeout: 500
         ],
