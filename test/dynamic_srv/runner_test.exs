@@ -6,7 +6,7 @@ defmodule DynamicSrv.RunnerTest do
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
-  alias DynamicSrv.Test.{DnsServer, Recorder}
+  alias DynamicSrv.Test.{DnsServer, Recorder, RunnerSupport}
 
   @app :libcluster_dynamic_srv
 
@@ -70,39 +70,15 @@ defmodule DynamicSrv.RunnerTest do
   end
 
   setup do
-    before = Application.get_all_env(@app)
-
-    on_exit(fn ->
-      for {key, _} <- Application.get_all_env(@app),
-          not Keyword.has_key?(before, key),
-          do: Application.delete_env(@app, key)
-
-      System.delete_env("DSRV_T_NODES")
-    end)
-
+    on_exit(RunnerSupport.env_restorer())
+    on_exit(fn -> System.delete_env("DSRV_T_NODES") end)
     %{recorder: Recorder.start(self())}
   end
 
   defp start_runner(config, recorder) do
-    assert {:ok, pid} = DynamicSrv.Runner.start_link(config ++ Recorder.mfas(recorder))
-    Process.unlink(pid)
-    on_exit(fn -> stop_runner(pid) end)
+    assert {:ok, pid} = RunnerSupport.start(config ++ Recorder.mfas(recorder))
+    on_exit(fn -> RunnerSupport.stop(pid) end)
     pid
-  end
-
-  # Stops the runner as its supervisor would: the provider process is shut
-  # down and its name is free when this returns.
-  defp stop_runner(pid) do
-    Supervisor.stop(pid)
-  catch
-    :exit, _ -> :ok
-  end
-
-  defp keeper(runner) do
-    Enum.find_value(Supervisor.which_children(runner), fn
-      {DynamicSrv.Runner.Keeper, pid, _, _} -> pid
-      _ -> nil
-    end)
   end
 
   test "Self lists only the local node, which is never connected", %{recorder: rec} do
@@ -184,7 +160,7 @@ defmodule DynamicSrv.RunnerTest do
     runner = start_runner([via: PeerageStyle, serves: true, interval: 1], rec)
     assert_receive {:connect, :p1@h}, 2_000
     assert is_pid(Process.whereis(PeerageStyle))
-    stop_runner(runner)
+    RunnerSupport.stop(runner)
     assert Process.whereis(PeerageStyle) == nil
 
     start_runner([via: PlainStartLink0, serves: true, interval: 1], rec)
@@ -209,7 +185,7 @@ defmodule DynamicSrv.RunnerTest do
     log =
       capture_log(fn ->
         pid = start_runner([via: NotAProcess, serves: true, interval: 1], rec)
-        failures = fn -> :sys.get_state(keeper(pid)).failures end
+        failures = fn -> :sys.get_state(RunnerSupport.keeper(pid)).failures end
         # Three starts (at 0, 1 and 3 s) fail.
         assert {:ok, _} = DynamicSrv.Test.Wait.until(fn -> failures.() >= 3 end, 6_000)
         assert Process.alive?(pid)

@@ -6,37 +6,12 @@ defmodule DynamicSrv.Via.DnsTest do
   """
   use ExUnit.Case, async: false
 
-  alias DynamicSrv.Test.{DnsServer, Node, Recorder, Wait}
+  alias DynamicSrv.Test.{DnsServer, Node, Recorder, RunnerSupport, Wait}
   alias DynamicSrv.Via.Dns
 
   @moduletag timeout: 120_000
-  @app :libcluster_dynamic_srv
-
   setup do
-    before = Application.get_all_env(@app)
-
-    on_exit(fn ->
-      for {key, _} <- Application.get_all_env(@app),
-          not Keyword.has_key?(before, key),
-          do: Application.delete_env(@app, key)
-    end)
-
-    :ok
-  end
-
-  defp start_runner(config) do
-    assert {:ok, pid} = DynamicSrv.Runner.start_link(config)
-    Process.unlink(pid)
-
-    on_exit(fn ->
-      try do
-        Supervisor.stop(pid)
-      catch
-        :exit, _ -> :ok
-      end
-    end)
-
-    pid
+    on_exit(RunnerSupport.env_restorer())
   end
 
   test "by default only the family of this node's distribution is asked; both on request" do
@@ -65,10 +40,13 @@ defmodule DynamicSrv.Via.DnsTest do
   test "Peerage's example (localhost, myapp) never dials myapp@::1" do
     recorder = Recorder.start(self())
 
-    start_runner(
-      [via: Dns, dns_name: "localhost", app_name: "myapp", interval: 1] ++
-        Recorder.mfas(recorder)
-    )
+    assert {:ok, runner} =
+             RunnerSupport.start(
+               [via: Dns, dns_name: "localhost", app_name: "myapp", interval: 1] ++
+                 Recorder.mfas(recorder)
+             )
+
+    on_exit(fn -> RunnerSupport.stop(runner) end)
 
     assert_receive {:connect, :"myapp@127.0.0.1"}, 3_000
     # Three more polls.

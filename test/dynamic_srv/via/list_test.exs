@@ -6,21 +6,11 @@ defmodule DynamicSrv.Via.ListTest do
   """
   use ExUnit.Case, async: false
 
-  alias DynamicSrv.Test.{DnsServer, Node, Wait}
+  alias DynamicSrv.Test.{DnsServer, Node, RunnerSupport, Wait}
 
   @moduletag timeout: 120_000
-  @app :libcluster_dynamic_srv
-
   setup do
-    before = Application.get_all_env(@app)
-
-    on_exit(fn ->
-      for {key, _} <- Application.get_all_env(@app),
-          not Keyword.has_key?(before, key),
-          do: Application.delete_env(@app, key)
-    end)
-
-    :ok
+    on_exit(RunnerSupport.env_restorer())
   end
 
   test "entries may carry a port; names and ports are checked" do

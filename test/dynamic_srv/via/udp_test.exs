@@ -5,7 +5,7 @@ defmodule DynamicSrv.Via.UdpTest do
   """
   use ExUnit.Case, async: false
 
-  alias DynamicSrv.Test.{DnsServer, Node, Wait}
+  alias DynamicSrv.Test.{DnsServer, Node, RunnerSupport, Wait}
   alias DynamicSrv.Via.Udp.Packet
 
   @moduletag timeout: 180_000
@@ -57,31 +57,14 @@ defmodule DynamicSrv.Via.UdpTest do
 
   describe "the provider in this VM" do
     setup do
-      before = Application.get_all_env(:libcluster_dynamic_srv)
-
-      on_exit(fn ->
-        for {key, _} <- Application.get_all_env(:libcluster_dynamic_srv),
-            not Keyword.has_key?(before, key),
-            do: Application.delete_env(:libcluster_dynamic_srv, key)
-      end)
-
+      on_exit(RunnerSupport.env_restorer())
       %{port: DnsServer.free_port()}
     end
 
     defp start_runner(config) do
-      assert {:ok, pid} =
-               DynamicSrv.Runner.start_link([via: DynamicSrv.Via.Udp, serves: true] ++ config)
+      assert {:ok, pid} = RunnerSupport.start([via: DynamicSrv.Via.Udp, serves: true] ++ config)
 
-      Process.unlink(pid)
-
-      on_exit(fn ->
-        try do
-          Supervisor.stop(pid)
-        catch
-          :exit, _ -> :ok
-        end
-      end)
-
+      on_exit(fn -> RunnerSupport.stop(pid) end)
       pid
     end
 
@@ -95,7 +78,7 @@ defmodule DynamicSrv.Via.UdpTest do
       socket = udp_socket()
       assert :inet.sockname(socket) == {:ok, {@lo, port}}
       assert :inet.getopts(socket, [:multicast_ttl]) == {:ok, [multicast_ttl: 3]}
-      Supervisor.stop(runner)
+      RunnerSupport.stop(runner)
 
       # multicast_ttl, this project's name, wins over ttl; ip defaults to any.
       start_runner(port: port, ttl: 3, multicast_ttl: 2, multicast_if: "127.0.0.1")
@@ -113,11 +96,7 @@ defmodule DynamicSrv.Via.UdpTest do
         ExUnit.CaptureLog.capture_log(fn ->
           runner = start_runner(port: port, multicast_if: "127.0.0.1")
 
-          keeper =
-            Enum.find_value(Supervisor.which_children(runner), fn
-              {DynamicSrv.Runner.Keeper, pid, _, _} -> pid
-              _ -> nil
-            end)
+          keeper = RunnerSupport.keeper(runner)
 
           assert {:ok, _} = Wait.until(fn -> :sys.get_state(keeper).failures >= 2 end, 5_000)
           :ok = :gen_udp.close(holder)
