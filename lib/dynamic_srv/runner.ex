@@ -196,11 +196,10 @@ defmodule DynamicSrv.Runner.Keeper do
       logged: nil
     }
 
-    {:ok, state, {:continue, :start}}
+    # The first attempt runs before the runner starts the engine, so its
+    # first poll finds the provider up; later ones run from the timer.
+    {:ok, start(state)}
   end
-
-  @impl true
-  def handle_continue(:start, state), do: {:noreply, start(state)}
 
   @impl true
   def handle_info(:start, %{pid: nil} = state), do: {:noreply, start(state)}
@@ -239,6 +238,9 @@ defmodule DynamicSrv.Runner.Keeper do
   defp start(state) do
     case run_start(state.via, state.config) do
       {:ok, pid} ->
+        # Also a provider started without a link is watched.
+        Process.link(pid)
+
         if state.failures > 0,
           do:
             Logger.info("#{inspect(state.via)} started after #{state.failures} failed attempt(s)")

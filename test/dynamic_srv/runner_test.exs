@@ -44,6 +44,25 @@ defmodule DynamicSrv.RunnerTest do
     def poll, do: Agent.get(__MODULE__, & &1)
   end
 
+  defmodule SlowStart do
+    @moduledoc "A provider process that takes a while to start (e.g. opening a connection)."
+    use GenServer
+
+    def start_link(_config) do
+      # Work done before the name is registered.
+      Process.sleep(300)
+      GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
+    end
+
+    @impl true
+    def init(:ok), do: {:ok, [:s1@h]}
+
+    @impl true
+    def handle_call(:poll, _from, nodes), do: {:reply, nodes, nodes}
+
+    def poll, do: GenServer.call(__MODULE__, :poll)
+  end
+
   defmodule NotAProcess do
     @moduledoc "A provider configured with serves: true that has no start function."
     def poll, do: [:n@h]
@@ -165,6 +184,16 @@ defmodule DynamicSrv.RunnerTest do
 
     start_runner([via: PlainStartLink0, serves: true, interval: 1], rec)
     assert_receive {:connect, :p2@h}, 2_000
+  end
+
+  test "the first poll waits for the provider process's first start", %{recorder: rec} do
+    log =
+      capture_log(fn ->
+        start_runner([via: SlowStart, serves: true, interval: 1], rec)
+        assert_receive {:connect, :s1@h}, 2_000
+      end)
+
+    refute log =~ "membership source failed", log
   end
 
   test "the start of a provider process: its child_spec, start_link/1, else start_link/0" do
