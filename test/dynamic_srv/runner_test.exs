@@ -45,22 +45,13 @@ defmodule DynamicSrv.RunnerTest do
   end
 
   defmodule SlowStart do
-    @moduledoc "A provider process that takes a while to start (e.g. opening a connection)."
-    use GenServer
-
+    @moduledoc "A provider process that works a while (e.g. connects) before it registers its name."
     def start_link(_config) do
-      # Work done before the name is registered.
       Process.sleep(300)
-      GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
+      Agent.start_link(fn -> [:s1@h] end, name: __MODULE__)
     end
 
-    @impl true
-    def init(:ok), do: {:ok, [:s1@h]}
-
-    @impl true
-    def handle_call(:poll, _from, nodes), do: {:reply, nodes, nodes}
-
-    def poll, do: GenServer.call(__MODULE__, :poll)
+    def poll, do: Agent.get(__MODULE__, & &1)
   end
 
   defmodule NotAProcess do
