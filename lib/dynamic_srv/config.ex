@@ -20,6 +20,7 @@ defmodule DynamicSrv.Config do
   | `:mfa` | `{module, function, args}` |
   | `:ip` | an IP tuple or its text form (`"230.1.1.251"`), converted to a tuple |
   | `:nodes` | a list of node names (`:"name@host"` or `"name@host"`), converted to atoms |
+  | `:nodes_ports` | as `:nodes`, each name alone or as `{name, port}` |
   | `{:label, max}` | a string of `a-z A-Z 0-9 _ -`, at most `max` bytes |
   | `{:secret, min}` | a binary of at least `min` bytes |
   | `:any` | anything |
@@ -101,6 +102,12 @@ defmodule DynamicSrv.Config do
       else: :error
   end
 
+  defp check(:nodes_ports, value) when is_list(value) do
+    if Enum.all?(value, &node_port?/1),
+      do: {:ok, Enum.map(value, &to_node_port/1)},
+      else: :error
+  end
+
   defp check({:label, max}, value) when is_binary(value) and byte_size(value) in 1..max//1,
     do: if(value =~ ~r/\A[a-zA-Z0-9_-]+\z/, do: {:ok, value}, else: :error)
 
@@ -115,6 +122,12 @@ defmodule DynamicSrv.Config do
     do: node =~ ~r/\A[^@\s]+@[^@\s]+\z/
 
   defp node_name?(_), do: false
+
+  defp node_port?({node, port}) when is_integer(port) and port in 1..65535, do: node_name?(node)
+  defp node_port?(node), do: node_name?(node)
+
+  defp to_node_port({node, port}), do: {to_node(node), port}
+  defp to_node_port(node), do: to_node(node)
 
   defp to_node(node) when is_atom(node), do: node
   defp to_node(node), do: String.to_atom(node)
@@ -132,6 +145,10 @@ defmodule DynamicSrv.Config do
   defp describe(:port), do: "an integer in 1..65535"
   defp describe(:ip), do: "an IP address, as a tuple or a string"
   defp describe(:nodes), do: ~s(a list of node names such as :"app@host" or "app@host")
+
+  defp describe(:nodes_ports),
+    do: ~s(a list of node names such as :"app@host" or "app@host", each alone or as {name, port})
+
   defp describe({:label, max}), do: "a name of a-z, A-Z, 0-9, _ and -, at most #{max} bytes"
   defp describe({:secret, min}), do: "a binary of at least #{min} bytes"
   defp describe({:fun, arity}), do: "a function of arity #{arity}"

@@ -13,7 +13,9 @@ defmodule DynamicSrv.Provider do
   Optional callbacks: `schema/0`, a `DynamicSrv.Config` schema of the
   provider's own keys, checked at start; and, for a provider that is a
   process (`serves: true`), `child_spec/1` or `start_link/1`, given the
-  resolved configuration.
+  resolved configuration, or `start_link/0` (Peerage's providers have only
+  that one). A provider process that cannot start is retried with a
+  backoff and never stops the application (see `DynamicSrv.Runner`).
 
       defmodule MyApp.Inventory do
         @behaviour DynamicSrv.Provider

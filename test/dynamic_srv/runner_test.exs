@@ -6,7 +6,7 @@ defmodule DynamicSrv.RunnerTest do
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
-  alias DynamicSrv.Test.{DnsServer, Recorder}
+  alias DynamicSrv.Test.{DnsServer, Recorder, RunnerSupport}
 
   @app :libcluster_dynamic_srv
 
@@ -23,24 +23,71 @@ defmodule DynamicSrv.RunnerTest do
     def poll, do: Agent.get(__MODULE__, & &1)
   end
 
+  defmodule PeerageStyle do
+    @moduledoc "A provider process as Peerage writes them: `use GenServer` and only start_link/0."
+    use GenServer
+
+    def start_link, do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
+
+    @impl true
+    def init(:ok), do: {:ok, [:p1@h]}
+
+    @impl true
+    def handle_call(:poll, _from, nodes), do: {:reply, nodes, nodes}
+
+    def poll, do: GenServer.call(__MODULE__, :poll)
+  end
+
+  defmodule PlainStartLink0 do
+    @moduledoc "A provider process with start_link/0 and no child_spec/1."
+    def start_link, do: Agent.start_link(fn -> [:p2@h] end, name: __MODULE__)
+    def poll, do: Agent.get(__MODULE__, & &1)
+  end
+
+  defmodule SlowStart do
+    @moduledoc "A provider process that works a while (e.g. connects) before it registers its name."
+    def start_link(_config) do
+      Process.sleep(300)
+      Agent.start_link(fn -> [:s1@h] end, name: __MODULE__)
+    end
+
+    def poll, do: Agent.get(__MODULE__, & &1)
+  end
+
+  defmodule NotAProcess do
+    @moduledoc "A provider configured with serves: true that has no start function."
+    def poll, do: [:n@h]
+  end
+
+  defmodule Flaky do
+    @moduledoc """
+    A provider process whose start raises while `:flaky_failures` (in the
+    application environment) is above zero, and reports each attempt.
+    """
+    def start_link(config) do
+      send(Keyword.fetch!(config, :test_pid), {:attempt, System.monotonic_time(:millisecond)})
+      left = Application.get_env(:libcluster_dynamic_srv, :flaky_failures, 0)
+
+      if left > 0 do
+        Application.put_env(:libcluster_dynamic_srv, :flaky_failures, left - 1)
+        raise "the inventory API is down"
+      end
+
+      Agent.start_link(fn -> [:f1@h] end, name: __MODULE__)
+    end
+
+    def poll, do: Agent.get(__MODULE__, & &1)
+  end
+
   setup do
-    before = Application.get_all_env(@app)
-
-    on_exit(fn ->
-      for {key, _} <- Application.get_all_env(@app),
-          not Keyword.has_key?(before, key),
-          do: Application.delete_env(@app, key)
-
-      System.delete_env("DSRV_T_NODES")
-    end)
-
+    on_exit(RunnerSupport.env_restorer())
+    on_exit(fn -> System.delete_env("DSRV_T_NODES") end)
     %{recorder: Recorder.start(self())}
   end
 
   defp start_runner(config, recorder) do
-    assert {:ok, pid} = DynamicSrv.Runner.start_link(config ++ Recorder.mfas(recorder))
-    Process.unlink(pid)
-    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+    assert {:ok, pid} = RunnerSupport.start(config ++ Recorder.mfas(recorder))
+    on_exit(fn -> RunnerSupport.stop(pid) end)
     pid
   end
 
@@ -118,6 +165,83 @@ defmodule DynamicSrv.RunnerTest do
     assert is_pid(second)
   end
 
+  test "a serves: true provider with only start_link/0 (Peerage's convention) starts",
+       %{recorder: rec} do
+    runner = start_runner([via: PeerageStyle, serves: true, interval: 1], rec)
+    assert_receive {:connect, :p1@h}, 2_000
+    assert is_pid(Process.whereis(PeerageStyle))
+    RunnerSupport.stop(runner)
+    assert Process.whereis(PeerageStyle) == nil
+
+    start_runner([via: PlainStartLink0, serves: true, interval: 1], rec)
+    assert_receive {:connect, :p2@h}, 2_000
+  end
+
+  test "the first poll waits for the provider process's first start", %{recorder: rec} do
+    log =
+      capture_log(fn ->
+        start_runner([via: SlowStart, serves: true, interval: 1], rec)
+        assert_receive {:connect, :s1@h}, 2_000
+      end)
+
+    refute log =~ "membership source failed", log
+  end
+
+  test "the start of a provider process: its child_spec, start_link/1, else start_link/0" do
+    alias DynamicSrv.Runner.Keeper
+    assert Keeper.start_mfa(PeerageStyle, x: 1) == {:ok, {PeerageStyle, :start_link, []}}
+    assert Keeper.start_mfa(PlainStartLink0, x: 1) == {:ok, {PlainStartLink0, :start_link, []}}
+    assert Keeper.start_mfa(Custom, x: 1) == {:ok, {Custom, :start_link, [[x: 1]]}}
+    assert Keeper.start_mfa(NotAProcess, x: 1) == {:error, :no_start}
+  end
+
+  test "retries wait 1 s, doubling, at most 30 s" do
+    delays = Stream.iterate(1_000, &DynamicSrv.Runner.Keeper.next_delay/1) |> Enum.take(7)
+    assert delays == [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]
+  end
+
+  test "a provider without a start function: the runner runs, one message with the fix",
+       %{recorder: rec} do
+    log =
+      capture_log(fn ->
+        pid = start_runner([via: NotAProcess, serves: true, interval: 1], rec)
+        failures = fn -> :sys.get_state(RunnerSupport.keeper(pid)).failures end
+        # Three starts (at 0, 1 and 3 s) fail.
+        assert {:ok, _} = DynamicSrv.Test.Wait.until(fn -> failures.() >= 3 end, 6_000)
+        assert Process.alive?(pid)
+        assert_receive {:connect, :n@h}
+      end)
+
+    assert [_one] = Regex.scan(~r/NotAProcess cannot start/, log), log
+    assert log =~ "needs child_spec/1, start_link/1 or start_link/0"
+    assert log =~ "set serves: false"
+  end
+
+  test "a start that raises is logged once and retried with a growing delay until it works",
+       %{recorder: rec} do
+    Application.put_env(@app, :flaky_failures, 3)
+
+    log =
+      capture_log(fn ->
+        start_runner([via: Flaky, serves: true, interval: 1, test_pid: self()], rec)
+        times = for _ <- 1..4, do: receive(do: ({:attempt, t} -> t), after: (10_000 -> nil))
+        assert Enum.all?(times), "only #{Enum.count(times, & &1)} attempts"
+
+        [d1, d2, d3] =
+          times |> Enum.chunk_every(2, 1, :discard) |> Enum.map(fn [a, b] -> b - a end)
+
+        assert d1 in 900..1_800 and d2 in 1_900..2_800 and d3 in 3_900..4_800,
+               inspect({d1, d2, d3})
+
+        assert_receive {:connect, :f1@h}, 3_000
+      end)
+
+    assert [_one] = Regex.scan(~r/Flaky raised while starting/, log), log
+    assert log =~ "the inventory API is down"
+    assert log =~ "retrying in 1 s"
+    assert log =~ "started after 3 failed attempt(s)"
+  end
+
   describe "DNS providers against a real dnsmasq" do
     setup do
       records = [
@@ -145,6 +269,7 @@ defmodule DynamicSrv.RunnerTest do
           interval: 1,
           dns_name: "peers.svc.test",
           app_name: "app",
+          families: [:inet, :inet6],
           nameservers: DnsServer.nameservers(dns),
           timeout: 500
         ],

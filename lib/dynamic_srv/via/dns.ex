@@ -14,9 +14,21 @@ defmodule DynamicSrv.Via.Dns do
   | --- | --- | --- |
   | `dns_name` | the name to look up | required |
   | `app_name` | the name part of every node | required |
-  | `families` | `[:inet]`, `[:inet6]` or both | `[:inet, :inet6]` |
+  | `families` | `:auto`, `[:inet]` (A), `[:inet6]` (AAAA) or both | `:auto` |
   | `nameservers` / `timeout` / `protocol` | options of `DynamicSrv.Resolver` | see there |
   | `max_nodes` | the most node names (hence atoms) taken from one answer | `1024` |
+
+  ## Address families
+
+  The distribution listens on one address family: IPv4, unless the node
+  runs with `-proto_dist inet6_tcp` (or `inet6_tls`). A node name in the
+  other family can never be dialled, so `:auto` asks only the records of
+  this node's family (`dist_family/0`): A records, as Peerage does, unless
+  the distribution is IPv6, then AAAA. Peerage's example (`dns_name:
+  "localhost"`, `app_name: "myapp"`) thus yields only `myapp@127.0.0.1`
+  (this node, never dialled) rather than also `myapp@::1`, which failed to
+  connect at every poll. Give both families only for a cluster whose nodes
+  are named in both (a node can still dial only its own family).
 
   A name without addresses of a family counts as an empty answer for it.
   NXDOMAIN and any failure are errors, so the last membership stands: a
@@ -31,7 +43,7 @@ defmodule DynamicSrv.Via.Dns do
     [
       dns_name: {:string, :required},
       app_name: {{:label, 200}, :required},
-      families: {{:in, [[:inet], [:inet6], [:inet, :inet6], [:inet6, :inet]]}, [:inet, :inet6]},
+      families: {{:in, [:auto, [:inet], [:inet6], [:inet, :inet6], [:inet6, :inet]]}, :auto},
       nameservers: {:nameservers, nil},
       timeout: {:pos_integer, nil},
       protocol: {{:in, [:udp, :tcp]}, :udp},
@@ -45,6 +57,7 @@ defmodule DynamicSrv.Via.Dns do
     opts = Resolver.options(config)
 
     config.families
+    |> families()
     |> Enum.map(&Resolver.request(config.dns_name, type(&1), opts))
     |> Enum.map(&finish/1)
     |> combine()
@@ -60,6 +73,28 @@ defmodule DynamicSrv.Via.Dns do
         error
     end
   end
+
+  @doc """
+  The address family of this node's distribution: `:inet6` when
+  `-proto_dist` names an IPv6 carrier (`inet6_tcp`, `inet6_tls`), else
+  `:inet`.
+  """
+  @spec dist_family() :: :inet | :inet6
+  def dist_family do
+    case :init.get_argument(:proto_dist) do
+      {:ok, protos} ->
+        ipv6? =
+          for(args <- protos, arg <- args, do: to_string(arg)) |> Enum.any?(&(&1 =~ ~r/^inet6_/))
+
+        if ipv6?, do: :inet6, else: :inet
+
+      :error ->
+        :inet
+    end
+  end
+
+  defp families(:auto), do: [dist_family()]
+  defp families(families), do: families
 
   defp type(:inet), do: :a
   defp type(:inet6), do: :aaaa

@@ -12,16 +12,30 @@ defmodule DynamicSrv.Via.Udp do
   | key | meaning | default |
   | --- | --- | --- |
   | `port` | the UDP port every node listens and sends on | `45900` |
+  | `ip` | the local address the socket is bound to | `"0.0.0.0"` |
   | `mode` | `:multicast` or `:broadcast` | `:multicast` |
   | `multicast_addr` | the multicast group | `"230.1.1.251"` |
   | `multicast_if` | the local address of the interface to use for multicast | `"0.0.0.0"` |
-  | `multicast_ttl` | hops a multicast announcement may cross | `1` |
+  | `multicast_ttl` (or `ttl`) | hops a multicast announcement may cross | `1` |
   | `broadcast_addr` | the destination in `:broadcast` mode | `"255.255.255.255"` |
   | `announce_interval` | ms between announcements | `1000` |
   | `forget_after` | ms of silence after which a node is forgotten | `10000` |
   | `max_peers` | the most nodes held at once; new names beyond it are ignored | `256` |
   | `secret` | when set (16 bytes or more), every packet carries an HMAC-SHA256 and packets without a valid one are dropped | none |
   | `max_skew` | ms a packet's timestamp may differ from the local clock | `10000` |
+
+  ## Peerage's keys
+
+  The keys of Peerage's UDP provider mean the same here: `port`, `ip` (the
+  address the socket binds; with `"0.0.0.0"` it hears the group on every
+  interface), `multicast_addr` and `ttl` (Peerage's name for
+  `multicast_ttl`; `multicast_ttl` wins when both are set). Two
+  differences: the default group is `230.1.1.251` (Peerage's is
+  `230.1.1.1`; the packets differ anyway, so the two never hear each
+  other), and several nodes of one host can share the port.
+
+  A port another program holds without `SO_REUSEADDR` cannot be opened: the
+  runner logs that once, with the fix, and retries (see `DynamicSrv.Runner`).
 
   ## Security
 
@@ -50,10 +64,12 @@ defmodule DynamicSrv.Via.Udp do
   def schema do
     [
       port: {:port, 45_900},
+      ip: {:ip, {0, 0, 0, 0}},
       mode: {{:in, [:multicast, :broadcast]}, :multicast},
       multicast_addr: {:ip, {230, 1, 1, 251}},
       multicast_if: {:ip, {0, 0, 0, 0}},
-      multicast_ttl: {:pos_integer, 1},
+      multicast_ttl: {:pos_integer, nil},
+      ttl: {:pos_integer, 1},
       broadcast_addr: {:ip, {255, 255, 255, 255}},
       announce_interval: {:pos_integer, 1_000},
       forget_after: {:pos_integer, 10_000},
@@ -78,6 +94,7 @@ defmodule DynamicSrv.Via.Udp do
   @impl GenServer
   def init(config) do
     config = Map.merge(defaults(), config)
+    config = %{config | multicast_ttl: config.multicast_ttl || config.ttl}
     Logger.metadata(topology: __MODULE__)
     # An exit from a process linked to it is a message, not its end.
     Process.flag(:trap_exit, true)
@@ -97,7 +114,8 @@ defmodule DynamicSrv.Via.Udp do
          }}
 
       {:error, reason} ->
-        {:stop, "DynamicSrv.Via.Udp cannot open UDP port #{config.port}: #{inspect(reason)}"}
+        # {:shutdown, _}: a refusal to start, not a crash to report.
+        {:stop, {:shutdown, open_error(reason, config)}}
     end
   end
 
@@ -130,6 +148,17 @@ defmodule DynamicSrv.Via.Udp do
 
   def handle_info(_other, state), do: {:noreply, state}
 
+  defp open_error(:eaddrinuse, config),
+    do:
+      "UDP port #{config.port} is held by another program that does not share it; set port: to a free port (the same on every node) or stop that program"
+
+  defp open_error(:eaddrnotavail, config),
+    do:
+      "#{:inet.ntoa(config.ip)} (ip:) or #{:inet.ntoa(config.multicast_if)} (multicast_if:) is not an address of this host; set it to one, or to \"0.0.0.0\""
+
+  defp open_error(reason, config),
+    do: "cannot open UDP port #{config.port}: #{inspect(reason)}"
+
   defp defaults do
     for {key, {_type, default}} <- schema(), into: %{}, do: {key, default}
   end
@@ -139,7 +168,7 @@ defmodule DynamicSrv.Via.Udp do
       :binary,
       active: true,
       reuseaddr: true,
-      ip: {0, 0, 0, 0},
+      ip: c.ip,
       multicast_loop: true,
       multicast_ttl: c.multicast_ttl,
       multicast_if: c.multicast_if,
@@ -147,8 +176,8 @@ defmodule DynamicSrv.Via.Udp do
     ]
   end
 
-  defp socket_options(%{mode: :broadcast}),
-    do: [:binary, active: true, reuseaddr: true, broadcast: true, ip: {0, 0, 0, 0}]
+  defp socket_options(%{mode: :broadcast} = c),
+    do: [:binary, active: true, reuseaddr: true, broadcast: true, ip: c.ip]
 
   defp announce(state) do
     if Node.alive?() do

@@ -5,7 +5,7 @@ defmodule DynamicSrv.Via.UdpTest do
   """
   use ExUnit.Case, async: false
 
-  alias DynamicSrv.Test.{DnsServer, Node, Wait}
+  alias DynamicSrv.Test.{DnsServer, Node, RunnerSupport, Wait}
   alias DynamicSrv.Via.Udp.Packet
 
   @moduletag timeout: 180_000
@@ -52,6 +52,80 @@ defmodule DynamicSrv.Via.UdpTest do
       for bad <- ["noat", "a@b@c", "a b@h", "a@h\n", <<0xFF, ?@, ?h>>, "@h", "a@"] do
         assert {:error, :bad_name} = Packet.decode(Packet.encode(bad, 1, 0, nil), nil), bad
       end
+    end
+  end
+
+  describe "the provider in this VM" do
+    setup do
+      on_exit(RunnerSupport.env_restorer())
+      %{port: DnsServer.free_port()}
+    end
+
+    defp start_runner(config) do
+      assert {:ok, pid} = RunnerSupport.start([via: DynamicSrv.Via.Udp, serves: true] ++ config)
+
+      on_exit(fn -> RunnerSupport.stop(pid) end)
+      pid
+    end
+
+    defp udp_socket do
+      {:ok, pid} = Wait.until(fn -> Process.whereis(DynamicSrv.Via.Udp) end, 5_000)
+      :sys.get_state(pid).socket
+    end
+
+    test "Peerage's keys: ip binds the socket, ttl is the multicast TTL", %{port: port} do
+      runner = start_runner(port: port, ip: {127, 0, 0, 1}, ttl: 3, multicast_if: "127.0.0.1")
+      socket = udp_socket()
+      assert :inet.sockname(socket) == {:ok, {@lo, port}}
+      assert :inet.getopts(socket, [:multicast_ttl]) == {:ok, [multicast_ttl: 3]}
+      RunnerSupport.stop(runner)
+
+      # multicast_ttl, this project's name, wins over ttl; ip defaults to any.
+      start_runner(port: port, ttl: 3, multicast_ttl: 2, multicast_if: "127.0.0.1")
+      socket = udp_socket()
+      assert :inet.sockname(socket) == {:ok, {{0, 0, 0, 0}, port}}
+      assert :inet.getopts(socket, [:multicast_ttl]) == {:ok, [multicast_ttl: 2]}
+    end
+
+    test "a port held by another program: one message with the fix, started once it is free",
+         %{port: port} do
+      # Opened without SO_REUSEADDR, the port cannot be shared.
+      {:ok, holder} = :gen_udp.open(port, [:binary, ip: {0, 0, 0, 0}])
+
+      log =
+        ExUnit.CaptureLog.capture_log(fn ->
+          runner = start_runner(port: port, multicast_if: "127.0.0.1")
+
+          keeper = RunnerSupport.keeper(runner)
+
+          assert {:ok, _} = Wait.until(fn -> :sys.get_state(keeper).failures >= 2 end, 5_000)
+          :ok = :gen_udp.close(holder)
+          assert {:ok, _} = Wait.until(fn -> Process.whereis(DynamicSrv.Via.Udp) end, 6_000)
+          assert Process.alive?(runner)
+        end)
+
+      assert [_one] = Regex.scan(~r/is held by another program/, log), log
+      assert log =~ "UDP port #{port} is held by another program"
+      assert log =~ "set port: to a free port"
+      assert log =~ ~r/Udp started after \d+ failed attempt\(s\)/
+    end
+
+    test "the application starts although its UDP provider cannot (a VM of its own)", %{
+      port: port
+    } do
+      vm = Node.start(nil)
+      on_exit(fn -> Node.stop(vm) end)
+
+      code = """
+      {:ok, _holder} = :gen_udp.open(#{port}, [])
+      Application.put_all_env(libcluster_dynamic_srv:
+        [via: DynamicSrv.Via.Udp, serves: true, port: #{port}])
+      {:ok, _} = Application.ensure_all_started(:libcluster_dynamic_srv)
+      started = Enum.any?(Application.started_applications(), &(elem(&1, 0) == :libcluster_dynamic_srv))
+      {started, is_pid(Process.whereis(DynamicSrv.Runner))}
+      """
+
+      assert Node.eval(vm, code) == {true, true}
     end
   end
 
