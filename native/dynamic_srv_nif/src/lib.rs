@@ -198,6 +198,23 @@ fn parse_nameservers<'a>(env: Env<'a>, text: Binary<'a>) -> Term<'a> {
     }
 }
 
+/// Checks a `nameservers` list of `{Ip, Port}` by the rule every other
+/// nameserver list follows (`config::check_nameservers`): `ok` or
+/// `{error, Message}`.
+#[rustler::nif]
+fn check_nameservers<'a>(env: Env<'a>, list: Term<'a>) -> Term<'a> {
+    let checked = match decode_nameservers(list) {
+        Ok(Nameservers::Explicit(servers)) => config::check_nameservers(&servers),
+        Ok(Nameservers::System) => Ok(()),
+        Err(Error::BadSettings(message)) => Err(message),
+        Err(e) => Err(e.to_string()),
+    };
+    match checked {
+        Ok(()) => atoms::ok().encode(env),
+        Err(reason) => (atoms::error(), reason).encode(env),
+    }
+}
+
 fn decode_kind(kind: Atom) -> Result<Kind, Error> {
     if kind == atoms::srv() {
         Ok(Kind::Srv)
@@ -252,13 +269,6 @@ fn decode_nameservers(term: Term) -> Result<Nameservers, Error> {
     let items: Vec<Term> = term
         .decode()
         .map_err(|_| bad("nameservers must be system or a list of {ip, port}"))?;
-    if items.len() > config::MAX_NAMESERVERS {
-        return Err(Error::BadSettings(format!(
-            "{} nameservers given, at most {}",
-            items.len(),
-            config::MAX_NAMESERVERS
-        )));
-    }
     items
         .into_iter()
         .map(|item| {
