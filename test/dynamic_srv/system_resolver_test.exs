@@ -77,4 +77,89 @@ defmodule DynamicSrv.SystemResolverTest do
                ~s|DynamicSrv.Resolver.lookup_srv("web.default.svc.cluster.local.", timeout: 2_000)|
              )
   end
+
+  @burst 5_000
+  @timeout 2_000
+
+  test "a burst of lookups against a stopped server: each ends by its deadline with a documented error, and memory comes back",
+       %{host: host} do
+    # resolv.conf names the bridge's address, where no DNS server runs.
+    node = start_node(host)
+
+    # Compiled on the node, so the lookups run as compiled code would (an
+    # evaluated closure per process would weigh on memory itself).
+    module = """
+    defmodule Burst do
+      def rss do
+        [_, kb] = Regex.run(~r/VmRSS:\\s+(\\d+)/, File.read!("/proc/self/status"))
+        div(String.to_integer(kb), 1024)
+      end
+
+      def run(tag, count, timeout) do
+        parent = self()
+
+        for i <- 1..count do
+          spawn(fn ->
+            started = System.monotonic_time(:millisecond)
+            result = DynamicSrv.Resolver.lookup_srv("n\#{i}-\#{tag}.svc.example", timeout: timeout)
+            send(parent, {:done, result, System.monotonic_time(:millisecond) - started})
+          end)
+        end
+
+        for _ <- 1..count, do: (receive do {:done, r, ms} -> {r, ms} end)
+      end
+    end
+    """
+
+    code = """
+    Code.compile_string(#{inspect(module)})
+    # A first lookup loads the NIF and starts its runtime.
+    DynamicSrv.Resolver.lookup_srv("warm.svc.example", timeout: 200)
+    before = Burst.rss()
+    first = Burst.run(1, #{@burst}, #{@timeout})
+    peak = Burst.rss()
+    second = Burst.run(2, #{@burst}, #{@timeout})
+    :erlang.garbage_collect()
+    settle = System.monotonic_time(:millisecond) + 10_000
+
+    after_rss =
+      Stream.repeatedly(fn -> Process.sleep(200); Burst.rss() end)
+      |> Enum.find(fn mb -> mb <= peak or System.monotonic_time(:millisecond) > settle end)
+
+    # A summary: the agent's reply must stay a short line.
+    results = first ++ second
+    reasons = results |> Enum.map(&elem(&1, 0)) |> Enum.frequencies()
+    times = Enum.map(results, &elem(&1, 1))
+    late = Enum.count(times, &(&1 > #{@timeout} + 250))
+    %{before: before, peak: peak, after: after_rss, reasons: reasons, slowest: Enum.max(times), late: late}
+    """
+
+    %{
+      before: before,
+      peak: peak,
+      after: after_rss,
+      reasons: reasons,
+      slowest: slowest,
+      late: late
+    } = Node.eval(node, code, 60_000)
+
+    IO.puts(
+      "\n#{2 * @burst} lookups against a stopped server: #{inspect(reasons)}; " <>
+        "slowest #{slowest} ms, #{late} past #{@timeout + 250} ms; " <>
+        "RSS #{before} MB -> #{peak} MB after the first burst -> #{after_rss} MB after the second"
+    )
+
+    documented = fn
+      {:error, :timeout} -> true
+      _ -> false
+    end
+
+    assert Enum.all?(Map.keys(reasons), documented), inspect(reasons)
+    assert late == 0, "slowest #{slowest} ms"
+    # Memory: a burst takes little (the lookups waiting for a turn hold only
+    # their reply), and what it took serves the next one: before the fix,
+    # 56 -> 226 MB and it stayed there.
+    assert peak - before < 60
+    assert after_rss <= peak + 10
+  end
 end
