@@ -92,6 +92,34 @@ defmodule DynamicSrv.Resolver do
     end
   end
 
+  @doc false
+  # Transport facts for DynamicSrv.Check, from the NIF: how the answer to
+  # an SRV query of `name` comes from the first nameserver over UDP (bytes,
+  # truncated or not, records) and, when truncated, how many records come
+  # over TCP. Network errors are {:other, message} naming the server.
+  @spec probe(name(), [option()]) :: {:ok, map()} | {:error, reason()}
+  def probe(name, opts \\ []) do
+    with {:ok, settings, timeout} <- settings(opts),
+         {:ok, tag} <- DynamicSrv.Native.probe(:srv, to_string(name), settings) do
+      receive do
+        {@reply_tag, ^tag, {:ok, {ip, port, bytes, truncated, udp, tcp}}} ->
+          {:ok,
+           %{
+             server: {ip, port},
+             udp_bytes: bytes,
+             truncated: truncated,
+             udp_records: udp,
+             tcp_records: tcp
+           }}
+
+        {@reply_tag, ^tag, {:error, _} = error} ->
+          error
+      after
+        timeout + @reply_margin -> {:error, :timeout}
+      end
+    end
+  end
+
   @doc """
   The resolver options among `config` (a map or keyword list of a
   strategy's or provider's settings): `:nameservers`, `:timeout` and

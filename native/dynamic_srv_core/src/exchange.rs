@@ -846,7 +846,7 @@ fn deliver(reply: Reply, result: Result<Answer, Error>) {
 }
 
 /// Bytes of a DNS header.
-const HEADER: usize = 12;
+pub(crate) const HEADER: usize = 12;
 /// The OPT record advertising `EDNS_PAYLOAD`: root owner, type 41, the
 /// payload as class, TTL 0 (version 0, no flags), no data.
 const OPT: [u8; 11] = [
@@ -868,7 +868,7 @@ const OPT: [u8; 11] = [
 /// thread (a BEAM scheduler), where hickory's name parsing and message
 /// encoding cost several times more. `name` comes from
 /// `parse::query_name`; its labels are checked again here all the same.
-fn encode(id: u16, name: &str, kind: Kind) -> Result<Vec<u8>, Error> {
+pub(crate) fn encode(id: u16, name: &str, kind: Kind) -> Result<Vec<u8>, Error> {
     let bare = name.strip_suffix('.').unwrap_or(name);
     let mut packet = Vec::with_capacity(HEADER + bare.len() + 2 + 4 + OPT.len());
     packet.extend_from_slice(&id.to_be_bytes());
@@ -897,7 +897,7 @@ fn encode(id: u16, name: &str, kind: Kind) -> Result<Vec<u8>, Error> {
 }
 
 /// The question of a query made by `encode`: name, type and class.
-fn question(packet: &[u8]) -> &[u8] {
+pub(crate) fn question(packet: &[u8]) -> &[u8] {
     let end = packet.len().saturating_sub(OPT.len());
     packet.get(HEADER..end).unwrap_or_default()
 }
