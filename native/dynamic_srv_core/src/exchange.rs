@@ -1159,28 +1159,19 @@ mod tests {
         let (silent, server) = silent_server();
         let exchange = Exchange::new(runtime.handle().clone());
         let (sender, replies) = replies();
+        let start = |count: usize, timeout_ms: i64, protocol: Protocol| {
+            for i in 0..count {
+                let settings = one_server(server, timeout_ms, protocol);
+                let name = format!("{protocol:?}-{i}.app.test.");
+                exchange.start(settings, name, Kind::Srv, reply_to(&sender));
+            }
+        };
         // A full window of UDP queries that stay unanswered, and ten more
         // waiting for room in it.
-        for i in 0..WINDOW + 10 {
-            let settings = one_server(server, 10_000, Protocol::Udp);
-            exchange.start(
-                settings,
-                format!("u{i}.app.test."),
-                Kind::Srv,
-                reply_to(&sender),
-            );
-        }
+        start(WINDOW + 10, 10_000, Protocol::Udp);
         // Ten lookups over TCP (nothing listens there) that end at their
         // deadline, long before the UDP ones.
-        for i in 0..10 {
-            let settings = one_server(server, 50, Protocol::Tcp);
-            exchange.start(
-                settings,
-                format!("t{i}.app.test."),
-                Kind::Srv,
-                reply_to(&sender),
-            );
-        }
+        start(10, 50, Protocol::Tcp);
         for _ in 0..10 {
             let reply = replies.recv_timeout(Duration::from_secs(5));
             assert_eq!(reply, Ok(Err(Error::Timeout)), "a TCP lookup ends");

@@ -72,22 +72,48 @@ thread_local! {
 
 #[rustler::nif]
 fn lookup<'a>(env: Env<'a>, kind: Atom, name: Binary<'a>, settings: Term<'a>) -> Term<'a> {
-    match start_lookup(env, kind, name, settings) {
-        Ok(tag) => (atoms::ok(), tag).encode(env),
-        Err(e) => (atoms::error(), encode_error(env, &e)).encode(env),
-    }
+    start(env, kind, name, settings, |request, responder| {
+        let reply = Box::new(move |result: Result<Answer, Error>| responder.send(result));
+        let handle = request.runtime.handle();
+        exchange::start(handle, request.settings, request.name, request.kind, reply);
+    })
 }
 
-fn start_lookup(env: Env, kind: Atom, name: Binary, settings: Term) -> Result<u64, Error> {
-    let kind = decode_kind(kind)?;
-    let settings = decode_settings(settings)?;
-    let name = parse::query_name(name.as_slice())?;
-    let runtime = RUNTIME.as_ref().map_err(|e| Error::Other(e.clone()))?;
-    let responder = Responder::new(env);
-    let tag = responder.tag;
-    let reply = Box::new(move |result: Result<Answer, Error>| responder.send(result));
-    exchange::start(runtime.handle(), settings, name, kind, reply);
-    Ok(tag)
+/// A request of `lookup/3` or `probe/3`, decoded and checked.
+struct Request {
+    runtime: &'static Runtime,
+    settings: Settings,
+    name: String,
+    kind: Kind,
+}
+
+/// Decodes and checks a request and hands it to `run` with the responder
+/// that will answer the caller; returns `{ok, Tag}`, or `{error, Reason}`
+/// when the request is refused.
+fn start<'a>(
+    env: Env<'a>,
+    kind: Atom,
+    name: Binary<'a>,
+    settings: Term<'a>,
+    run: impl FnOnce(Request, Responder),
+) -> Term<'a> {
+    let request = || -> Result<Request, Error> {
+        Ok(Request {
+            kind: decode_kind(kind)?,
+            settings: decode_settings(settings)?,
+            name: parse::query_name(name.as_slice())?,
+            runtime: RUNTIME.as_ref().map_err(|e| Error::Other(e.clone()))?,
+        })
+    };
+    match request() {
+        Ok(request) => {
+            let responder = Responder::new(env);
+            let tag = responder.tag;
+            run(request, responder);
+            (atoms::ok(), tag).encode(env)
+        }
+        Err(e) => (atoms::error(), encode_error(env, &e)).encode(env),
+    }
 }
 
 /// Sends `{dynamic_srv_dns, Tag, Result}` to the caller, once. Dropped
@@ -168,24 +194,13 @@ impl Drop for Responder {
 /// `{dynamic_srv_dns, Tag, {error, Reason}}`, within the settings' deadline.
 #[rustler::nif]
 fn probe<'a>(env: Env<'a>, kind: Atom, name: Binary<'a>, settings: Term<'a>) -> Term<'a> {
-    match start_probe(env, kind, name, settings) {
-        Ok(tag) => (atoms::ok(), tag).encode(env),
-        Err(e) => (atoms::error(), encode_error(env, &e)).encode(env),
-    }
-}
-
-fn start_probe(env: Env, kind: Atom, name: Binary, settings: Term) -> Result<u64, Error> {
-    let kind = decode_kind(kind)?;
-    let settings = decode_settings(settings)?;
-    let name = parse::query_name(name.as_slice())?;
-    let runtime = RUNTIME.as_ref().map_err(|e| Error::Other(e.clone()))?;
-    let responder = Responder::new(env);
-    let tag = responder.tag;
-    runtime.spawn(async move {
-        let result = probe::probe(&settings, &name, kind).await;
-        responder.send(result);
-    });
-    Ok(tag)
+    start(env, kind, name, settings, |request, responder| {
+        let runtime = request.runtime;
+        runtime.spawn(async move {
+            let result = probe::probe(&request.settings, &request.name, request.kind).await;
+            responder.send(result);
+        });
+    })
 }
 
 fn encode_probe<'a>(env: Env<'a>, probe: &Probe) -> Term<'a> {
