@@ -1131,8 +1131,31 @@ mod tests {
 
     type Replies = std::sync::mpsc::Receiver<Result<Answer, Error>>;
 
-    fn replies() -> (std::sync::mpsc::Sender<Result<Answer, Error>>, Replies) {
-        std::sync::mpsc::channel()
+    /// An exchange of its own on a runtime of its own, a silent server, and
+    /// where the replies of its lookups go.
+    struct Bench {
+        /// Kept for as long as the test runs.
+        _runtime: tokio::runtime::Runtime,
+        exchange: Arc<Exchange>,
+        silent: std::net::UdpSocket,
+        server: SocketAddr,
+        sender: std::sync::mpsc::Sender<Result<Answer, Error>>,
+        replies: Replies,
+    }
+
+    fn bench() -> Bench {
+        let runtime = runtime();
+        let (silent, server) = silent_server();
+        let exchange = Exchange::new(runtime.handle().clone());
+        let (sender, replies) = std::sync::mpsc::channel();
+        Bench {
+            _runtime: runtime,
+            exchange,
+            silent,
+            server,
+            sender,
+            replies,
+        }
     }
 
     fn reply_to(sender: &std::sync::mpsc::Sender<Result<Answer, Error>>) -> Reply {
@@ -1163,10 +1186,14 @@ mod tests {
 
     #[test]
     fn lookups_over_tcp_leave_the_udp_window_alone() {
-        let runtime = runtime();
-        let (silent, server) = silent_server();
-        let exchange = Exchange::new(runtime.handle().clone());
-        let (sender, replies) = replies();
+        let Bench {
+            _runtime,
+            exchange,
+            silent,
+            server,
+            sender,
+            replies,
+        } = bench();
         let start = |count: usize, timeout_ms: i64, protocol: Protocol| {
             for i in 0..count {
                 let settings = one_server(server, timeout_ms, protocol);
@@ -1194,10 +1221,14 @@ mod tests {
 
     #[test]
     fn a_poisoned_table_still_ends_lookups_at_their_deadline() {
-        let runtime = runtime();
-        let (_silent, server) = silent_server();
-        let exchange = Exchange::new(runtime.handle().clone());
-        let (sender, replies) = replies();
+        let Bench {
+            _runtime,
+            exchange,
+            silent: _silent,
+            server,
+            sender,
+            replies,
+        } = bench();
         let settings = one_server(server, 200, Protocol::Udp);
         exchange.start(settings, "app.test.".into(), Kind::Srv, reply_to(&sender));
         // A thread panics while it holds the table.
