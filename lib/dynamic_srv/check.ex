@@ -6,8 +6,8 @@ defmodule DynamicSrv.Check do
   `bin/app rpc 'DynamicSrv.Check.main(["my-service.service.consul"])'`.
 
   It shows the nameservers used, the SRV answer (priority, weight, port,
-  TTL, target, and whether the UDP answer was truncated so the records came
-  over TCP), the node name each target gives or why it is ignored, each
+  TTL, target, and, as the NIF finds by asking the first nameserver, whether
+  the UDP answer was truncated so the records came over TCP), the node name each target gives or why it is ignored, each
   node's addresses, whether its port accepts a TCP connection, and the
   local node's own view: its name, `ERL_DIST_PORT`, and whether the answer
   lists it with that port.
@@ -21,7 +21,9 @@ defmodule DynamicSrv.Check do
   | `:node` (`--node name@host`) | the local node to look for, when this VM is not it | `node()` when distributed |
 
   `run/2` returns `{status, report}`; the status is `:error` when the
-  lookup fails or when the local node would not be found by its peers.
+  lookup fails, when asking the first nameserver fails (a network error
+  such as `:enetunreach`, a refused port or no answer in time, one line of
+  the report), or when the local node would not be found by its peers.
   """
 
   alias DynamicSrv.{Env, Resolver, Target}
@@ -111,7 +113,6 @@ defmodule DynamicSrv.Check do
 
     case Resolver.lookup_srv(query, resolver_opts) do
       {:ok, records} ->
-        transport = transport(query, servers, opts)
         {pairs, ignored} = nodes(records, service)
 
         rows =
@@ -121,9 +122,15 @@ defmodule DynamicSrv.Check do
 
         {status, local} = local_view(opts, records, pairs)
 
+        {status, transport} =
+          case transport(query, opts, resolver_opts) do
+            {:ok, text} -> {status, [row("answer", "#{length(records)} record(s)#{text}")]}
+            {:error, line} -> {:error, [row("answer", "#{length(records)} record(s)"), line]}
+          end
+
         report = [
           header,
-          row("answer", "#{length(records)} record(s)#{transport}"),
+          transport,
           "\n",
           table(rows),
           ignored_section(ignored),
@@ -156,42 +163,26 @@ defmodule DynamicSrv.Check do
   defp format_address({_, _, _, _} = ip, port), do: "#{:inet.ntoa(ip)}:#{port}"
   defp format_address(ip, port), do: "[#{:inet.ntoa(ip)}]:#{port}"
 
-  # A one-off UDP probe of the first nameserver says whether the answer fits
-  # in UDP; the records themselves come from the resolver, over TCP if not.
-  defp transport(query, servers, opts) do
+  # The NIF asks the first nameserver once over UDP (and over TCP when the
+  # answer was cut short) and says how the answer came; the records
+  # themselves come from the lookup above. A network error on the way is
+  # one report line, and the check fails.
+  defp transport(query, opts, resolver_opts) do
     if Keyword.get(opts, :protocol) == :tcp do
-      ", over TCP (--tcp)"
+      {:ok, ", over TCP (--tcp)"}
     else
-      case probe_udp(query, servers, Keyword.get(opts, :timeout, 2_000)) do
-        {:ok, false, size} -> ", over UDP (#{size} bytes, not truncated)"
-        {:ok, true, size} -> ", over TCP (the UDP answer, #{size} bytes, was truncated)"
-        :unknown -> ""
+      case Resolver.probe(query, resolver_opts) do
+        {:ok, %{truncated: false, udp_bytes: size}} ->
+          {:ok, ", over UDP (#{size} bytes, not truncated)"}
+
+        {:ok, %{truncated: true, udp_bytes: size, udp_records: udp, tcp_records: tcp}} ->
+          {:ok,
+           ", over TCP (the UDP answer, #{size} bytes, was truncated: " <>
+             "#{udp} record(s) over UDP, #{tcp} over TCP)"}
+
+        {:error, reason} ->
+          {:error, row("transport", "FAILED: #{describe_error(reason)}")}
       end
-    end
-  end
-
-  defp probe_udp(_query, :system, _timeout), do: :unknown
-
-  defp probe_udp(query, [{ip, port} | _], timeout) do
-    header = :inet_dns.make_header(id: 4242, qr: false, opcode: :query, rd: true)
-    question = :inet_dns.make_dns_query(domain: String.to_charlist(query), type: :srv, class: :in)
-    opt = :inet_dns.make_rr(type: :opt, udp_payload_size: 4096)
-    message = :inet_dns.make_msg(header: header, qdlist: [question], arlist: [opt])
-    family = if tuple_size(ip) == 4, do: :inet, else: :inet6
-    {:ok, socket} = :gen_udp.open(0, [:binary, family, active: false])
-
-    try do
-      :ok = :gen_udp.send(socket, ip, port, :inet_dns.encode(message))
-
-      with {:ok, {_, _, reply}} <- :gen_udp.recv(socket, 0, timeout),
-           {:ok, decoded} <- :inet_dns.decode(reply) do
-        truncated = decoded |> :inet_dns.msg(:header) |> :inet_dns.header(:tc)
-        {:ok, truncated, byte_size(reply)}
-      else
-        _ -> :unknown
-      end
-    after
-      :gen_udp.close(socket)
     end
   end
 

@@ -14,7 +14,7 @@ defmodule DynamicSrv.Config do
   | `:boolean` | `true` or `false` |
   | `{:in, values}` | one of `values` |
   | `{:fun, arity}` | a function of that arity |
-  | `:nameservers` | a non-empty list of `{ip_tuple, port}` |
+  | `:nameservers` | a non-empty list of `{ip_tuple, port}` naming DNS servers (no unspecified, broadcast or multicast address) |
   | `:module` | a loaded module |
   | `:port` | an integer in 1..65535 |
   | `:mfa` | `{module, function, args}` |
@@ -52,6 +52,10 @@ defmodule DynamicSrv.Config do
               {:halt,
                {:error,
                 "#{context}: #{inspect(key)} is #{inspect(value, limit: 10)}, expected #{describe(type)}"}}
+
+            {:error, reason} ->
+              {:halt,
+               {:error, "#{context}: #{inspect(key)} is #{inspect(value, limit: 10)}: #{reason}"}}
           end
       end
     end)
@@ -78,8 +82,18 @@ defmodule DynamicSrv.Config do
   defp check(:module, value) when is_atom(value),
     do: if(Code.ensure_loaded?(value), do: {:ok, value}, else: :error)
 
-  defp check(:nameservers, [_ | _] = value),
-    do: if(Enum.all?(value, &nameserver?/1), do: {:ok, value}, else: :error)
+  # The shape here; what makes an address a server (no 0.0.0.0, broadcast
+  # or multicast, at most 16) is the one rule in Rust that
+  # DYNAMIC_SRV_NAMESERVERS and the lookups follow too.
+  defp check(:nameservers, [_ | _] = value) do
+    with true <- Enum.all?(value, &nameserver?/1),
+         :ok <- DynamicSrv.Native.check_nameservers(value) do
+      {:ok, value}
+    else
+      false -> :error
+      {:error, reason} -> {:error, reason}
+    end
+  end
 
   defp check(:mfa, {m, f, a} = value) when is_atom(m) and is_atom(f) and is_list(a),
     do: {:ok, value}

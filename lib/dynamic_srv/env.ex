@@ -7,7 +7,7 @@ defmodule DynamicSrv.Env do
   | variable | meaning | default |
   | --- | --- | --- |
   | `ERL_DIST_PORT` | the port this node's distribution listens on, 1..65535 | required (optional for `rem-`/`rpc-` helper nodes) |
-  | `DYNAMIC_SRV_NAMESERVERS` | DNS servers, comma-separated `ip:port` (IPv6 as `[::1]:53`) | the system's `/etc/resolv.conf` |
+  | `DYNAMIC_SRV_NAMESERVERS` | DNS servers, comma-separated `ip:port` (IPv6 with a port as `[::1]:53`; `::1:53`, which reads two ways, is refused; so are `0.0.0.0`, `::`, broadcast and multicast addresses) | the system's `/etc/resolv.conf` |
   | `DYNAMIC_SRV_TIMEOUT_MS` | the deadline of one DNS lookup, in milliseconds, 1..600000 | `3000` |
 
   The values are read once, by `DynamicSrv.Epmd.start_link/0` at boot or by

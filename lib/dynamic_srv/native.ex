@@ -41,6 +41,19 @@ defmodule DynamicSrv.Native do
     __MODULE__.lookup(type, name, settings)
   end
 
+  # Starts a probe of the transport for DynamicSrv.Check; replies as lookup/3.
+  def probe(type, name, settings) do
+    load!()
+    __MODULE__.probe(type, name, settings)
+  end
+
+  # :ok, or {:error, message} when a list of {ip, port} breaks the rule every
+  # nameserver list follows.
+  def check_nameservers(list) do
+    load!()
+    __MODULE__.check_nameservers(list)
+  end
+
   def parse_targets(targets, service) do
     load!()
     __MODULE__.parse_targets(targets, service)

@@ -21,11 +21,24 @@ defmodule DynamicSrv.Resolver do
   EDNS0 is advertised with a large payload, and answers with a TTL of 0 are
   never cached.
 
+  Names: only a trailing dot makes a name absolute. Without explicit
+  nameservers, resolv.conf's `search` list and `ndots` apply as with the OS
+  resolver (in a pod, `"web.default"` finds `web.default.svc.cluster.local`);
+  explicit nameservers are asked the name as given.
+
   ## Errors
 
-  `:nxdomain`, `:no_data` (the name exists, without records of that type),
-  `:timeout`, `:servfail`, `:refused`, `{:invalid_name, message}`,
-  `{:bad_settings, message}` and `{:other, message}`.
+  Every lookup ends by its deadline (counted from the call, time spent
+  waiting for a turn included) with `{:ok, records}` or one of these:
+
+  | error | when |
+  | --- | --- |
+  | `:nxdomain` | the name does not exist |
+  | `:no_data` | the name exists, without records of that type |
+  | `:timeout` | no usable answer before the deadline: a silent, stopped or unreachable server, or a lookup that waited for a turn (at most 96 queries per server are in flight, 128 lookups on the system path) |
+  | `:servfail` / `:refused` | the server's answer |
+  | `{:invalid_name, message}` / `{:bad_settings, message}` | refused at once, before anything is sent |
+  | `{:other, message}` | anything else, with a description: an answer code such as NOTIMP, a network error the system path reports early, more than 65,535 lookups in flight |
   """
 
   @reply_tag :dynamic_srv_dns
@@ -89,6 +102,34 @@ defmodule DynamicSrv.Resolver do
     with {:ok, settings, timeout} <- settings(opts),
          {:ok, tag} <- DynamicSrv.Native.lookup(type, to_string(name), settings) do
       {:ok, {tag, type, System.monotonic_time(:millisecond) + timeout + @reply_margin}}
+    end
+  end
+
+  @doc false
+  # Transport facts for DynamicSrv.Check, from the NIF: how the answer to
+  # an SRV query of `name` comes from the first nameserver over UDP (bytes,
+  # truncated or not, records) and, when truncated, how many records come
+  # over TCP. Network errors are {:other, message} naming the server.
+  @spec probe(name(), [option()]) :: {:ok, map()} | {:error, reason()}
+  def probe(name, opts \\ []) do
+    with {:ok, settings, timeout} <- settings(opts),
+         {:ok, tag} <- DynamicSrv.Native.probe(:srv, to_string(name), settings) do
+      receive do
+        {@reply_tag, ^tag, {:ok, {ip, port, bytes, truncated, udp, tcp}}} ->
+          {:ok,
+           %{
+             server: {ip, port},
+             udp_bytes: bytes,
+             truncated: truncated,
+             udp_records: udp,
+             tcp_records: tcp
+           }}
+
+        {@reply_tag, ^tag, {:error, _} = error} ->
+          error
+      after
+        timeout + @reply_margin -> {:error, :timeout}
+      end
     end
   end
 

@@ -3,7 +3,7 @@ defmodule DynamicSrv.CheckTest do
   use ExUnit.Case, async: false
 
   alias DynamicSrv.Check
-  alias DynamicSrv.Test.{DnsServer, HostileDns}
+  alias DynamicSrv.Test.{DnsServer, HostileDns, Netns, Node}
 
   @svc "svc.service.consul"
 
@@ -105,7 +105,7 @@ defmodule DynamicSrv.CheckTest do
     {status, report} = run("big.#{@svc}", nameservers: ns)
     assert status == :ok
     assert report =~ "150 record(s), over TCP (the UDP answer"
-    assert report =~ "was truncated)"
+    assert report =~ ~r/was truncated: \d+ record\(s\) over UDP, 150 over TCP\)/
   end
 
   test "the mix task: options, and exit status 1 when the node would not be found", %{ns: ns} do
@@ -139,5 +139,48 @@ defmodule DynamicSrv.CheckTest do
     assert message =~ "--nameserver nope"
     assert {:error, _} = Check.parse_args([])
     assert {:error, _} = Check.parse_args([@svc, "--bogus"])
+  end
+
+  test "a first nameserver that cannot be reached is one line of the report and exit status 1" do
+    # A host in a namespace with no route but its own /24: sending to
+    # 192.0.2.99 fails at once with :enetunreach. The lookup itself gets its
+    # answer from the second server.
+    net = Netns.setup(1)
+    [host] = net.hosts
+    dns = DnsServer.start([{:srv, @svc, "node-0.#{@svc}", 4000}], listen: net.gateway)
+    node = Node.start(nil, netns: host.ns)
+
+    on_exit(fn ->
+      Node.stop(node)
+      DnsServer.stop(dns)
+      Netns.teardown(net)
+    end)
+
+    argv = [
+      @svc,
+      "--nameserver",
+      "192.0.2.99:53",
+      "--nameserver",
+      DnsServer.env_value(dns),
+      "--timeout",
+      "2000"
+    ]
+
+    code = """
+    {:ok, io} = StringIO.open("")
+    leader = Process.group_leader()
+    Process.group_leader(self(), io)
+    status = DynamicSrv.Check.main(#{inspect(argv)})
+    Process.group_leader(self(), leader)
+    {:ok, {_, output}} = StringIO.close(io)
+    {status, output}
+    """
+
+    assert {1, output} = Node.eval(node, code)
+    assert output =~ "answer        1 record(s)\n"
+    failed = output |> String.split("\n") |> Enum.filter(&(&1 =~ "FAILED"))
+
+    assert [line] = failed
+    assert line =~ ~r/^transport\s+FAILED: .*192\.0\.2\.99:53: Network is unreachable/
   end
 end

@@ -27,6 +27,24 @@ defmodule DynamicSrv.EnvTest do
     assert {:error, message} = Env.read_resolver_defaults("consul", nil)
     assert message =~ "DYNAMIC_SRV_NAMESERVERS"
 
+    # One address, two readings: ::1 on port 53, or ::1:53 on the default port.
+    assert {:error, message} = Env.read_resolver_defaults("::1:53", nil)
+    assert message =~ ~s(DYNAMIC_SRV_NAMESERVERS="::1:53")
+    assert message =~ "write [::1]:53 or [::1:53]"
+
+    for {bad, says} <- [
+          {"0.0.0.0", "0.0.0.0:53 is the unspecified address"},
+          {"127.0.0.1:53,[::]:53", "[::]:53 is the unspecified address"},
+          {"255.255.255.255", "255.255.255.255:53 is the broadcast address"},
+          {"224.0.0.251:5353", "224.0.0.251:5353 is a multicast address"},
+          {"[ff02::fb]:5353", "[ff02::fb]:5353 is a multicast address"}
+        ] do
+      assert {:error, message} = Env.read_resolver_defaults(bad, nil)
+      assert message =~ "DYNAMIC_SRV_NAMESERVERS=#{inspect(bad)}"
+      assert message =~ says
+      assert message =~ "give the address of a DNS server"
+    end
+
     for bad <- ["0", "soon", "600001", "1.5"] do
       assert {:error, message} = Env.read_resolver_defaults(nil, bad)
       assert message =~ "DYNAMIC_SRV_TIMEOUT_MS=#{inspect(bad)}"

@@ -134,6 +134,18 @@ defmodule DynamicSrv.ResolverTest do
 
     assert {:error, {:bad_settings, _}} =
              Resolver.lookup_srv("svc.service.consul", protocol: :sctp)
+
+    # The rule of DYNAMIC_SRV_NAMESERVERS and the strategy's config.
+    for {server, says} <- [
+          {{{0, 0, 0, 0}, 53}, "0.0.0.0:53 is the unspecified address"},
+          {{{255, 255, 255, 255}, 53}, "255.255.255.255:53 is the broadcast address"},
+          {{{239, 1, 2, 3}, 53}, "239.1.2.3:53 is a multicast address"}
+        ] do
+      assert {:error, {:bad_settings, message}} =
+               Resolver.lookup_srv("svc.service.consul", nameservers: [server])
+
+      assert message =~ says
+    end
   end
 
   test "many lookups in flight from one process", %{opts: opts} do

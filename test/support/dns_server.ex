@@ -6,11 +6,12 @@ defmodule DynamicSrv.Test.DnsServer do
 
   Records are `{:srv, name, target, port}` (priority 0, weight 1),
   `{:srv, name, target, port, priority, weight}`, `{:a, name, ip}` and
-  `{:aaaa, name, ip}`. Names under `consul` and `test` are answered
-  authoritatively (NXDOMAIN / no data for anything else there).
+  `{:aaaa, name, ip}`. Names under `consul` and `test` (and the domains of
+  the `:local` option) are answered authoritatively (NXDOMAIN / no data for
+  anything else there); other names are refused.
   """
 
-  defstruct [:dir, :port, :os_pid, :records, :log_queries, listen: {127, 0, 0, 1}]
+  defstruct [:dir, :port, :os_pid, :records, :log_queries, listen: {127, 0, 0, 1}, local: []]
 
   @type entry ::
           {:srv, String.t(), String.t(), :inet.port_number()}
@@ -29,7 +30,8 @@ defmodule DynamicSrv.Test.DnsServer do
       port: port,
       records: records,
       log_queries: Keyword.get(opts, :log_queries, false),
-      listen: Keyword.get(opts, :listen, {127, 0, 0, 1})
+      listen: Keyword.get(opts, :listen, {127, 0, 0, 1}),
+      local: Keyword.get(opts, :local, [])
     }
 
     launch(server)
@@ -95,6 +97,7 @@ defmodule DynamicSrv.Test.DnsServer do
       "no-negcache",
       "local=/consul/",
       "local=/test/",
+      for(domain <- server.local, do: "local=/#{domain}/"),
       "local-ttl=0",
       "dns-forward-max=1000"
     ]
@@ -104,7 +107,7 @@ defmodule DynamicSrv.Test.DnsServer do
         do: ["log-queries", "log-facility=#{Path.join(server.dir, "queries.log")}"],
         else: []
 
-    Enum.join(base ++ logging ++ Enum.map(server.records, &line/1), "\n") <> "\n"
+    Enum.join(List.flatten(base) ++ logging ++ Enum.map(server.records, &line/1), "\n") <> "\n"
   end
 
   defp line({:srv, name, target, port}), do: line({:srv, name, target, port, 0, 1})

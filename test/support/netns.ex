@@ -52,8 +52,20 @@ defmodule DynamicSrv.Test.Netns do
   @doc "Brings the host's link back up."
   def restore(%{link: link}), do: ip!(["link", "set", link, "up"])
 
-  @doc "Deletes the namespaces (and their veths) and the bridge."
+  @doc """
+  Gives the host a resolv.conf of its own: `ip netns exec` (so a node
+  started with `netns:`) bind-mounts `/etc/netns/<ns>/resolv.conf` over
+  `/etc/resolv.conf`. `teardown/1` removes it.
+  """
+  def resolv_conf(%{ns: ns}, text) do
+    dir = Path.join("/etc/netns", ns)
+    File.mkdir_p!(dir)
+    File.write!(Path.join(dir, "resolv.conf"), text)
+  end
+
+  @doc "Deletes the namespaces (and their veths), their /etc/netns files and the bridge."
   def teardown(%__MODULE__{tag: tag, bridge: bridge}) do
+    for dir <- Path.wildcard("/etc/netns/dsrv#{tag}h*"), do: File.rm_rf(dir)
     {out, _} = System.cmd("ip", ["netns", "list"], stderr_to_stdout: true)
 
     for line <- String.split(out, "\n"),

@@ -3,7 +3,7 @@
 //! attempts and transport. Validation lives here so the NIF glue only moves
 //! values across.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::error::Error;
@@ -65,18 +65,7 @@ impl Settings {
                 Error::BadSettings(format!("attempts {attempts} is outside 1..{MAX_ATTEMPTS}"))
             })?;
         if let Nameservers::Explicit(list) = &nameservers {
-            if list.is_empty() {
-                return Err(Error::BadSettings("the nameserver list is empty".into()));
-            }
-            if list.len() > MAX_NAMESERVERS {
-                return Err(Error::BadSettings(format!(
-                    "{} nameservers given, at most {MAX_NAMESERVERS} are allowed",
-                    list.len()
-                )));
-            }
-            if let Some(bad) = list.iter().find(|addr| addr.port() == 0) {
-                return Err(Error::BadSettings(format!("nameserver {bad} has port 0")));
-            }
+            check_nameservers(list).map_err(Error::BadSettings)?;
         }
         Ok(Settings {
             nameservers,
@@ -93,8 +82,54 @@ impl Settings {
     }
 }
 
+/// The one rule of a nameserver list, however it was given
+/// (`DYNAMIC_SRV_NAMESERVERS`, `--nameserver`, a `nameservers` list of
+/// `{ip, port}` in a strategy's or runner's config, or a lookup's options):
+/// 1 to `MAX_NAMESERVERS` servers, each passing `check_nameserver`.
+pub fn check_nameservers(list: &[SocketAddr]) -> Result<(), String> {
+    if list.is_empty() {
+        return Err("the nameserver list is empty".into());
+    }
+    if list.len() > MAX_NAMESERVERS {
+        return Err(format!(
+            "{} nameservers given, at most {MAX_NAMESERVERS} are allowed",
+            list.len()
+        ));
+    }
+    list.iter().try_for_each(check_nameserver)
+}
+
+/// A nameserver is one host that answers queries: not the unspecified
+/// address (0.0.0.0, ::), not a broadcast or multicast address, and a port.
+pub fn check_nameserver(server: &SocketAddr) -> Result<(), String> {
+    let ip = server.ip();
+    let kind = if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        Some("the broadcast address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else {
+        None
+    };
+    if let Some(kind) = kind {
+        return Err(format!(
+            "{server} is {kind}, not a DNS server: give the address of a DNS server, \
+             such as 127.0.0.1:8600 for a local Consul agent"
+        ));
+    }
+    if server.port() == 0 {
+        return Err(format!(
+            "{server} has port 0: give the port the DNS server listens on, 1..65535"
+        ));
+    }
+    Ok(())
+}
+
 /// Parses a comma-separated nameserver list: `ip`, `ip:port`, `[v6]`,
-/// `[v6]:port` or a bare IPv6 address; the port defaults to 53.
+/// `[v6]:port` or a bare IPv6 address; the port defaults to 53. A bare
+/// IPv6 address that reads as an address and a port as well (`::1:53`)
+/// is refused: brackets say which is meant.
 pub fn parse_nameservers(text: &str) -> Result<Vec<SocketAddr>, String> {
     let items: Vec<&str> = text
         .split(',')
@@ -104,43 +139,42 @@ pub fn parse_nameservers(text: &str) -> Result<Vec<SocketAddr>, String> {
     if items.is_empty() {
         return Err("no nameserver given".into());
     }
-    if items.len() > MAX_NAMESERVERS {
-        return Err(format!(
-            "{} nameservers given, at most {MAX_NAMESERVERS} are allowed",
-            items.len()
-        ));
-    }
-    items.into_iter().map(parse_nameserver).collect()
+    let servers = items
+        .into_iter()
+        .map(parse_nameserver)
+        .collect::<Result<Vec<_>, _>>()?;
+    check_nameservers(&servers)?;
+    Ok(servers)
 }
 
 fn parse_nameserver(item: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = item.parse::<SocketAddr>() {
-        return check_port(addr, item);
+        return Ok(addr);
     }
     if let Ok(ip) = item.parse::<IpAddr>() {
+        if let Some((host, port)) = item.rsplit_once(':') {
+            if ip.is_ipv6() && host.parse::<Ipv6Addr>().is_ok() && port.parse::<u16>().is_ok() {
+                return Err(format!(
+                    "{item:?} reads two ways: {host} on port {port}, or the address {ip} \
+                     on port 53; write [{host}]:{port} or [{ip}]"
+                ));
+            }
+        }
         return Ok(SocketAddr::new(ip, 53));
     }
     if let Some(inner) = item.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-        if let Ok(ip) = inner.parse::<std::net::Ipv6Addr>() {
+        if let Ok(ip) = inner.parse::<Ipv6Addr>() {
             return Ok(SocketAddr::new(IpAddr::V6(ip), 53));
         }
     }
     if let Some((host, port)) = item.rsplit_once(':') {
-        if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        if host.parse::<Ipv4Addr>().is_ok() {
             return Err(format!("{item:?} has a port outside 1..65535 ({port:?})"));
         }
     }
     Err(format!(
         "{item:?} is not an IP address with an optional port (write IPv6 as [::1]:53)"
     ))
-}
-
-fn check_port(addr: SocketAddr, item: &str) -> Result<SocketAddr, String> {
-    if addr.port() == 0 {
-        Err(format!("{item:?} has port 0, expected 1..65535"))
-    } else {
-        Ok(addr)
-    }
 }
 
 #[cfg(test)]
@@ -185,6 +219,46 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn refuses_addresses_that_name_no_server() {
+        for (text, says) in [
+            ("0.0.0.0", "unspecified"),
+            ("[::]:53", "unspecified"),
+            ("::", "unspecified"),
+            ("255.255.255.255:53", "broadcast"),
+            ("224.0.0.251:5353", "multicast"),
+            ("[ff02::fb]:5353", "multicast"),
+        ] {
+            let message = parse_nameservers(text).expect_err(text);
+            assert!(message.contains(says), "{text}: {message}");
+            assert!(message.contains("DNS server"), "{text}: {message}");
+        }
+        // The same rule for a list given as addresses.
+        for bad in [
+            "0.0.0.0:53",
+            "255.255.255.255:53",
+            "239.1.2.3:53",
+            "[ff05::1]:53",
+        ] {
+            let given = Nameservers::Explicit(vec![sa(bad)]);
+            let refused = Settings::new(given, 100, 1, Protocol::Udp);
+            assert!(matches!(refused, Err(Error::BadSettings(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refuses_text_that_reads_two_ways() {
+        // ::1 on port 53, or the address ::1:53 on the default port?
+        let message = parse_nameservers("::1:53").expect_err("ambiguous");
+        assert!(message.contains("[::1]:53"), "{message}");
+        assert!(message.contains("[::1:53]"), "{message}");
+        let message = parse_nameservers("2001:db8::1:8600").expect_err("ambiguous");
+        assert!(message.contains("[2001:db8::1]:8600"), "{message}");
+        // Brackets say which.
+        assert_eq!(parse_nameservers("[::1]:53"), Ok(vec![sa("[::1]:53")]));
+        assert_eq!(parse_nameservers("[::1:53]"), Ok(vec![sa("[::1:53]:53")]));
     }
 
     #[test]

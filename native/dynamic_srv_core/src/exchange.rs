@@ -18,11 +18,12 @@
 use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
@@ -30,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::config::{Nameservers, Protocol, Settings, EDNS_PAYLOAD};
 use crate::error::Error;
@@ -65,6 +66,19 @@ const TCP_RESENDS: u8 = 2;
 const TCP_IDLE: Duration = Duration::from_millis(100);
 /// Lookups in flight up to which the caller's thread sends the query itself.
 const DIRECT_SENDS: usize = 1;
+/// Failed reads in a row after which a UDP socket is replaced by a new one.
+const RECV_ERRORS: u32 = 64;
+/// Failed reads in a row that are retried at once (an ICMP error reports
+/// one lost query); past them, reads are paced, doubling from 1 ms.
+const RECV_ERRORS_UNPACED: u32 = 4;
+/// The longest pause between two reads of a socket that keeps failing.
+const RECV_PAUSE: Duration = Duration::from_millis(100);
+/// Lookups the hickory path runs at once; the others wait for their turn
+/// and end at their deadline if it does not come. hickory opens a socket
+/// per query and does its work on the runtime: 5,000 lookups at once on
+/// the system path against a stopped server ended up to 1.1 s past their
+/// deadline (20,000 ran out of descriptors: "no connections available").
+const HICKORY_LOOKUPS: usize = 128;
 /// Queries sent and unanswered at once, per server. A local server
 /// reading one socket drops what its receive buffer cannot hold (about 160
 /// small datagrams on loopback); a lost query costs a whole attempt timeout.
@@ -94,18 +108,13 @@ impl TcpLink {
         let _ = self
             .unanswered
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        if let Ok(mut progress) = self.progress.lock() {
-            *progress = Instant::now();
-        }
+        *lock(&self.progress) = Instant::now();
     }
 
     /// Whether nothing came back for `quiet` while queries were waiting.
     fn stalled(&self, now: Instant, quiet: Duration) -> bool {
         self.unanswered.load(Ordering::Acquire) > 0
-            && self
-                .progress
-                .lock()
-                .map_or(true, |at| now.duration_since(*at) >= quiet)
+            && now.duration_since(*lock(&self.progress)) >= quiet
     }
 }
 
@@ -132,6 +141,9 @@ struct Pending {
     attempts_left: usize,
     /// Waiting for room in the window of queries sent.
     queued: bool,
+    /// Holds a slot of the window of `servers[0]`: it went out over UDP
+    /// and has not ended. Only such a lookup frees a slot when it ends.
+    slot: bool,
     /// Sent over TCP (the settings ask for it, the name's answers are big,
     /// or the UDP answer came back truncated).
     tcp: bool,
@@ -202,6 +214,15 @@ impl Table {
     }
 }
 
+/// Locks `mutex`, also after a panic elsewhere poisoned it. The tables
+/// behind these locks stay usable when a holder panics (std's collections
+/// stay consistent on unwinding; at worst a window count is off by one),
+/// while refusing them would leave the lookups in flight without a
+/// deadline: the sweeper must always get in.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 struct Exchange {
     runtime: Handle,
     sockets: Mutex<HashMap<SocketAddr, Vec<Arc<UdpSocket>>>>,
@@ -216,6 +237,8 @@ struct Exchange {
     wake: Notify,
     ids: RandomState,
     counter: AtomicU64,
+    /// Turns of the hickory path, `HICKORY_LOOKUPS` of them.
+    hickory: Arc<Semaphore>,
 }
 
 static EXCHANGE: OnceLock<Arc<Exchange>> = OnceLock::new();
@@ -244,6 +267,7 @@ impl Exchange {
             wake: Notify::new(),
             ids: RandomState::new(),
             counter: AtomicU64::new(0),
+            hickory: Arc::new(Semaphore::new(HICKORY_LOOKUPS)),
         });
         let sweeper = Arc::clone(&exchange);
         exchange.runtime.spawn(async move { sweeper.sweep().await });
@@ -270,6 +294,7 @@ impl Exchange {
             next_server: 0,
             attempts_left: settings.attempts,
             queued: false,
+            slot: false,
             tcp,
             switched: false,
             resent: 0,
@@ -278,15 +303,7 @@ impl Exchange {
             settings,
             reply,
         };
-        let mut table = match self.pending.lock() {
-            Ok(table) => table,
-            Err(_) => {
-                return self.fail(
-                    pending.reply,
-                    Error::Other("the lookup table is poisoned".into()),
-                )
-            }
-        };
+        let mut table = lock(&self.pending);
         let Some(id) = self.free_id(&table) else {
             drop(table);
             return self.fail(
@@ -301,24 +318,22 @@ impl Exchange {
                 return self.fail(pending.reply, e);
             }
         }
-        let room = pending.tcp
-            || self
-                .windows
-                .lock()
-                .map(|mut windows| {
-                    let window = windows.entry(pending.servers[0]).or_default();
-                    if window.sent < WINDOW {
-                        window.sent += 1;
-                        true
-                    } else {
-                        // The window is full: the query waits for an answer
-                        // (or a timeout) to make room, so a burst cannot
-                        // overflow the server's receive buffer and lose queries.
-                        window.backlog.push_back(id);
-                        false
-                    }
-                })
-                .unwrap_or(true);
+        // Over TCP a lookup neither takes nor waits for a slot.
+        let room = pending.tcp || {
+            let mut windows = lock(&self.windows);
+            let window = windows.entry(pending.servers[0]).or_default();
+            if window.sent < WINDOW {
+                window.sent += 1;
+                pending.slot = true;
+                true
+            } else {
+                // The window is full: the query waits for an answer (or a
+                // timeout) to make room, so a burst cannot overflow the
+                // server's receive buffer and lose queries.
+                window.backlog.push_back(id);
+                false
+            }
+        };
         let send = if room {
             self.next_attempt(&mut pending, now)
         } else {
@@ -343,8 +358,8 @@ impl Exchange {
         }
     }
 
-    /// `count` sent queries to `server` have ended: make room in its window
-    /// and send as many queued ones. Called with the table locked.
+    /// `count` lookups holding a slot of `server`'s window have ended: make
+    /// room in it and send as many queued ones. Called with the table locked.
     fn finished(
         self: &Arc<Self>,
         table: &mut Table,
@@ -352,9 +367,7 @@ impl Exchange {
         count: usize,
     ) -> Vec<Outgoing> {
         let mut out = Vec::new();
-        let Ok(mut windows) = self.windows.lock() else {
-            return out;
-        };
+        let mut windows = lock(&self.windows);
         let Some(window) = windows.get_mut(&server) else {
             return out;
         };
@@ -366,6 +379,7 @@ impl Exchange {
             };
             if let Some(pending) = table.lookups.get_mut(&id).filter(|p| p.queued) {
                 pending.queued = false;
+                pending.slot = true;
                 window.sent += 1;
                 if let Some(outgoing) = self.next_attempt(pending, now) {
                     out.push(outgoing);
@@ -399,9 +413,7 @@ impl Exchange {
         let mut framed = Vec::with_capacity(packet.len() + 2);
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(packet);
-        let Ok(mut conns) = self.tcp.lock() else {
-            return;
-        };
+        let mut conns = lock(&self.tcp);
         if let Some((_, sender, _)) = conns.get(&server) {
             match sender.send(framed) {
                 Ok(()) => return,
@@ -424,14 +436,13 @@ impl Exchange {
     /// opens a new one. Called with the table locked, before the retries
     /// are sent.
     fn tcp_reset_stalled(&self, server: SocketAddr, now: Instant, quiet: Duration) {
-        if let Ok(mut conns) = self.tcp.lock() {
-            if conns
-                .get(&server)
-                .is_some_and(|(_, _, link)| link.stalled(now, quiet))
-            {
-                // Dropping the sender ends the connection's task.
-                conns.remove(&server);
-            }
+        let mut conns = lock(&self.tcp);
+        if conns
+            .get(&server)
+            .is_some_and(|(_, _, link)| link.stalled(now, quiet))
+        {
+            // Dropping the sender ends the connection's task.
+            conns.remove(&server);
         }
     }
 
@@ -444,9 +455,7 @@ impl Exchange {
         link: &TcpLink,
         queries: &mpsc::UnboundedReceiver<Vec<u8>>,
     ) -> bool {
-        let Ok(mut conns) = self.tcp.lock() else {
-            return true;
-        };
+        let mut conns = lock(&self.tcp);
         let idle = queries.is_empty() && link.unanswered.load(Ordering::Acquire) == 0;
         if idle && conns.get(&server).is_some_and(|(c, _, _)| *c == conn) {
             conns.remove(&server);
@@ -472,9 +481,7 @@ impl Exchange {
         };
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
-        if let Ok(mut progress) = link.progress.lock() {
-            *progress = Instant::now();
-        }
+        *lock(&link.progress) = Instant::now();
         let exchange = Arc::clone(&self);
         let read_link = Arc::clone(&link);
         let reading = self.runtime.spawn(async move {
@@ -518,19 +525,18 @@ impl Exchange {
     /// again on a new connection (at most `TCP_RESENDS` times each), since a
     /// server may close an idle connection just as a query is written.
     fn tcp_closed(self: &Arc<Self>, server: SocketAddr, conn: u64, was_open: bool) {
-        let current = self.tcp.lock().is_ok_and(|mut conns| {
+        let current = {
+            let mut conns = lock(&self.tcp);
             let current = conns.get(&server).is_some_and(|(c, _, _)| *c == conn);
             if current {
                 conns.remove(&server);
             }
             current
-        });
+        };
         if !(current && was_open) {
             return;
         }
-        let Ok(mut table) = self.pending.lock() else {
-            return;
-        };
+        let mut table = lock(&self.pending);
         for pending in table.lookups.values_mut() {
             if pending.tcp && pending.servers.contains(&server) && pending.resent < TCP_RESENDS {
                 pending.resent += 1;
@@ -560,9 +566,7 @@ impl Exchange {
         let Some(outgoing) = send else {
             return;
         };
-        if let Ok(mut outbox) = self.outbox.lock() {
-            outbox.push(outgoing);
-        }
+        lock(&self.outbox).push(outgoing);
         if !self.draining.swap(true, Ordering::AcqRel) {
             let exchange = Arc::clone(self);
             self.runtime.spawn(async move { exchange.drain().await });
@@ -571,15 +575,11 @@ impl Exchange {
 
     async fn drain(self: Arc<Self>) {
         loop {
-            let batch = self
-                .outbox
-                .lock()
-                .map(|mut outbox| std::mem::take(&mut *outbox))
-                .unwrap_or_default();
+            let batch = std::mem::take(&mut *lock(&self.outbox));
             if batch.is_empty() {
                 self.draining.store(false, Ordering::Release);
                 // A packet queued just before the flag fell is ours to send.
-                let more = self.outbox.lock().map(|o| !o.is_empty()).unwrap_or(false);
+                let more = !lock(&self.outbox).is_empty();
                 if more && !self.draining.swap(true, Ordering::AcqRel) {
                     continue;
                 }
@@ -613,9 +613,7 @@ impl Exchange {
     /// Whether every one of `servers` has its sockets, opening those of a
     /// new server (at most `MAX_SERVERS` get any; hickory asks the others).
     fn has_sockets(self: &Arc<Self>, servers: &[SocketAddr]) -> bool {
-        let Ok(mut sockets) = self.sockets.lock() else {
-            return false;
-        };
+        let mut sockets = lock(&self.sockets);
         servers
             .iter()
             .all(|server| sockets.contains_key(server) || self.open_pool(&mut sockets, *server))
@@ -651,7 +649,7 @@ impl Exchange {
 
     /// One of the server's sockets, in turn (opened by `has_sockets`).
     fn socket(&self, server: SocketAddr) -> Option<Arc<UdpSocket>> {
-        let sockets = self.sockets.lock().ok()?;
+        let sockets = lock(&self.sockets);
         let pool = sockets.get(&server)?;
         let turn = self.counter.fetch_add(1, Ordering::Relaxed) as usize;
         pool.get(turn % pool.len()).map(Arc::clone)
@@ -670,19 +668,34 @@ impl Exchange {
         UdpSocket::from_std(std_socket).ok().map(Arc::new)
     }
 
+    /// Reads the answers arriving on one of the server's sockets. A socket
+    /// whose reads keep failing is replaced by a new one in the pool (its
+    /// queries are retried by the sweeper).
     async fn receive(self: Arc<Self>, socket: Arc<UdpSocket>, server: SocketAddr) {
-        let mut buffer = vec![0u8; RECV_BUFFER];
+        let mut socket = socket;
         loop {
-            match socket.recv(&mut buffer).await {
-                Ok(len) => {
-                    let packet = &buffer[..len];
-                    let _ = catch_unwind(AssertUnwindSafe(|| self.answer(packet, server, false)));
-                }
-                // ICMP errors (nothing listening) surface here; the queries
-                // concerned time out or are retried by the sweeper.
-                Err(_) => tokio::task::yield_now().await,
+            let _persistent = read_datagrams(&*socket, |packet| {
+                let _ = catch_unwind(AssertUnwindSafe(|| self.answer(packet, server, false)));
+            })
+            .await;
+            match self.replace_socket(server, &socket) {
+                Some(fresh) => socket = fresh,
+                None => tokio::time::sleep(RECV_PAUSE).await,
             }
         }
+    }
+
+    /// Opens a socket to take `old`'s place in the server's pool; `None`
+    /// (the old one stays) when no new one opens.
+    fn replace_socket(&self, server: SocketAddr, old: &Arc<UdpSocket>) -> Option<Arc<UdpSocket>> {
+        let fresh = self.open_socket(server)?;
+        let mut sockets = lock(&self.sockets);
+        let slot = sockets
+            .get_mut(&server)?
+            .iter_mut()
+            .find(|socket| Arc::ptr_eq(socket, old))?;
+        *slot = Arc::clone(&fresh);
+        Some(fresh)
     }
 
     fn answer(self: &Arc<Self>, packet: &[u8], server: SocketAddr, over_tcp: bool) {
@@ -691,9 +704,7 @@ impl Exchange {
         };
         let id = message.metadata.id;
         let pending = {
-            let Ok(mut table) = self.pending.lock() else {
-                return;
-            };
+            let mut table = lock(&self.pending);
             match table.lookups.get_mut(&id) {
                 Some(p) if p.tcp != over_tcp => None,
                 // Cut short over UDP: ask the same server again over TCP.
@@ -712,9 +723,12 @@ impl Exchange {
                     None
                 }
                 Some(p) if matches_query(p, &message, packet, server) => {
-                    let window = p.servers[0];
+                    let window = p.slot.then(|| p.servers[0]);
                     let done = table.lookups.remove(&id);
-                    let send = self.finished(&mut table, window, 1);
+                    let send = match window {
+                        Some(server) => self.finished(&mut table, server, 1),
+                        None => Vec::new(),
+                    };
                     drop(table);
                     for outgoing in send {
                         self.send_later(Some(outgoing));
@@ -746,7 +760,10 @@ impl Exchange {
             };
             tokio::time::sleep_until(wake_at).await;
             let now = Instant::now();
-            let (expired, empty, due) = self.expire(now);
+            // A panic here must not end the sweeper: nothing else ends
+            // lookups at their deadline.
+            let (expired, empty, due) = catch_unwind(AssertUnwindSafe(|| self.expire(now)))
+                .unwrap_or((Vec::new(), false, None));
             next = due;
             for reply in expired {
                 deliver(reply, Err(Error::Timeout));
@@ -760,11 +777,7 @@ impl Exchange {
             }
             self.sweeping.store(false, Ordering::Release);
             // Re-check: a lookup may have started just before the flag fell.
-            let empty_now = self
-                .pending
-                .lock()
-                .map(|t| t.lookups.is_empty())
-                .unwrap_or(true);
+            let empty_now = lock(&self.pending).lookups.is_empty();
             if empty_now {
                 self.wake.notified().await;
             }
@@ -778,9 +791,7 @@ impl Exchange {
     /// the replies of the ended ones, whether the table is now empty, and
     /// the next deadline.
     fn expire(self: &Arc<Self>, now: Instant) -> (Vec<Reply>, bool, Option<Instant>) {
-        let Ok(mut table) = self.pending.lock() else {
-            return (Vec::new(), true, None);
-        };
+        let mut table = lock(&self.pending);
         let mut done = Vec::new();
         let mut retry = Vec::new();
         for id in table.take_due(now) {
@@ -804,7 +815,7 @@ impl Exchange {
             .filter_map(|id| table.lookups.remove(id))
             .collect();
         let mut finished: HashMap<SocketAddr, usize> = HashMap::new();
-        for p in removed.iter().filter(|p| !p.queued) {
+        for p in removed.iter().filter(|p| p.slot) {
             *finished.entry(p.servers[0]).or_default() += 1;
         }
         let expired = removed.into_iter().map(|p| p.reply).collect();
@@ -832,9 +843,7 @@ impl Exchange {
     }
 
     fn is_big(&self, name: &str, kind: Kind) -> bool {
-        let Ok(big) = self.big.lock() else {
-            return false;
-        };
+        let big = lock(&self.big);
         if big.is_empty() {
             return false;
         }
@@ -843,21 +852,32 @@ impl Exchange {
     }
 
     fn mark_big(&self, name: &str, kind: Kind) {
-        if let Ok(mut big) = self.big.lock() {
+        let mut big = lock(&self.big);
+        if big.len() >= MAX_BIG {
+            let now = Instant::now();
+            big.retain(|_, until| *until > now);
             if big.len() >= MAX_BIG {
-                let now = Instant::now();
-                big.retain(|_, until| *until > now);
-                if big.len() >= MAX_BIG {
-                    big.clear();
-                }
+                big.clear();
             }
-            big.insert((name.to_ascii_lowercase(), kind), Instant::now() + BIG_FOR);
         }
+        big.insert((name.to_ascii_lowercase(), kind), Instant::now() + BIG_FOR);
     }
 
+    /// The system configuration's path. The deadline runs from now, the
+    /// wait for a turn included, so every lookup ends by it.
     fn via_hickory(&self, settings: Settings, name: String, kind: Kind, reply: Reply) {
+        let deadline = tokio::time::Instant::now() + settings.timeout;
+        let turns = Arc::clone(&self.hickory);
         self.runtime.spawn(async move {
-            deliver(reply, resolver::lookup(&settings, &name, kind).await);
+            let lookup = async {
+                // The semaphore is never closed.
+                let _turn = turns.acquire().await;
+                resolver::lookup(&settings, &name, kind).await
+            };
+            let result = tokio::time::timeout_at(deadline, lookup)
+                .await
+                .unwrap_or(Err(Error::Timeout));
+            deliver(reply, result);
         });
     }
 
@@ -868,12 +888,62 @@ impl Exchange {
     }
 }
 
+/// What a receiver reads: a UDP socket, or a stand-in in tests.
+trait Datagrams {
+    fn recv(&self, buffer: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send;
+}
+
+impl Datagrams for UdpSocket {
+    fn recv(&self, buffer: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send {
+        UdpSocket::recv(self, buffer)
+    }
+}
+
+/// Hands every datagram read from `socket` to `on_packet` until reads have
+/// failed `RECV_ERRORS` times in a row, and returns the last error then.
+async fn read_datagrams<S: Datagrams>(
+    socket: &S,
+    mut on_packet: impl FnMut(&[u8]),
+) -> std::io::Error {
+    let mut buffer = vec![0u8; RECV_BUFFER];
+    let mut errors = 0;
+    loop {
+        match socket.recv(&mut buffer).await {
+            Ok(len) => {
+                errors = 0;
+                on_packet(&buffer[..len]);
+            }
+            // An ICMP error (nothing listens at the server) stands for one
+            // query, which times out or is retried by the sweeper. A run of
+            // them is paced, so a socket that keeps failing costs no CPU.
+            Err(e) => {
+                errors += 1;
+                if errors >= RECV_ERRORS {
+                    return e;
+                }
+                match recv_pause(errors) {
+                    Duration::ZERO => tokio::task::yield_now().await,
+                    pause => tokio::time::sleep(pause).await,
+                }
+            }
+        }
+    }
+}
+
+/// The pause after `errors` failed reads in a row.
+fn recv_pause(errors: u32) -> Duration {
+    let Some(paced) = errors.checked_sub(RECV_ERRORS_UNPACED + 1) else {
+        return Duration::ZERO;
+    };
+    Duration::from_millis(1u64 << paced.min(16)).min(RECV_PAUSE)
+}
+
 fn deliver(reply: Reply, result: Result<Answer, Error>) {
     let _ = catch_unwind(AssertUnwindSafe(move || reply(result)));
 }
 
 /// Bytes of a DNS header.
-const HEADER: usize = 12;
+pub(crate) const HEADER: usize = 12;
 /// The OPT record advertising `EDNS_PAYLOAD`: root owner, type 41, the
 /// payload as class, TTL 0 (version 0, no flags), no data.
 const OPT: [u8; 11] = [
@@ -895,7 +965,7 @@ const OPT: [u8; 11] = [
 /// thread (a BEAM scheduler), where hickory's name parsing and message
 /// encoding cost several times more. `name` comes from
 /// `parse::query_name`; its labels are checked again here all the same.
-fn encode(id: u16, name: &str, kind: Kind) -> Result<Vec<u8>, Error> {
+pub(crate) fn encode(id: u16, name: &str, kind: Kind) -> Result<Vec<u8>, Error> {
     let bare = name.strip_suffix('.').unwrap_or(name);
     let mut packet = Vec::with_capacity(HEADER + bare.len() + 2 + 4 + OPT.len());
     packet.extend_from_slice(&id.to_be_bytes());
@@ -924,7 +994,7 @@ fn encode(id: u16, name: &str, kind: Kind) -> Result<Vec<u8>, Error> {
 }
 
 /// The question of a query made by `encode`: name, type and class.
-fn question(packet: &[u8]) -> &[u8] {
+pub(crate) fn question(packet: &[u8]) -> &[u8] {
     let end = packet.len().saturating_sub(OPT.len());
     packet.get(HEADER..end).unwrap_or_default()
 }
@@ -1080,6 +1150,7 @@ mod tests {
             next_server: 0,
             attempts_left: 1,
             queued: false,
+            slot: false,
             tcp: false,
             switched: false,
             resent: 0,
@@ -1132,6 +1203,198 @@ mod tests {
         }
         assert!(table.due.len() <= 2 * table.lookups.len() + 1025);
         assert_eq!(table.take_due(Instant::now()), vec![7]);
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    }
+
+    fn one_server(server: SocketAddr, timeout_ms: i64, protocol: Protocol) -> Settings {
+        Settings::new(Nameservers::Explicit(vec![server]), timeout_ms, 1, protocol)
+            .expect("settings")
+    }
+
+    /// A UDP socket on loopback that reads nothing and answers nothing;
+    /// nothing listens on TCP at its port.
+    fn silent_server() -> (std::net::UdpSocket, SocketAddr) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = socket.local_addr().expect("address");
+        (socket, addr)
+    }
+
+    type Replies = std::sync::mpsc::Receiver<Result<Answer, Error>>;
+
+    /// An exchange of its own on a runtime of its own, a silent server, and
+    /// where the replies of its lookups go.
+    struct Bench {
+        /// Kept for as long as the test runs.
+        _runtime: tokio::runtime::Runtime,
+        exchange: Arc<Exchange>,
+        silent: std::net::UdpSocket,
+        server: SocketAddr,
+        sender: std::sync::mpsc::Sender<Result<Answer, Error>>,
+        replies: Replies,
+    }
+
+    fn bench() -> Bench {
+        let runtime = runtime();
+        let (silent, server) = silent_server();
+        let exchange = Exchange::new(runtime.handle().clone());
+        let (sender, replies) = std::sync::mpsc::channel();
+        Bench {
+            _runtime: runtime,
+            exchange,
+            silent,
+            server,
+            sender,
+            replies,
+        }
+    }
+
+    fn reply_to(sender: &std::sync::mpsc::Sender<Result<Answer, Error>>) -> Reply {
+        let sender = sender.clone();
+        Box::new(move |result| {
+            let _ = sender.send(result);
+        })
+    }
+
+    /// The datagrams arriving on `socket`: waits (up to 5 s each) for
+    /// `expected` of them, then counts those that follow until none comes
+    /// for `quiet`.
+    fn datagrams(socket: &std::net::UdpSocket, expected: usize, quiet: Duration) -> usize {
+        let mut buffer = [0u8; 512];
+        let mut count = 0;
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        while count < expected && socket.recv(&mut buffer).is_ok() {
+            count += 1;
+        }
+        socket.set_read_timeout(Some(quiet)).expect("timeout");
+        while socket.recv(&mut buffer).is_ok() {
+            count += 1;
+        }
+        count
+    }
+
+    #[test]
+    fn lookups_over_tcp_leave_the_udp_window_alone() {
+        let Bench {
+            _runtime,
+            exchange,
+            silent,
+            server,
+            sender,
+            replies,
+        } = bench();
+        let start = |count: usize, timeout_ms: i64, protocol: Protocol| {
+            for i in 0..count {
+                let settings = one_server(server, timeout_ms, protocol);
+                let name = format!("{protocol:?}-{i}.app.test.");
+                exchange.start(settings, name, Kind::Srv, reply_to(&sender));
+            }
+        };
+        // A full window of UDP queries that stay unanswered, and ten more
+        // waiting for room in it.
+        start(WINDOW + 10, 10_000, Protocol::Udp);
+        // Ten lookups over TCP (nothing listens there) that end at their
+        // deadline, long before the UDP ones.
+        start(10, 50, Protocol::Tcp);
+        for _ in 0..10 {
+            let reply = replies.recv_timeout(Duration::from_secs(5));
+            assert_eq!(reply, Ok(Err(Error::Timeout)), "a TCP lookup ends");
+        }
+        // The TCP lookups took no room in the UDP window, so their end
+        // makes none: the server still has exactly one window of queries.
+        assert_eq!(
+            datagrams(&silent, WINDOW, Duration::from_millis(300)),
+            WINDOW
+        );
+    }
+
+    #[test]
+    fn a_poisoned_table_still_ends_lookups_at_their_deadline() {
+        let Bench {
+            _runtime,
+            exchange,
+            silent: _silent,
+            server,
+            sender,
+            replies,
+        } = bench();
+        let settings = one_server(server, 200, Protocol::Udp);
+        exchange.start(settings, "app.test.".into(), Kind::Srv, reply_to(&sender));
+        // A thread panics while it holds the table.
+        let holder = Arc::clone(&exchange);
+        let poisoner = std::thread::spawn(move || {
+            let _table = holder.pending.lock();
+            panic!("a panic while the lookup table is locked (expected by this test)");
+        });
+        assert!(poisoner.join().is_err());
+        assert!(exchange.pending.is_poisoned());
+        let reply = replies.recv_timeout(Duration::from_secs(3));
+        assert_eq!(reply, Ok(Err(Error::Timeout)));
+        // Lookups started afterwards work as before.
+        let settings = one_server(server, 100, Protocol::Udp);
+        exchange.start(settings, "app.test.".into(), Kind::Srv, reply_to(&sender));
+        let reply = replies.recv_timeout(Duration::from_secs(3));
+        assert_eq!(reply, Ok(Err(Error::Timeout)));
+    }
+
+    /// A socket whose every read fails, counting the reads.
+    struct Broken(std::sync::atomic::AtomicUsize);
+
+    impl Datagrams for Broken {
+        fn recv(&self, _buffer: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Err(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )))
+        }
+    }
+
+    #[test]
+    fn a_socket_that_keeps_failing_is_not_read_in_a_loop() {
+        let runtime = runtime();
+        let broken = Arc::new(Broken(Default::default()));
+        let reader = Arc::clone(&broken);
+        runtime.block_on(async move {
+            let reading = read_datagrams(&*reader, |_| {});
+            let _ = tokio::time::timeout(Duration::from_millis(300), reading).await;
+        });
+        let reads = broken.0.load(Ordering::Relaxed);
+        assert!(reads < 50, "{reads} reads in 300 ms");
+    }
+
+    #[test]
+    fn a_socket_that_keeps_failing_is_given_up() {
+        // Paused time: the pauses pass at once.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a runtime");
+        let broken = Broken(Default::default());
+        let started = tokio::time::Instant::now();
+        let (error, paused) = runtime.block_on(async {
+            let error = read_datagrams(&broken, |_| {}).await;
+            (error, started.elapsed())
+        });
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(broken.0.load(Ordering::Relaxed), RECV_ERRORS as usize);
+        // Paced, but given up within seconds.
+        assert!(paused >= Duration::from_secs(1), "{paused:?}");
+        assert!(paused <= Duration::from_secs(10), "{paused:?}");
+        assert_eq!(recv_pause(1), Duration::ZERO);
+        assert_eq!(
+            recv_pause(RECV_ERRORS_UNPACED + 1),
+            Duration::from_millis(1)
+        );
+        assert_eq!(recv_pause(RECV_ERRORS), RECV_PAUSE);
     }
 
     #[test]

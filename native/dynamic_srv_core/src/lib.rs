@@ -1,6 +1,7 @@
 //! The Erlang-independent core of libcluster_dynamic_srv: resolver settings
 //! (`config`), DNS lookups on hickory-resolver (`resolver`), SRV target and
-//! query name checks (`parse`) and their one error type (`error`).
+//! query name checks (`parse`), the check command's transport probe
+//! (`probe`) and their one error type (`error`).
 //!
 //! The NIF crate (`dynamic_srv_nif`) only converts terms to and from these
 //! types, so everything here is tested with plain `cargo test`.
@@ -9,4 +10,5 @@ pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod parse;
+pub mod probe;
 pub mod resolver;

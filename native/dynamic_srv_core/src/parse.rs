@@ -81,19 +81,16 @@ impl TargetParser {
 }
 
 /// Checks a name before it is sent to a server and returns it in the form
-/// to query: names containing a dot are made fully qualified, so the search
-/// list of resolv.conf is not tried.
+/// to query, which is the name as given: as with the OS resolver, only a
+/// trailing dot makes it absolute. On the system path the others go
+/// through resolv.conf's search list by its `ndots` rule; explicit
+/// nameservers have no search list and are asked the name itself.
 pub fn query_name(name: &[u8]) -> Result<String, Error> {
     let name = std::str::from_utf8(name)
         .map_err(|_| Error::InvalidName("the name is not valid UTF-8".into()))?;
     let bare = name.strip_suffix('.').unwrap_or(name);
     check_dns_name(bare).map_err(|msg| Error::InvalidName(format!("{name:?} {msg}")))?;
-    let mut query = String::with_capacity(bare.len() + 1);
-    query.push_str(bare);
-    if bare.contains('.') {
-        query.push('.');
-    }
-    Ok(query)
+    Ok(name.to_owned())
 }
 
 fn check_dns_name(name: &str) -> Result<(), String> {
@@ -202,12 +199,15 @@ mod tests {
 
     #[test]
     fn query_names() {
-        assert_eq!(query_name(b"a.b.c").as_deref(), Ok("a.b.c."));
+        // Only a trailing dot makes a name absolute: the system resolver
+        // applies resolv.conf's search list and ndots to the others.
+        assert_eq!(query_name(b"a.b.c").as_deref(), Ok("a.b.c"));
+        assert_eq!(query_name(b"web.default").as_deref(), Ok("web.default"));
         assert_eq!(query_name(b"a.b.c.").as_deref(), Ok("a.b.c."));
         assert_eq!(query_name(b"localhost").as_deref(), Ok("localhost"));
         assert_eq!(
             query_name(b"_app._tcp.service.consul").as_deref(),
-            Ok("_app._tcp.service.consul.")
+            Ok("_app._tcp.service.consul")
         );
         for bad in [&b""[..], b".", b"a..b", b"a b", b"\xff", b"a/b"] {
             assert!(

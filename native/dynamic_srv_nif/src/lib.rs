@@ -21,6 +21,7 @@ use dynamic_srv_core::config::{self, Nameservers, Protocol, Settings};
 use dynamic_srv_core::error::Error;
 use dynamic_srv_core::exchange;
 use dynamic_srv_core::parse::{self, TargetParser};
+use dynamic_srv_core::probe::{self, Probe};
 use dynamic_srv_core::resolver::{Answer, Kind};
 
 mod atoms {
@@ -42,6 +43,7 @@ mod atoms {
         invalid_name,
         bad_settings,
         other,
+        nil,
     }
 }
 
@@ -70,26 +72,48 @@ thread_local! {
 
 #[rustler::nif]
 fn lookup<'a>(env: Env<'a>, kind: Atom, name: Binary<'a>, settings: Term<'a>) -> Term<'a> {
-    match start_lookup(env, kind, name, settings) {
-        Ok(tag) => (atoms::ok(), tag).encode(env),
-        Err(e) => (atoms::error(), encode_error(env, &e)).encode(env),
-    }
+    start(env, kind, name, settings, |request, responder| {
+        let reply = Box::new(move |result: Result<Answer, Error>| responder.send(result));
+        let handle = request.runtime.handle();
+        exchange::start(handle, request.settings, request.name, request.kind, reply);
+    })
 }
 
-fn start_lookup(env: Env, kind: Atom, name: Binary, settings: Term) -> Result<u64, Error> {
-    let kind = decode_kind(kind)?;
-    let settings = decode_settings(settings)?;
-    let name = parse::query_name(name.as_slice())?;
-    let runtime = RUNTIME.as_ref().map_err(|e| Error::Other(e.clone()))?;
-    let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed);
-    let responder = Responder {
-        pid: env.pid(),
-        tag,
-        sent: false,
+/// A request of `lookup/3` or `probe/3`, decoded and checked.
+struct Request {
+    runtime: &'static Runtime,
+    settings: Settings,
+    name: String,
+    kind: Kind,
+}
+
+/// Decodes and checks a request and hands it to `run` with the responder
+/// that will answer the caller; returns `{ok, Tag}`, or `{error, Reason}`
+/// when the request is refused.
+fn start<'a>(
+    env: Env<'a>,
+    kind: Atom,
+    name: Binary<'a>,
+    settings: Term<'a>,
+    run: impl FnOnce(Request, Responder),
+) -> Term<'a> {
+    let request = || -> Result<Request, Error> {
+        Ok(Request {
+            kind: decode_kind(kind)?,
+            settings: decode_settings(settings)?,
+            name: parse::query_name(name.as_slice())?,
+            runtime: RUNTIME.as_ref().map_err(|e| Error::Other(e.clone()))?,
+        })
     };
-    let reply = Box::new(move |result| responder.send(result));
-    exchange::start(runtime.handle(), settings, name, kind, reply);
-    Ok(tag)
+    match request() {
+        Ok(request) => {
+            let responder = Responder::new(env);
+            let tag = responder.tag;
+            run(request, responder);
+            (atoms::ok(), tag).encode(env)
+        }
+        Err(e) => (atoms::error(), encode_error(env, &e)).encode(env),
+    }
 }
 
 /// Sends `{dynamic_srv_dns, Tag, Result}` to the caller, once. Dropped
@@ -102,30 +126,54 @@ struct Responder {
     sent: bool,
 }
 
+/// A result that a `Responder` sends.
+trait Reply {
+    fn encode_reply<'a>(&self, env: Env<'a>) -> Term<'a>;
+}
+
+impl Reply for Result<Answer, Error> {
+    fn encode_reply<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match self {
+            Ok(answer) => (atoms::ok(), encode_answer(env, answer)).encode(env),
+            Err(e) => (atoms::error(), encode_error(env, e)).encode(env),
+        }
+    }
+}
+
+impl Reply for Result<Probe, Error> {
+    fn encode_reply<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match self {
+            Ok(probe) => (atoms::ok(), encode_probe(env, probe)).encode(env),
+            Err(e) => (atoms::error(), encode_error(env, e)).encode(env),
+        }
+    }
+}
+
 impl Responder {
-    fn send(mut self, result: Result<Answer, Error>) {
+    fn new(env: Env) -> Self {
+        Responder {
+            pid: env.pid(),
+            tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
+            sent: false,
+        }
+    }
+
+    fn send(mut self, result: impl Reply) {
         self.deliver(&result);
     }
 
-    fn deliver(&mut self, result: &Result<Answer, Error>) {
+    fn deliver(&mut self, result: &impl Reply) {
         self.sent = true;
         let tag = self.tag;
+        let message = |env| (atoms::dynamic_srv_dns(), tag, result.encode_reply(env)).encode(env);
         // A send fails only when the caller has exited; nobody is left to
         // tell. The thread's environment is busy only if building a reply
         // panicked half-way; a fresh one serves then.
         let _ = REPLY_ENV.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut env) => env.send_and_clear(&self.pid, |env| reply(env, tag, result)),
-            Err(_) => OwnedEnv::new().send_and_clear(&self.pid, |env| reply(env, tag, result)),
+            Ok(mut env) => env.send_and_clear(&self.pid, message),
+            Err(_) => OwnedEnv::new().send_and_clear(&self.pid, message),
         });
     }
-}
-
-fn reply<'a>(env: Env<'a>, tag: u64, result: &Result<Answer, Error>) -> Term<'a> {
-    let result = match result {
-        Ok(answer) => (atoms::ok(), encode_answer(env, answer)).encode(env),
-        Err(e) => (atoms::error(), encode_error(env, e)).encode(env),
-    };
-    (atoms::dynamic_srv_dns(), tag, result).encode(env)
 }
 
 impl Drop for Responder {
@@ -133,9 +181,44 @@ impl Drop for Responder {
         // On a scheduler (a panic inside the NIF call itself) the caller gets
         // the exception instead; sending from there is not allowed.
         if !self.sent && !rustler::thread::is_scheduler_thread() {
-            self.deliver(&Err(Error::Other("the lookup failed internally".into())));
+            let failed: Result<Answer, Error> =
+                Err(Error::Other("the lookup failed internally".into()));
+            self.deliver(&failed);
         }
     }
+}
+
+/// Starts a probe of the transport (see `dynamic_srv_core::probe`) and
+/// returns `{ok, Tag}`; the caller receives `{dynamic_srv_dns, Tag,
+/// {ok, {Ip, Port, UdpBytes, Truncated, UdpRecords, TcpRecords | nil}}}` or
+/// `{dynamic_srv_dns, Tag, {error, Reason}}`, within the settings' deadline.
+#[rustler::nif]
+fn probe<'a>(env: Env<'a>, kind: Atom, name: Binary<'a>, settings: Term<'a>) -> Term<'a> {
+    start(env, kind, name, settings, |request, responder| {
+        let runtime = request.runtime;
+        runtime.spawn(async move {
+            let result = probe::probe(&request.settings, &request.name, request.kind).await;
+            responder.send(result);
+        });
+    })
+}
+
+fn encode_probe<'a>(env: Env<'a>, probe: &Probe) -> Term<'a> {
+    let tcp = match probe.tcp_records {
+        Some(count) => count.encode(env),
+        None => atoms::nil().encode(env),
+    };
+    make_tuple(
+        env,
+        &[
+            encode_ip(env, &probe.server.ip()),
+            probe.server.port().encode(env),
+            probe.udp_bytes.encode(env),
+            probe.truncated.encode(env),
+            probe.udp_records.encode(env),
+            tcp,
+        ],
+    )
 }
 
 #[rustler::nif]
@@ -198,6 +281,23 @@ fn parse_nameservers<'a>(env: Env<'a>, text: Binary<'a>) -> Term<'a> {
     }
 }
 
+/// Checks a `nameservers` list of `{Ip, Port}` by the rule every other
+/// nameserver list follows (`config::check_nameservers`): `ok` or
+/// `{error, Message}`.
+#[rustler::nif]
+fn check_nameservers<'a>(env: Env<'a>, list: Term<'a>) -> Term<'a> {
+    let checked = match decode_nameservers(list) {
+        Ok(Nameservers::Explicit(servers)) => config::check_nameservers(&servers),
+        Ok(Nameservers::System) => Ok(()),
+        Err(Error::BadSettings(message)) => Err(message),
+        Err(e) => Err(e.to_string()),
+    };
+    match checked {
+        Ok(()) => atoms::ok().encode(env),
+        Err(reason) => (atoms::error(), reason).encode(env),
+    }
+}
+
 fn decode_kind(kind: Atom) -> Result<Kind, Error> {
     if kind == atoms::srv() {
         Ok(Kind::Srv)
@@ -252,13 +352,6 @@ fn decode_nameservers(term: Term) -> Result<Nameservers, Error> {
     let items: Vec<Term> = term
         .decode()
         .map_err(|_| bad("nameservers must be system or a list of {ip, port}"))?;
-    if items.len() > config::MAX_NAMESERVERS {
-        return Err(Error::BadSettings(format!(
-            "{} nameservers given, at most {}",
-            items.len(),
-            config::MAX_NAMESERVERS
-        )));
-    }
     items
         .into_iter()
         .map(|item| {
