@@ -230,10 +230,11 @@ defmodule DynamicSrv.RunnerTest do
         [d1, d2, d3] =
           times |> Enum.chunk_every(2, 1, :discard) |> Enum.map(fn [a, b] -> b - a end)
 
-        assert d1 in 900..1_800 and d2 in 1_900..2_800 and d3 in 3_900..4_800,
-               inspect({d1, d2, d3})
+        # Lower bounds only: a loaded machine makes the gaps longer, never
+        # shorter, than the backoff (1 s, 2 s, 4 s).
+        assert d1 >= 950 and d2 >= 1_950 and d3 >= 3_950, inspect({d1, d2, d3})
 
-        assert_receive {:connect, :f1@h}, 3_000
+        assert_receive {:connect, :f1@h}, 10_000
       end)
 
     assert [_one] = Regex.scan(~r/Flaky raised while starting/, log), log
