@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ERLANG_PACKAGES := erlang-dev erlang-src
 APT_PACKAGES := elixir $(ERLANG_PACKAGES) dnsmasq-base bind9 iproute2 procps python3-yaml openssl gcc libc6-dev
 
-.PHONY: test test-stress test-matrix demo bench soak system-deps apt-packages build rust-test rust-lint elixir-test clean
+.PHONY: test test-stress test-matrix demo bench bench-scale soak system-deps apt-packages build rust-test rust-lint elixir-test clean
 
 test: system-deps rust-lint rust-test elixir-test
 
@@ -30,6 +30,11 @@ demo: system-deps build
 bench: system-deps
 	MIX_ENV=dev mix compile
 	MIX_ENV=dev mix run --no-start bench/run.exs
+
+# Part B of the benchmark at 50 and 100 nodes (about 8 GB of RAM for 100 VMs).
+bench-scale: system-deps
+	MIX_ENV=dev mix compile
+	BENCH_PARTS=b BENCH_SIZES=50,100 MIX_ENV=dev mix run --no-start bench/run.exs
 
 soak: system-deps
 	MIX_ENV=dev mix compile

@@ -1,16 +1,20 @@
-# `make bench`: the NIF resolver against :inet_res, and cluster convergence
-# of real nodes, measured in one run against local DNS servers.
+# `make bench`: the NIF resolver against :inet_res, and clusters of real
+# nodes whose strategies all start at one instant, measured in one run
+# against local DNS servers. `make bench-scale` runs part B at 50 and 100
+# nodes.
 #
 #   MIX_ENV=dev mix run --no-start bench/run.exs
 #
 # Environment: BENCH_PARTS ("a,b" by default; "a" or "b" runs one part) and
-# BENCH_RUNS (convergence runs per cluster size, default 5).
+# BENCH_RUNS (cluster starts per size, default 5), BENCH_SIZES (cluster
+# sizes, default "5,10,20").
 #
 # The tables are printed and written to bench/results/latest.txt.
 
 Code.require_file("support.exs", __DIR__)
+Code.require_file("cluster_start.exs", __DIR__)
 
-alias Bench.{Convergence, Report, ResolverBench}
+alias Bench.{ClusterStart, Report, ResolverBench}
 
 parts =
   (System.get_env("BENCH_PARTS") || "a,b")
@@ -27,5 +31,5 @@ sizes =
 started = System.monotonic_time(:millisecond)
 Report.header()
 if "a" in parts, do: Report.part("A", &ResolverBench.run/0)
-if "b" in parts, do: Report.part("B", fn -> Convergence.run(sizes, runs, started) end)
+if "b" in parts, do: Report.part("B", fn -> ClusterStart.run(sizes, runs) end)
 Report.finish(div(System.monotonic_time(:millisecond) - started, 1000))

@@ -110,7 +110,7 @@ defmodule DynamicSrv.Test.SharedStart do
 
   defp await(cluster, deadline) do
     reports = on_all(cluster, "DynamicSrv.Test.ClusterProbe.report()", 10_000)
-    meshed? = Enum.all?(reports, &match?(%{mesh_at: at} when is_integer(at), &1))
+    meshed? = Enum.all?(reports, &(mesh_at(cluster, &1) != nil))
 
     if meshed? or System.monotonic_time(:millisecond) >= deadline do
       reports
@@ -127,7 +127,7 @@ defmodule DynamicSrv.Test.SharedStart do
   """
   @spec summary(%__MODULE__{}, [map()]) :: map()
   def summary(%__MODULE__{} = cluster, reports) do
-    meshes = Enum.map(reports, &mesh_at/1)
+    meshes = Enum.map(reports, &mesh_at(cluster, &1))
     mesh = if Enum.all?(meshes, &is_integer/1), do: Enum.max(meshes)
 
     %{
@@ -166,8 +166,11 @@ defmodule DynamicSrv.Test.SharedStart do
     DnsServer.stop(dns)
   end
 
-  defp mesh_at(%{mesh_at: at}) when is_integer(at), do: at
-  defp mesh_at(_), do: nil
+  # A mesh seen before the instant (the one a heal starts from) does not count.
+  defp mesh_at(%__MODULE__{at: start}, %{mesh_at: at}) when is_integer(at) and at >= start,
+    do: at
+
+  defp mesh_at(_cluster, _report), do: nil
 
   defp sum(reports, key), do: reports |> Enum.map(&Map.get(&1, key, 0)) |> Enum.sum()
 

@@ -1,0 +1,169 @@
+defmodule Bench.ClusterStart do
+  @moduledoc false
+  # Part B: N real nodes, each on its own ERL_DIST_PORT with no epmd, all
+  # listed in one dnsmasq (its default of 20 TCP connections at once; the
+  # service's SRV answer needs TCP from about 25 nodes on). The VMs boot
+  # first; then every node is told one wall-clock instant and starts
+  # Cluster.Strategy.DynamicSrv when it comes (DynamicSrv.Test.SharedStart).
+  # Measured from that instant: the full mesh on every node, the DNS
+  # queries until then, global's overlapping-partition and failed-to-connect
+  # warnings, nodedowns; then the steady state's DNS queries, the RSS per
+  # VM, and (N = 20) the heal: every connection of every node dropped at
+  # one instant, DNS unchanged.
+
+  import Bench.Stats
+  alias Bench.Report
+  alias DynamicSrv.Test.SharedStart
+
+  @interval 1_000
+  @steady_ms 5_000
+  @heal_n 20
+
+  def run(sizes, runs) do
+    Report.emit("""
+    == B. Cluster start at one instant (polling_interval #{@interval} ms, #{runs} runs per size) ==
+
+    """)
+
+    results =
+      for n <- sizes, into: %{} do
+        {n, for(round <- 1..runs, do: run_once(n, round, n == @heal_n))}
+      end
+
+    report(sizes, results)
+  end
+
+  defp run_once(n, round, heal?) do
+    cluster = SharedStart.boot(n, "start#{n}r#{round}.service.consul", interval: @interval)
+
+    try do
+      cluster = SharedStart.start_strategies(cluster)
+      start = cluster |> SharedStart.summary(SharedStart.await_mesh(cluster, 60_000))
+      steady = steady_state(cluster)
+      rss = rss_mb(cluster)
+
+      heal =
+        if heal? and start.mesh_ms do
+          healed = SharedStart.drop_all_connections(cluster)
+          SharedStart.summary(healed, SharedStart.await_mesh(healed, 60_000))
+        end
+
+      result = %{start: start, steady: steady, rss: rss, heal: heal}
+      IO.puts("  N=#{n} run #{round}: #{inspect(result)}")
+      result
+    after
+      SharedStart.stop(cluster)
+    end
+  catch
+    kind, reason ->
+      IO.puts("  N=#{n} run #{round} FAILED: #{Exception.format_banner(kind, reason)}")
+      %{error: Exception.format_banner(kind, reason)}
+  end
+
+  # SRV queries per node per polling interval, over @steady_ms after the mesh.
+  defp steady_state(cluster) do
+    from = System.os_time(:microsecond)
+    Process.sleep(@steady_ms)
+    queries = SharedStart.queries_between(cluster, from, System.os_time(:microsecond))
+    queries / (cluster.n * @steady_ms / @interval)
+  end
+
+  defp rss_mb(cluster) do
+    cluster.nodes
+    |> Enum.map(fn node ->
+      case File.read("/proc/#{node.os_pid}/status") do
+        {:ok, status} ->
+          [_, kb] = Regex.run(~r/VmRSS:\s+(\d+) kB/, status)
+          String.to_integer(kb) / 1024
+
+        {:error, _} ->
+          nil
+      end
+    end)
+    |> Enum.reject(&is_nil/1)
+    |> median()
+  end
+
+  defp report(sizes, results) do
+    rows =
+      for n <- sizes do
+        ok = results |> Map.fetch!(n) |> Enum.reject(&Map.has_key?(&1, :error))
+        starts = Enum.map(ok, & &1.start)
+        meshed = Enum.filter(starts, & &1.mesh_ms)
+        mesh = median(Enum.map(meshed, & &1.mesh_ms))
+        queries = median(Enum.map(meshed, & &1.queries))
+        overlap = median(Enum.map(starts, & &1.overlap))
+        target = if n >= 100, do: 5_000, else: 2_000
+
+        [
+          "#{n}",
+          "#{length(meshed)}/#{length(results[n])}",
+          fmt_int(mesh),
+          Enum.map_join(starts, "/", &(&1.mesh_ms || "none")),
+          "#{target}",
+          yes_no(length(meshed) == length(results[n]) and mesh != nil and mesh <= target),
+          fmt_int(queries),
+          yes_no(queries != nil and queries <= 3 * n),
+          Enum.map_join(starts, "/", &"#{&1.overlap}"),
+          yes_no(n > 50 or (overlap == 0 and Enum.all?(starts, &(&1.overlap == 0)))),
+          Enum.map_join(starts, "/", &"#{&1.failed}"),
+          fmt_float(median(Enum.map(ok, & &1.steady))),
+          fmt_float(median(Enum.map(ok, & &1.rss)))
+        ]
+      end
+
+    Report.emit(
+      Report.table(
+        [
+          "N",
+          "meshed runs",
+          "full mesh ms (median)",
+          "per run",
+          "target ms",
+          "met?",
+          "DNS queries until mesh",
+          "<= 3N?",
+          "overlap lines per run",
+          "0 (N <= 50)?",
+          "failed connects per run",
+          "steady SRV/node/interval",
+          "RSS MB per VM"
+        ],
+        rows
+      )
+    )
+
+    heals = results |> Map.get(@heal_n, []) |> Enum.map(&Map.get(&1, :heal)) |> Enum.reject(&is_nil/1)
+
+    if heals != [] do
+      healed = Enum.filter(heals, & &1.mesh_ms)
+      mesh = median(Enum.map(healed, & &1.mesh_ms))
+
+      Report.emit("""
+
+      Heal, N = #{@heal_n}: every node drops every connection at one instant, DNS unchanged; \
+      full mesh again after #{fmt_int(mesh)} ms (median; per run \
+      #{Enum.map_join(heals, "/", &(&1.mesh_ms || "none"))}; target <= #{2 * @interval} ms, \
+      #{yes_no(length(healed) == length(heals) and mesh != nil and mesh <= 2 * @interval)}), \
+      overlap lines per run #{Enum.map_join(heals, "/", &"#{&1.overlap}")}, failed connects \
+      #{Enum.map_join(heals, "/", &"#{&1.failed}")}.
+      """)
+    end
+
+    Report.emit("""
+
+    "full mesh ms": from the shared instant to the moment the last node saw all N-1 peers \
+    (each node stamps :nodeup with the machine's wall clock). "DNS queries until mesh": query \
+    lines dnsmasq logged in that time (stamped when read, every 5 ms). "overlap lines": \
+    global's "... in order to prevent overlapping partitions" warnings, summed over the nodes; \
+    "failed connects": global's "failed to connect" warnings. "steady": SRV queries per node \
+    per polling interval over the #{div(@steady_ms, 1000)} s after the mesh (target 1). Each VM: \
+    -start_epmd false -epmd_module Elixir.DynamicSrv.Epmd, DYNAMIC_SRV_TIMEOUT_MS=1000, OTP's \
+    defaults (prevent_overlapping_partitions and connect_all true), no libcluster.
+
+    """)
+  end
+
+  defp fmt_float(nil), do: "-"
+  defp fmt_float(value), do: :erlang.float_to_binary(value / 1, decimals: 2)
+end
