@@ -18,7 +18,7 @@ defmodule DynamicSrv.PackageTest do
   """
   use ExUnit.Case, async: false
 
-  alias DynamicSrv.Test.DnsServer
+  alias DynamicSrv.Test.{DnsServer, Node}
 
   @moduletag :package
   @moduletag timeout: 180_000
@@ -217,6 +217,9 @@ defmodule DynamicSrv.PackageTest do
         defp watch do
           :ok = :net_kernel.monitor_nodes(true)
           IO.puts("new_app up on \#{node()}")
+          # Nodes connected before this application started (its
+          # dependency's discovery starts first).
+          Enum.each(Node.list(), &IO.puts("nodeup \#{&1}"))
           loop()
         end
 
@@ -283,19 +286,8 @@ defmodule DynamicSrv.PackageTest do
 
     script = Enum.join(Enum.drop(lines, -1) ++ ["exec " <> List.last(lines)], "\n")
     {executable, args} = read_only_command(ctx.pkg, ["sh", "-c", script])
-    # false unsets a variable of the port's environment.
-    env = Enum.map(@cleared, &{&1, false}) ++ DnsServer.node_env(dns)
-
-    os_port =
-      Port.open({:spawn_executable, executable}, [
-        :binary,
-        :exit_status,
-        :stderr_to_stdout,
-        {:line, 65_536},
-        args: args,
-        cd: ctx.app,
-        env: for({k, v} <- env, do: {String.to_charlist(k), v && String.to_charlist(v)})
-      ])
+    env = Enum.map(@cleared, &{&1, nil}) ++ DnsServer.node_env(dns)
+    os_port = Node.open_port(executable, args, env, cd: ctx.app)
 
     {:os_pid, os_pid} = Port.info(os_port, :os_pid)
     on_exit(fn -> System.cmd("kill", ["-KILL", to_string(os_pid)], stderr_to_stdout: true) end)
