@@ -11,10 +11,10 @@ defmodule Mix.Tasks.Compile.DynamicSrvNif do
   is a dependency: cargo builds under the application's build path, and the
   record of what was built is a Mix manifest there too.
 
-  Cargo runs when the library is missing or when the SHA-256 of any Rust
+  Cargo runs when the library is missing, when the SHA-256 of any Rust
   source, `Cargo.toml` or `Cargo.lock` differs from the last build's (file
   contents, not modification times: an edit within the same second as the
-  build is seen).
+  build is seen), or with `mix compile --force`.
 
   | environment variable | effect |
   | --- | --- |
@@ -27,7 +27,9 @@ defmodule Mix.Tasks.Compile.DynamicSrvNif do
   @manifest "compile.dynamic_srv_nif"
 
   @impl true
-  def run(_args), do: compile(File.cwd!(), Mix.Project.app_path(), Mix.Project.manifest_path())
+  def run(args) do
+    compile(File.cwd!(), Mix.Project.app_path(), Mix.Project.manifest_path(), "--force" in args)
+  end
 
   @impl true
   def manifests, do: [Path.join(Mix.Project.manifest_path(), @manifest)]
@@ -41,13 +43,14 @@ defmodule Mix.Tasks.Compile.DynamicSrvNif do
 
   @doc false
   # The package's sources in `root`, its build in `app_path`, Mix's
-  # manifests of it in `manifest_dir`.
-  def compile(root, app_path, manifest_dir) do
+  # manifests of it in `manifest_dir`; `force?` runs cargo in any case
+  # (`mix compile --force`; cargo itself skips what is fresh).
+  def compile(root, app_path, manifest_dir, force? \\ false) do
     dest = installed_library(app_path)
     manifest = Path.join(manifest_dir, @manifest)
     digest = sources_digest(root)
 
-    if File.exists?(dest) and File.read(manifest) == {:ok, digest} do
+    if not force? and File.exists?(dest) and File.read(manifest) == {:ok, digest} do
       {:noop, []}
     else
       build(root, target_dir(app_path), dest)

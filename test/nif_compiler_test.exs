@@ -140,20 +140,23 @@ defmodule DynamicSrv.NifCompilerTest do
       assert runs(ctx) == 5
     end
 
-    test "a missing library is built again; cargo builds in the build directory only", ctx do
+    test "a missing library is built again, --force runs cargo; it builds in the build directory only",
+         ctx do
       assert compile(ctx) == {:ok, []}
       File.rm!(Path.join(ctx.app_path, "priv/native/libdynamic_srv_nif.so"))
       assert compile(ctx) == {:ok, []}
-      assert runs(ctx) == 2
+      assert compile(ctx, true) == {:ok, []}
+      assert runs(ctx) == 3
       assert File.ls!(ctx.root) |> Enum.sort() == ["Cargo.lock", "Cargo.toml", "native"]
     end
   end
 
-  defp compile(%{root: root, app_path: app_path}) do
+  defp compile(%{root: root, app_path: app_path}, force? \\ false) do
     parent = self()
 
     capture_io(fn ->
-      send(parent, {:result, DynamicSrvNif.compile(root, app_path, Path.join(app_path, ".mix"))})
+      manifest_dir = Path.join(app_path, ".mix")
+      send(parent, {:result, DynamicSrvNif.compile(root, app_path, manifest_dir, force?)})
     end)
 
     assert_received {:result, result}
