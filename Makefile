@@ -7,6 +7,9 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export LANG := C.UTF-8
 export LC_ALL := C.UTF-8
 export ERL_AFLAGS := -kernel shell_history disabled
+# The NIF's cargo build for every MIX_ENV of this checkout in one place (a
+# dependency's default is under the application's _build/, see mix.exs).
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian's Erlang (erlang-dev erlang-src) only when there is no Erlang at all:

@@ -219,7 +219,10 @@ defmodule DynamicSrv.ReleaseTest do
         env: [
           {"MIX_ENV", "prod"},
           {"MIX_BUILD_PATH", Path.join(tmp, "build")},
-          {"MIX_DEPS_PATH", Path.join(tmp, "deps")}
+          {"MIX_DEPS_PATH", Path.join(tmp, "deps")},
+          # Cargo reuses this project's build of the same sources instead of
+          # building from scratch; test/package_test.exs covers the default.
+          {"CARGO_TARGET_DIR", Mix.Tasks.Compile.DynamicSrvNif.target_dir()}
         ],
         stderr_to_stdout: true
       )

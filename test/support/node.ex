@@ -48,9 +48,6 @@ defmodule DynamicSrv.Test.Node do
     name_args = if name, do: ["--name", name], else: []
     args = name_args ++ ["--cookie", "dynamic_srv_test", "-e", code]
 
-    env = Enum.map(env, fn {k, v} -> {String.to_charlist(k), v && String.to_charlist(v)} end)
-    env = Enum.map(env, fn {k, v} -> {k, v || false} end)
-
     {executable, args} =
       case Keyword.get(opts, :netns) do
         nil ->
@@ -118,15 +115,7 @@ defmodule DynamicSrv.Test.Node do
       spawn(fn ->
         ref = Process.monitor(starter)
 
-        port =
-          Port.open({:spawn_executable, executable}, [
-            :binary,
-            :exit_status,
-            :stderr_to_stdout,
-            {:line, 65_536},
-            args: args,
-            env: env
-          ])
+        port = open_port(executable, args, env)
 
         {:os_pid, os_pid} = Port.info(port, :os_pid)
         send(starter, {self(), :os_pid, os_pid})
@@ -136,6 +125,22 @@ defmodule DynamicSrv.Test.Node do
     receive do
       {^relay, :os_pid, os_pid} -> {relay, os_pid}
     end
+  end
+
+  @doc """
+  Runs `executable` as a port of the calling process, its output (stderr
+  merged) arriving as lines. `env` is `[{name, value}]` of strings, where a
+  nil value unsets the variable; `opts` are more `Port.open/2` options.
+  """
+  def open_port(executable, args, env, opts \\ []) do
+    env =
+      for {k, v} <- env,
+          do: {String.to_charlist(k), if(v, do: String.to_charlist(v), else: false)}
+
+    Port.open(
+      {:spawn_executable, executable},
+      [:binary, :exit_status, :stderr_to_stdout, {:line, 65_536}, args: args, env: env] ++ opts
+    )
   end
 
   defp call(%__MODULE__{port: relay}, request, timeout) do

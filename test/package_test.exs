@@ -1,0 +1,328 @@
+defmodule DynamicSrv.PackageTest do
+  @moduledoc """
+  The package as a user gets it: exactly the files of `package[:files]` in
+  mix.exs (what `mix hex.build` ships), copied into a temporary directory
+  and made read-only, used by a new mix application through the README's
+  `path:` install line. The application's `mix compile` builds the NIF with
+  cargo (from scratch, under the application's `_build/`: a few minutes),
+  then:
+
+    * the NIF answers a real SRV lookup against dnsmasq;
+    * the README's dev command, run as written, starts two nodes on their own
+      `ERL_DIST_PORT`s that find each other in dnsmasq and connect;
+    * nothing was written into the package's copy.
+
+  As root, the build and the nodes also run with the copy mounted read-only
+  (a bind mount in a mount namespace of their own, gone when they exit), as
+  `chmod a-w` does not stop root.
+  """
+  use ExUnit.Case, async: false
+
+  alias DynamicSrv.Test.{DnsServer, Node}
+
+  @moduletag :package
+  @moduletag timeout: 180_000
+
+  @readme Path.expand("../README.md", __DIR__)
+  @example_env_sh Path.expand("../examples/release_app/rel/env.sh.eex", __DIR__)
+  # The README's names, used as written.
+  @service "my-service.service.consul"
+  @readme_node "node-1@#{@service}"
+  @readme_port "31337"
+  # Variables of the calling shell (make test, MIX_ENV=test) that a user's
+  # shell would not have.
+  @cleared ~w(MIX_ENV MIX_TARGET MIX_EXS MIX_LOCKFILE MIX_BUILD_PATH MIX_BUILD_ROOT MIX_DEPS_PATH
+              CARGO_TARGET_DIR ELIXIR_ERL_OPTIONS ERL_FLAGS ERL_ZFLAGS ERL_LIBS ERL_DIST_PORT
+              DYNAMIC_SRV_NAMESERVERS DYNAMIC_SRV_TIMEOUT_MS)
+
+  setup_all do
+    tmp = Path.join(System.tmp_dir!(), "package_test_#{System.unique_integer([:positive])}")
+    # The README's path: line names ../libcluster_dynamic_srv.
+    pkg = Path.join(tmp, "libcluster_dynamic_srv")
+    app = Path.join(tmp, "new_app")
+
+    on_exit(fn ->
+      System.cmd("chmod", ["-R", "u+w", tmp], stderr_to_stdout: true)
+      File.rm_rf!(tmp)
+    end)
+
+    copied = copy_package(pkg)
+    {_, 0} = System.cmd("chmod", ["-R", "a-w", pkg])
+    before = snapshot(pkg)
+    write_app(app)
+
+    started = System.monotonic_time(:millisecond)
+    {out, status} = read_only(pkg, app, ["mix", "compile"])
+    seconds = div(System.monotonic_time(:millisecond) - started, 1000)
+    assert status == 0, "mix compile of the new application failed:\n#{out}"
+    IO.puts("\npackage_test: mix compile of the new application took #{seconds} s")
+
+    %{pkg: pkg, app: app, copied: copied, before: before}
+  end
+
+  test "package[:files] builds as a path: dependency without writing into it", ctx do
+    assert "native/dynamic_srv_nif/src/lib.rs" in ctx.copied
+    assert "LICENSE" in ctx.copied
+    assert snapshot(ctx.pkg) == ctx.before
+    refute File.exists?(Path.join(ctx.pkg, "target"))
+
+    build = Path.join(ctx.app, "_build/dev/lib/libcluster_dynamic_srv")
+    assert File.regular?(Path.join(build, "priv/native/libdynamic_srv_nif.so"))
+    assert File.dir?(Path.join(build, "native/target/release"))
+
+    # Nothing changed: cargo is not run again.
+    {out, 0} = read_only(ctx.pkg, ctx.app, ["mix", "compile"])
+    refute out =~ "Compiling the dynamic_srv_nif NIF"
+    assert snapshot(ctx.pkg) == ctx.before
+  end
+
+  test "the NIF of the built package answers an SRV lookup", ctx do
+    dns =
+      DnsServer.start([
+        {:srv, "lookup.test", "a.lookup.test", 1111},
+        {:srv, "lookup.test", "b.lookup.test", 2222}
+      ])
+
+    on_exit(fn -> DnsServer.stop(dns) end)
+
+    code = """
+    {:ok, records} = DynamicSrv.Resolver.lookup_srv("lookup.test", nameservers: #{inspect(DnsServer.nameservers(dns))})
+    IO.puts(inspect(Enum.sort(for r <- records, do: {r.target, r.port})))
+    """
+
+    {out, status} = read_only(ctx.pkg, ctx.app, ["mix", "run", "--no-start", "-e", code])
+    assert status == 0, out
+    assert out =~ ~s|[{"a.lookup.test", 1111}, {"b.lookup.test", 2222}]|
+  end
+
+  test "the README's dev command: two nodes on dynamic ports cluster through DNS", ctx do
+    [port1, port2] = for _ <- 1..2, do: DnsServer.free_port()
+    node1 = @readme_node
+    node2 = "node-2@#{@service}"
+
+    dns =
+      DnsServer.start(
+        for {label, port} <- [{"node-1", port1}, {"node-2", port2}],
+            record <- [
+              {:srv, @service, "#{label}.#{@service}", port},
+              {:a, "#{label}.#{@service}", {127, 0, 0, 1}}
+            ],
+            do: record
+      )
+
+    on_exit(fn -> DnsServer.stop(dns) end)
+
+    first = start_readme_node(ctx, node1, port1, dns)
+    await_line(first, "new_app up on #{node1}")
+    second = start_readme_node(ctx, node2, port2, dns)
+    await_line(second, "new_app up on #{node2}")
+
+    # Each node listens on its own ERL_DIST_PORT and finds the other.
+    await_line(first, "nodeup #{node2}")
+    await_line(second, "nodeup #{node1}")
+
+    for port <- [port1, port2] do
+      assert {:ok, socket} = :gen_tcp.connect({127, 0, 0, 1}, port, [], 1_000)
+      :gen_tcp.close(socket)
+    end
+
+    assert snapshot(ctx.pkg) == ctx.before
+  end
+
+  test "the README's rel/env.sh.eex is the example release's (which release_test runs)" do
+    [_, block] = Regex.run(~r/`rel\/env\.sh\.eex`:\n\n```sh\n(.*?)```/s, File.read!(@readme))
+    assert code_lines(block) == code_lines(File.read!(@example_env_sh))
+    assert block =~ ~s|if [ -z "$ERL_DIST_PORT" ]; then|
+  end
+
+  # The files of package[:files] (directories expanded) copied under `dest`,
+  # as paths relative to the project.
+  defp copy_package(dest) do
+    files =
+      for entry <- Mix.Project.config()[:package][:files],
+          path <- Path.wildcard(entry, match_dot: true),
+          file <- expand(path),
+          uniq: true,
+          do: file
+
+    for file <- files do
+      File.mkdir_p!(Path.dirname(Path.join(dest, file)))
+      File.cp!(file, Path.join(dest, file))
+    end
+
+    files
+  end
+
+  defp expand(path) do
+    if File.dir?(path),
+      do:
+        path |> Path.join("**") |> Path.wildcard(match_dot: true) |> Enum.filter(&File.regular?/1),
+      else: [path]
+  end
+
+  # Every file and directory under `dir` with its kind, size, mtime, mode
+  # and content hash.
+  defp snapshot(dir) do
+    for path <- Path.wildcard(Path.join(dir, "**"), match_dot: true) |> Enum.sort() do
+      stat = File.lstat!(path, time: :posix)
+
+      hash = if stat.type == :regular, do: :crypto.hash(:sha256, File.read!(path)), else: nil
+
+      {Path.relative_to(path, dir), stat.type, stat.size, stat.mtime, stat.mode, hash}
+    end
+  end
+
+  # A new application as `mix new new_app --sup` would start it, depending
+  # on the package through the README's path: line, with standalone SRV
+  # discovery configured and a process that prints the node's nodeup events.
+  defp write_app(app) do
+    [install_line] =
+      Regex.run(~r/\{:libcluster_dynamic_srv, path: "[^"]+"\}/, File.read!(@readme))
+
+    files = %{
+      "mix.exs" => """
+      defmodule NewApp.MixProject do
+        use Mix.Project
+
+        def project do
+          [app: :new_app, version: "0.1.0", elixir: "~> 1.14", deps: deps()]
+        end
+
+        def application do
+          [extra_applications: [:logger], mod: {NewApp.Application, []}]
+        end
+
+        defp deps do
+          [#{install_line}]
+        end
+      end
+      """,
+      "config/config.exs" => """
+      import Config
+
+      config :libcluster_dynamic_srv,
+        via: DynamicSrv.Via.Srv,
+        interval: 1,
+        service: #{inspect(@service)}
+      """,
+      "lib/new_app/application.ex" => """
+      defmodule NewApp.Application do
+        use Application
+
+        @impl true
+        def start(_type, _args) do
+          Supervisor.start_link([{Task, &watch/0}], strategy: :one_for_one)
+        end
+
+        defp watch do
+          :ok = :net_kernel.monitor_nodes(true)
+          IO.puts("new_app up on \#{node()}")
+          # Nodes connected before this application started (its
+          # dependency's discovery starts first).
+          Enum.each(Node.list(), &IO.puts("nodeup \#{&1}"))
+          loop()
+        end
+
+        defp loop do
+          receive do
+            {event, node} -> IO.puts("\#{event} \#{node}")
+          end
+
+          loop()
+        end
+      end
+      """
+    }
+
+    for {path, text} <- files do
+      File.mkdir_p!(Path.dirname(Path.join(app, path)))
+      File.write!(Path.join(app, path), text)
+    end
+  end
+
+  # Runs `command` in `app` with a user's environment; as root, inside a
+  # mount namespace where `pkg` is mounted read-only.
+  defp read_only(pkg, app, command, extra_env \\ []) do
+    {executable, args} = read_only_command(pkg, command)
+    env = Enum.map(@cleared, &{&1, nil}) ++ extra_env
+
+    System.cmd("timeout", ["-s", "KILL", "1800", executable | args],
+      cd: app,
+      env: env,
+      stderr_to_stdout: true
+    )
+  end
+
+  defp read_only_command(pkg, [program | args]) do
+    unshare = System.find_executable("unshare")
+
+    if root?() and unshare do
+      script =
+        ~S|mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"|
+
+      {unshare,
+       ["--mount", "--propagation", "private", "sh", "-c", script, "sh", pkg, program | args]}
+    else
+      {System.find_executable(program), args}
+    end
+  end
+
+  defp root?, do: System.cmd("id", ["-u"]) == {"0\n", 0}
+
+  # The README's dev command block, run by sh in the application's
+  # directory with the node's name and port put in for the README's; its
+  # last line (elixir) is exec'd, so the port's OS pid is the node's.
+  defp start_readme_node(ctx, name, port, dns) do
+    [_, block] =
+      Regex.run(~r/## Running a node on a dynamic port.*?```sh\n(.*?)```/s, File.read!(@readme))
+
+    assert block =~ "ERL_DIST_PORT=#{@readme_port} " and block =~ @readme_node
+
+    lines =
+      block
+      |> String.replace("ERL_DIST_PORT=#{@readme_port} ", "ERL_DIST_PORT=#{port} ")
+      |> String.replace(@readme_node, name)
+      |> String.split("\n", trim: true)
+
+    script = Enum.join(Enum.drop(lines, -1) ++ ["exec " <> List.last(lines)], "\n")
+    {executable, args} = read_only_command(ctx.pkg, ["sh", "-c", script])
+    env = Enum.map(@cleared, &{&1, nil}) ++ DnsServer.node_env(dns)
+    os_port = Node.open_port(executable, args, env, cd: ctx.app)
+
+    {:os_pid, os_pid} = Port.info(os_port, :os_pid)
+    on_exit(fn -> System.cmd("kill", ["-KILL", to_string(os_pid)], stderr_to_stdout: true) end)
+    %{port: os_port, name: name, os_pid: os_pid}
+  end
+
+  # Reads the node's output until `expected` is a line of it.
+  defp await_line(%{port: port, name: name}, expected, timeout \\ 60_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    await_line(port, name, expected, deadline, [])
+  end
+
+  defp await_line(port, name, expected, deadline, seen) do
+    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {^port, {:data, {_, ^expected}}} ->
+        :ok
+
+      {^port, {:data, {_, line}}} ->
+        await_line(port, name, expected, deadline, [line | seen])
+
+      {^port, {:exit_status, status}} ->
+        flunk("#{name} exited #{status} before #{inspect(expected)}:\n#{output(seen)}")
+    after
+      wait -> flunk("#{name} printed no #{inspect(expected)}:\n#{output(seen)}")
+    end
+  end
+
+  defp output(seen), do: seen |> Enum.reverse() |> Enum.join("\n")
+
+  defp code_lines(text) do
+    text
+    |> String.split("\n")
+    |> Enum.map(&String.trim/1)
+    |> Enum.reject(&(&1 == "" or String.starts_with?(&1, "#")))
+  end
+end
