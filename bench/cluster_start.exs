@@ -133,7 +133,8 @@ defmodule Bench.ClusterStart do
       )
     )
 
-    heals = results |> Map.get(@heal_n, []) |> Enum.map(&Map.get(&1, :heal)) |> Enum.reject(&is_nil/1)
+    heals =
+      results |> Map.get(@heal_n, []) |> Enum.map(&Map.get(&1, :heal)) |> Enum.reject(&is_nil/1)
 
     if heals != [] do
       healed = Enum.filter(heals, & &1.mesh_ms)

@@ -5,7 +5,9 @@
 #
 #   MIX_ENV=dev mix run --no-start bench/run.exs
 #
-# Environment: BENCH_PARTS ("a,b" by default; "a" or "b" runs one part) and
+# Parts: A, the NIF resolver against :inet_res; B, clusters started at one
+# instant; C, SRV answers of 1,000 and 5,000 records.
+# Environment: BENCH_PARTS ("a,b,c" by default; e.g. "b" runs one part),
 # BENCH_RUNS (cluster starts per size, default 5), BENCH_SIZES (cluster
 # sizes, default "5,10,20").
 #
@@ -13,11 +15,12 @@
 
 Code.require_file("support.exs", __DIR__)
 Code.require_file("cluster_start.exs", __DIR__)
+Code.require_file("large_answers.exs", __DIR__)
 
-alias Bench.{ClusterStart, Report, ResolverBench}
+alias Bench.{ClusterStart, LargeAnswers, Report, ResolverBench}
 
 parts =
-  (System.get_env("BENCH_PARTS") || "a,b")
+  (System.get_env("BENCH_PARTS") || "a,b,c")
   |> String.split(",", trim: true)
   |> Enum.map(&String.trim/1)
 
@@ -32,4 +35,5 @@ started = System.monotonic_time(:millisecond)
 Report.header()
 if "a" in parts, do: Report.part("A", &ResolverBench.run/0)
 if "b" in parts, do: Report.part("B", fn -> ClusterStart.run(sizes, runs) end)
+if "c" in parts, do: Report.part("C", &LargeAnswers.run/0)
 Report.finish(div(System.monotonic_time(:millisecond) - started, 1000))

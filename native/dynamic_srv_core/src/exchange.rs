@@ -90,17 +90,17 @@ type TcpConnections = HashMap<SocketAddr, (u64, mpsc::UnboundedSender<Vec<u8>>, 
 
 /// What the sweeper needs to know of a TCP connection to tell a slow one
 /// from a dead one: queries written and not answered, and when it last
-/// made progress (opened, or an answer read).
+/// read an answer.
 struct TcpLink {
     unanswered: AtomicU64,
-    progress: Mutex<Instant>,
+    last_read: Mutex<Option<Instant>>,
 }
 
 impl TcpLink {
     fn new() -> Self {
         TcpLink {
             unanswered: AtomicU64::new(0),
-            progress: Mutex::new(Instant::now()),
+            last_read: Mutex::new(None),
         }
     }
 
@@ -108,13 +108,13 @@ impl TcpLink {
         let _ = self
             .unanswered
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        *lock(&self.progress) = Instant::now();
+        *lock(&self.last_read) = Some(Instant::now());
     }
 
-    /// Whether nothing came back for `quiet` while queries were waiting.
-    fn stalled(&self, now: Instant, quiet: Duration) -> bool {
+    /// Whether queries wait and no answer came back since `since`.
+    fn stalled(&self, since: Instant) -> bool {
         self.unanswered.load(Ordering::Acquire) > 0
-            && now.duration_since(*lock(&self.progress)) >= quiet
+            && lock(&self.last_read).is_none_or(|read| read < since)
     }
 }
 
@@ -431,15 +431,15 @@ impl Exchange {
     }
 
     /// Closes the server's TCP connection if it has stalled: queries wait
-    /// on it and nothing came back for `quiet` (a server that accepted the
-    /// connection but does not serve it, or a dead peer). The next query
-    /// opens a new one. Called with the table locked, before the retries
-    /// are sent.
-    fn tcp_reset_stalled(&self, server: SocketAddr, now: Instant, quiet: Duration) {
+    /// on it and no answer came back since `since`, when the timed-out
+    /// attempt was sent (a server that accepted the connection but does not
+    /// serve it, or a dead peer). The next query opens a new one. Called
+    /// with the table locked, before the retries are sent.
+    fn tcp_reset_stalled(&self, server: SocketAddr, since: Instant) {
         let mut conns = lock(&self.tcp);
         if conns
             .get(&server)
-            .is_some_and(|(_, _, link)| link.stalled(now, quiet))
+            .is_some_and(|(_, _, link)| link.stalled(since))
         {
             // Dropping the sender ends the connection's task.
             conns.remove(&server);
@@ -481,7 +481,6 @@ impl Exchange {
         };
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
-        *lock(&link.progress) = Instant::now();
         let exchange = Arc::clone(&self);
         let read_link = Arc::clone(&link);
         let reading = self.runtime.spawn(async move {
@@ -807,7 +806,11 @@ impl Exchange {
         for id in done.iter().chain(&retry) {
             if let Some(p) = table.lookups.get(id).filter(|p| p.tcp && !p.queued) {
                 let last = p.servers[(p.next_server + p.servers.len() - 1) % p.servers.len()];
-                self.tcp_reset_stalled(last, now, p.settings.attempt_timeout());
+                let sent = p
+                    .attempt_deadline
+                    .checked_sub(p.settings.attempt_timeout())
+                    .unwrap_or(p.attempt_deadline);
+                self.tcp_reset_stalled(last, sent);
             }
         }
         let removed: Vec<Pending> = done

@@ -78,8 +78,10 @@ fn a_tcp_connection_that_answers_nothing_is_replaced() {
     });
     let runtime = runtime();
     let exchange = Exchange::new(runtime.handle().clone());
-    let reply = lookup(&exchange, tcp_settings(server, 2_000, 2));
-    let result = reply.recv_timeout(Duration::from_secs(5)).expect("a reply");
+    let reply = lookup(&exchange, tcp_settings(server, 4_000, 2));
+    let result = reply
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a reply");
     assert_eq!(
         result,
         Err(Error::NoData),
@@ -108,7 +110,9 @@ fn an_idle_tcp_connection_is_closed() {
     let settings = tcp_settings(server, 2_000, 1);
     for _ in 0..3 {
         let reply = lookup(&exchange, settings.clone());
-        let result = reply.recv_timeout(Duration::from_secs(5)).expect("a reply");
+        let result = reply
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a reply");
         assert_eq!(result, Err(Error::NoData));
     }
     let last_answer = Instant::now();
@@ -120,7 +124,7 @@ fn an_idle_tcp_connection_is_closed() {
     // A lookup after that opens a new connection (the listener is gone).
     let reply = lookup(&exchange, tcp_settings(server, 300, 1));
     assert!(reply
-        .recv_timeout(Duration::from_secs(5))
+        .recv_timeout(Duration::from_secs(10))
         .expect("a reply")
         .is_err());
 }
