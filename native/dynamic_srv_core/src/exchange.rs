@@ -56,6 +56,8 @@ const MAX_BIG: usize = 1024;
 const RECV_BUFFER: usize = 65_535;
 /// How long opening a TCP connection to a server may take.
 const TCP_CONNECT: Duration = Duration::from_secs(2);
+/// The error of an answer cut short even over TCP.
+const TOO_BIG: &str = "the answer does not fit in one DNS message (65,535 bytes) and the server cut it short even over TCP";
 /// Times a TCP query is sent again when its connection closes.
 const TCP_RESENDS: u8 = 2;
 /// A TCP connection with no query unanswered for this long is closed.
@@ -740,7 +742,14 @@ impl Exchange {
         let Some(pending) = pending else {
             return;
         };
-        let result = result_of(&message, pending.kind);
+        let result = if over_tcp && message.metadata.truncation {
+            // A TCP answer holds at most 65,535 bytes: a server cuts a
+            // larger one short (BIND sends the records that fit, with TC).
+            // Taken as it is, it would drop every node that did not fit.
+            Err(Error::Other(TOO_BIG.into()))
+        } else {
+            result_of(&message, pending.kind)
+        };
         if pending.switched && result.is_ok() {
             self.mark_big(&pending.name, pending.kind);
         }

@@ -52,8 +52,13 @@ fn read_query(stream: &mut StdTcpStream) -> Option<Vec<u8>> {
 
 /// Answers a query with its own bytes marked as a response: NOERROR and
 /// no records, which the client reports as `NoData`.
-fn answer(stream: &mut StdTcpStream, mut query: Vec<u8>) {
-    query[2] |= 0x80;
+fn answer(stream: &mut StdTcpStream, query: Vec<u8>) {
+    answer_with_flags(stream, query, 0x80);
+}
+
+/// The same, with more header bits set in the third byte (0x02: TC).
+fn answer_with_flags(stream: &mut StdTcpStream, mut query: Vec<u8>, flags: u8) {
+    query[2] |= flags;
     let len = u16::try_from(query.len()).expect("small").to_be_bytes();
     stream.write_all(&len).expect("write");
     stream.write_all(&query).expect("write");
@@ -127,4 +132,23 @@ fn an_idle_tcp_connection_is_closed() {
         .recv_timeout(Duration::from_secs(10))
         .expect("a reply")
         .is_err());
+}
+
+#[test]
+fn an_answer_cut_short_over_tcp_is_an_error_not_an_empty_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server = listener.local_addr().expect("address");
+    thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        while let Some(query) = read_query(&mut stream) {
+            answer_with_flags(&mut stream, query, 0x80 | 0x02);
+        }
+    });
+    let runtime = runtime();
+    let exchange = Exchange::new(runtime.handle().clone());
+    let reply = lookup(&exchange, tcp_settings(server, 4_000, 1));
+    let result = reply
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a reply");
+    assert_eq!(result, Err(Error::Other(TOO_BIG.into())));
 }
