@@ -38,7 +38,10 @@ defmodule Bench.ClusterStart do
 
     try do
       cluster = SharedStart.start_strategies(cluster)
-      start = cluster |> SharedStart.summary(SharedStart.await_mesh(cluster, 60_000))
+      cpu_before = SharedStart.cpu_seconds(cluster)
+      reports = SharedStart.await_mesh(cluster, 60_000)
+      cpu = SharedStart.cpu_seconds(cluster) - cpu_before
+      start = cluster |> SharedStart.summary(reports) |> Map.put(:cpu_s, cpu)
       steady = steady_state(cluster)
       rss = rss_mb(cluster)
 
@@ -107,6 +110,8 @@ defmodule Bench.ClusterStart do
           Enum.map_join(starts, "/", &"#{&1.overlap}"),
           yes_no(n > 50 or (overlap == 0 and Enum.all?(starts, &(&1.overlap == 0)))),
           Enum.map_join(starts, "/", &"#{&1.failed}"),
+          fmt_float(median(Enum.map(meshed, & &1.cpu_s))),
+          fmt_float(median(Enum.map(meshed, &(&1.cpu_s * 1000 / (n * (n - 1) / 2))))),
           fmt_float(median(Enum.map(ok, & &1.steady))),
           fmt_float(median(Enum.map(ok, & &1.rss)))
         ]
@@ -126,6 +131,8 @@ defmodule Bench.ClusterStart do
           "overlap lines per run",
           "0 (N <= 50)?",
           "failed connects per run",
+          "VMs' CPU s until mesh",
+          "CPU ms per connection",
           "steady SRV/node/interval",
           "RSS MB per VM"
         ],
@@ -157,7 +164,10 @@ defmodule Bench.ClusterStart do
     (each node stamps :nodeup with the machine's wall clock). "DNS queries until mesh": query \
     lines dnsmasq logged in that time (stamped when read, every 5 ms). "overlap lines": \
     global's "... in order to prevent overlapping partitions" warnings, summed over the nodes; \
-    "failed connects": global's "failed to connect" warnings. "steady": SRV queries per node \
+    "failed connects": global's "failed to connect" warnings. "CPU": user and system time of \
+    all node VMs from the instant (about, as the bench samples /proc) to the mesh, and that \
+    divided by the N(N-1)/2 connections: the machine does the work of N hosts on its two \
+    cores. "steady": SRV queries per node \
     per polling interval over the #{div(@steady_ms, 1000)} s after the mesh (target 1). Each VM: \
     -start_epmd false -epmd_module Elixir.DynamicSrv.Epmd, DYNAMIC_SRV_TIMEOUT_MS=1000, OTP's \
     defaults (prevent_overlapping_partitions and connect_all true), no libcluster.

@@ -147,6 +147,39 @@ defmodule DynamicSrv.Test.SharedStart do
     log |> QueryLog.lines() |> Enum.count(fn {at, _, _} -> at >= from and at <= to end)
   end
 
+  @doc """
+  CPU seconds (user and system) the node VMs have used so far, summed, from
+  `/proc/<pid>/stat`.
+  """
+  @spec cpu_seconds(%__MODULE__{}) :: float()
+  def cpu_seconds(%__MODULE__{nodes: nodes}) do
+    ticks =
+      nodes
+      |> Enum.map(fn node ->
+        case File.read("/proc/#{node.os_pid}/stat") do
+          # Fields after the command name (which may hold spaces): utime
+          # and stime are the 12th and 13th.
+          {:ok, stat} ->
+            [_, rest] = String.split(stat, ") ", parts: 2)
+            fields = String.split(rest, " ")
+            String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
+
+          {:error, _} ->
+            0
+        end
+      end)
+      |> Enum.sum()
+
+    ticks / clock_ticks()
+  end
+
+  defp clock_ticks do
+    case System.cmd("getconf", ["CLK_TCK"], stderr_to_stdout: true) do
+      {text, 0} -> text |> String.trim() |> String.to_integer()
+      _ -> 100
+    end
+  end
+
   @doc "Evaluates `code` on every node at once; the values in node order."
   @spec on_all(%__MODULE__{}, String.t(), pos_integer()) :: [term()]
   def on_all(%__MODULE__{nodes: nodes}, code, timeout) do
