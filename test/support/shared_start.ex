@@ -69,12 +69,7 @@ defmodule DynamicSrv.Test.SharedStart do
   def start_strategies(%__MODULE__{} = cluster, lead_ms \\ 2_000) do
     at = System.os_time(:microsecond) + lead_ms * 1_000
     strategy = Node.strategy_code(:shared_start, cluster.svc, cluster.interval, :shared_start)
-    code = "DynamicSrv.Test.ClusterProbe.at(#{at}, fn -> #{strategy} end)"
-
-    case Enum.reject(on_all(cluster, code, 10_000), &(&1 == :ok)) do
-      [] -> %{cluster | at: at}
-      failed -> raise "could not arm #{length(failed)} nodes: #{inspect(failed, limit: 3)}"
-    end
+    arm(cluster, at, "DynamicSrv.Test.ClusterProbe.at(#{at}, fn -> #{strategy} end)")
   end
 
   @doc """
@@ -86,12 +81,15 @@ defmodule DynamicSrv.Test.SharedStart do
   def drop_all_connections(%__MODULE__{} = cluster, lead_ms \\ 1_000) do
     at = System.os_time(:microsecond) + lead_ms * 1_000
 
-    code = """
+    arm(cluster, at, """
     DynamicSrv.Test.ClusterProbe.reset_at(#{at}, fn ->
       Enum.each(Node.list(), &:erlang.disconnect_node/1)
     end)
-    """
+    """)
+  end
 
+  # Evaluates `code` (which schedules something at `at`) on every node.
+  defp arm(cluster, at, code) do
     case Enum.reject(on_all(cluster, code, 10_000), &(&1 == :ok)) do
       [] -> %{cluster | at: at}
       failed -> raise "could not arm #{length(failed)} nodes: #{inspect(failed, limit: 3)}"

@@ -1217,7 +1217,7 @@ mod tests {
         assert_eq!(table.take_due(Instant::now()), vec![7]);
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
+    pub(super) fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -1,19 +1,12 @@
 //! The TCP connection's life, against real loopback servers: one that
 //! accepts and never answers, and one that answers and then waits.
 
+use super::tests::runtime;
 use super::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream as StdTcpStream};
 use std::sync::mpsc as std_mpsc;
 use std::thread;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn tcp_settings(server: SocketAddr, timeout_ms: i64, attempts: i64) -> Settings {
     Settings::new(
