@@ -38,7 +38,7 @@ defmodule DynamicSrv.Test.ClusterProbe do
   Runs `fun` in a new process at the wall-clock instant `at_us`
   (microseconds): every node given the same instant starts together.
   """
-  @spec at(integer(), (() -> term())) :: :ok
+  @spec at(integer(), function()) :: :ok
   def at(at_us, fun) do
     spawn(fn ->
       wait = div(at_us - System.os_time(:microsecond), 1000)
@@ -56,7 +56,7 @@ defmodule DynamicSrv.Test.ClusterProbe do
   runs `fun` (e.g. drops every connection, as a partition would), in a new
   process.
   """
-  @spec reset_at(integer(), (() -> term())) :: :ok
+  @spec reset_at(integer(), function()) :: :ok
   def reset_at(at_us, fun) do
     spawn(fn ->
       wait = div(at_us - System.os_time(:microsecond), 1000)
