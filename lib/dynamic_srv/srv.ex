@@ -165,15 +165,19 @@ defmodule DynamicSrv.Srv do
     _ -> %{priority: priority, weight: weight, port: port, target: "", ttl: 0, addresses: []}
   end
 
+  # Every record of a node counts: a node restarted on a new port while its
+  # old registration lingers has two, and the book keeps both ports.
   defp book(records, pairs, ttl) do
     by_target = Map.new(pairs)
 
-    for %{target: target, port: port, addresses: addresses} <- records,
-        node = Map.get(by_target, target) do
-      PortBook.put_srv(Atom.to_string(node), port, addresses, ttl)
-    end
-
-    :ok
+    records
+    |> Enum.filter(&Map.has_key?(by_target, &1.target))
+    |> Enum.group_by(&Map.fetch!(by_target, &1.target))
+    |> Enum.each(fn {node, own} ->
+      ports = Enum.map(own, & &1.port)
+      addresses = own |> Enum.flat_map(& &1.addresses) |> Enum.uniq()
+      PortBook.put_srv(Atom.to_string(node), ports, addresses, ttl)
+    end)
   end
 
   defp log_ignored([]), do: :ok
