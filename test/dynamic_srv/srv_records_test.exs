@@ -32,4 +32,21 @@ defmodule DynamicSrv.SrvRecordsTest do
     assert {:ok, nodes} = poll(service, resolver)
     assert Enum.sort(nodes) == [:"both@#{service}", :"live@#{service}"]
   end
+
+  test "targets differing only in case name one node, in lowercase" do
+    assert {:ok, [{"Node-1.svc.test", node}], []} =
+             Target.to_nodes(["Node-1.svc.test", "node-1.svc.test"], "svc.test", 10)
+
+    assert node == :"node-1@svc.test"
+    assert {:ok, [{_, ^node}], []} = Target.to_nodes(["NODE-1.SVC.TEST."], "svc.test", 10)
+
+    service = unique_service()
+
+    resolver = fn _ ->
+      [{0, 1, 4370, ~c"Node-1.#{service}"}, {0, 1, 4370, ~c"node-1.#{service}"}]
+    end
+
+    expected = :"node-1@#{service}"
+    assert {:ok, [^expected]} = poll(service, resolver)
+  end
 end
