@@ -33,9 +33,28 @@ defmodule DynamicSrv.Epmd do
      cluster-wide disconnect of that node. An answer that says the node is
      not there (NXDOMAIN, no data, not in the service's answer) is believed.
 
-    Each answer (also a failure) is kept for one second: OTP asks twice per
+  Each answer (also a failure) is kept for one second: OTP asks twice per
   connection attempt, and the second ask costs no DNS. Lookups use the
   `DYNAMIC_SRV_NAMESERVERS` and `DYNAMIC_SRV_TIMEOUT_MS` settings.
+
+  Every SRV record of the node counts, and records with port 0 are none (no
+  target). Node names are matched case-insensitively against SRV targets;
+  nodes of a service answer are booked under their label in lowercase, as
+  `DynamicSrv.Target` names them.
+
+  ## Several ports
+
+  A node restarted on a new port while its old registration lingers is
+  listed with two ports (or more). Each connection attempt then starts from
+  the next port in turn (a per-node counter in the port book) and takes the
+  first, from there, that accepts a TCP connection within 500 ms; the ports
+  are probed at once, each by its own short-lived process, so the probe adds
+  at most 500 ms to that attempt, and on a LAN about one round trip. When
+  none accepts, the port whose turn it is is answered. The choice is kept for
+  one second, so both asks of one attempt get the same port, and the next
+  attempt takes the next turn: a port that accepts but is not the node (its
+  old port reused by another node) is passed over on the following attempt.
+  A node with one port costs no probe.
 
   ## Starting the distribution
 
