@@ -272,8 +272,9 @@ defmodule DynamicSrv.Epmd do
 
   # The ports of `ports` at `ip` that accept a TCP connection within
   # @probe_timeout, each tried by its own process. Answers arrive through an
-  # alias that is removed at the deadline, so a late one is dropped and never
-  # reaches the caller (a connection setup process of the kernel).
+  # alias that is removed at the deadline, so a late one is dropped, and one
+  # that came in just before is flushed: nothing stays in the caller's
+  # mailbox (a connection setup process of the kernel).
   defp probe(ip, ports, family) do
     reply_to = :erlang.alias()
     deadline = System.monotonic_time(:millisecond) + @probe_timeout
@@ -284,7 +285,16 @@ defmodule DynamicSrv.Epmd do
 
     accepting = collect_probes(reply_to, length(ports), deadline, [])
     :erlang.unalias(reply_to)
+    flush_probes(reply_to)
     accepting
+  end
+
+  defp flush_probes(reply_to) do
+    receive do
+      {^reply_to, _port, _accepts} -> flush_probes(reply_to)
+    after
+      0 -> :ok
+    end
   end
 
   defp collect_probes(_reply_to, 0, _deadline, accepting), do: accepting
