@@ -33,9 +33,28 @@ defmodule DynamicSrv.Epmd do
      cluster-wide disconnect of that node. An answer that says the node is
      not there (NXDOMAIN, no data, not in the service's answer) is believed.
 
-    Each answer (also a failure) is kept for one second: OTP asks twice per
+  Each answer (also a failure) is kept for one second: OTP asks twice per
   connection attempt, and the second ask costs no DNS. Lookups use the
   `DYNAMIC_SRV_NAMESERVERS` and `DYNAMIC_SRV_TIMEOUT_MS` settings.
+
+  Every SRV record of the node counts, and records with port 0 are none (no
+  target). Node names are matched case-insensitively against SRV targets;
+  nodes of a service answer are booked under their label in lowercase, as
+  `DynamicSrv.Target` names them.
+
+  ## Several ports
+
+  A node restarted on a new port while its old registration lingers is
+  listed with two ports (or more). Each connection attempt then starts from
+  the next port in turn (a per-node counter in the port book) and takes the
+  first, from there, that accepts a TCP connection within 500 ms; the ports
+  are probed at once, each by its own short-lived process, so the probe adds
+  at most 500 ms to that attempt, and on a LAN about one round trip. When
+  none accepts, the port whose turn it is is answered. The choice is kept for
+  one second, so both asks of one attempt get the same port, and the next
+  attempt takes the next turn: a port that accepts but is not the node (its
+  old port reused by another node) is passed over on the following attempt.
+  A node with one port costs no probe.
 
   ## Starting the distribution
 
@@ -59,6 +78,8 @@ defmodule DynamicSrv.Epmd do
 
   @version 5
   @attempt_ttl 1_000
+  # How long a node with several ports is given to accept a probe connection.
+  @probe_timeout 500
   # How long the nodes of a service answer asked for one node stay booked,
   # and how long a host without per-node SRV records is remembered as such.
   @service_book_ttl 5_000
@@ -166,11 +187,16 @@ defmodule DynamicSrv.Epmd do
     else
       node = name <> "@" <> host
 
-      case PortBook.fetch(node, family) do
-        {:ok, ip, port} when ip != nil -> {:ok, ip, port, @version}
-        {:ok, nil, port} -> resolve_address(node, name, host, family, port)
-        {:error, _} = error -> error
-        :miss -> resolve_or_last_known(node, name, host, family)
+      found =
+        case PortBook.fetch_ports(node, family) do
+          {:ok, ip, ports} when ip != nil -> {:ok, ip, ports}
+          {:ok, nil, ports} -> resolve_address(node, name, host, family, ports)
+          {:error, _} = error -> error
+          :miss -> resolve_or_last_known(node, name, host, family)
+        end
+
+      with {:ok, ip, ports} <- found do
+        {:ok, ip, choose_port(node, family, ip, ports), @version}
       end
     end
   catch
@@ -200,7 +226,7 @@ defmodule DynamicSrv.Epmd do
     case resolve_miss(name, host, family) do
       {:error, reason} = error ->
         case not said_absent?(reason) and PortBook.fetch_stale(node, family) do
-          {:ok, ip, port} -> remember(node, family, {:ok, ip, port, @version})
+          {:ok, ip, ports} -> remember(node, family, {:ok, ip, ports})
           _ -> remember(node, family, error)
         end
 
@@ -212,14 +238,87 @@ defmodule DynamicSrv.Epmd do
   defp said_absent?({:not_in_srv_answer, _}), do: true
   defp said_absent?(reason), do: reason in [:nxdomain, :no_data, :address_family, :no_local_port]
 
-  defp remember(node, family, {:ok, ip, port, _} = answer) do
-    PortBook.put(node, family, {:ok, ip, port}, @attempt_ttl)
+  defp remember(node, family, answer) do
+    PortBook.put(node, family, answer, @attempt_ttl)
     answer
   end
 
-  defp remember(node, family, {:error, _} = error) do
-    PortBook.put(node, family, error, @attempt_ttl)
-    error
+  # One port: that one. Several (a node restarted on a new port while its
+  # old record lingers): each connection attempt starts from the next port
+  # in turn, and takes the first from there that accepts a TCP connection
+  # within @probe_timeout, all probed at once. OTP asks twice per attempt:
+  # the choice is kept for @attempt_ttl, so both asks get the same port.
+  defp choose_port(_node, _family, _ip, [port]), do: port
+
+  defp choose_port(node, family, ip, ports) do
+    case PortBook.noted({:port_choice, node, family}) do
+      {^ip, port} ->
+        if port in ports, do: port, else: new_choice(node, family, ip, ports)
+
+      _ ->
+        new_choice(node, family, ip, ports)
+    end
+  end
+
+  defp new_choice(node, family, ip, ports) do
+    turn = rem(PortBook.next_turn({node, family}), length(ports))
+    {passed, from_turn} = Enum.split(ports, turn)
+    order = from_turn ++ passed
+    accepting = probe(ip, ports, family)
+    port = Enum.find(order, hd(order), &(&1 in accepting))
+    PortBook.note({:port_choice, node, family}, {ip, port}, @attempt_ttl)
+    port
+  end
+
+  # The ports of `ports` at `ip` that accept a TCP connection within
+  # @probe_timeout, each tried by its own process. Answers arrive through an
+  # alias that is removed at the deadline, so a late one is dropped, and one
+  # that came in just before is flushed: nothing stays in the caller's
+  # mailbox (a connection setup process of the kernel).
+  defp probe(ip, ports, family) do
+    reply_to = :erlang.alias()
+    deadline = System.monotonic_time(:millisecond) + @probe_timeout
+
+    for port <- ports do
+      spawn(fn -> send(reply_to, {reply_to, port, accepts?(ip, port, family)}) end)
+    end
+
+    accepting = collect_probes(reply_to, length(ports), deadline, [])
+    :erlang.unalias(reply_to)
+    flush_probes(reply_to)
+    accepting
+  end
+
+  defp flush_probes(reply_to) do
+    receive do
+      {^reply_to, _port, _accepts} -> flush_probes(reply_to)
+    after
+      0 -> :ok
+    end
+  end
+
+  defp collect_probes(_reply_to, 0, _deadline, accepting), do: accepting
+
+  defp collect_probes(reply_to, left, deadline, accepting) do
+    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {^reply_to, port, true} -> collect_probes(reply_to, left - 1, deadline, [port | accepting])
+      {^reply_to, _port, false} -> collect_probes(reply_to, left - 1, deadline, accepting)
+    after
+      wait -> accepting
+    end
+  end
+
+  defp accepts?(ip, port, family) do
+    case :gen_tcp.connect(ip, port, [family, active: false], @probe_timeout) do
+      {:ok, socket} ->
+        :gen_tcp.close(socket)
+        true
+
+      {:error, _} ->
+        false
+    end
   end
 
   # A host that is an IP address (nodes named app@10.0.0.5, as the Dns and
@@ -235,7 +334,7 @@ defmodule DynamicSrv.Epmd do
   defp ip_host(ip, family) do
     cond do
       PortBook.family_of(ip) != family -> {:error, :address_family}
-      port = dist_port() -> {:ok, ip, port, @version}
+      port = dist_port() -> {:ok, ip, [port]}
       true -> {:error, :no_local_port}
     end
   end
@@ -255,19 +354,19 @@ defmodule DynamicSrv.Epmd do
     srv_answer = finish(srv)
     ip_answer = finish(ip)
 
-    with {:ok, record} <- port_record(srv_answer, fqdn, host),
-         {:ok, address} <- address(ip_answer, record, family) do
-      {:ok, address, record.port, @version}
+    with {:ok, records} <- port_records(srv_answer, fqdn, host),
+         {:ok, address} <- address(ip_answer, records, family) do
+      {:ok, address, records |> Enum.map(& &1.port) |> Enum.uniq() |> Enum.sort()}
     end
   end
 
-  # The book knows the port but not the address: ask A/AAAA once and add
+  # The book knows the ports but not the address: ask A/AAAA once and add
   # the address to the entry, which keeps the poll's expiry.
-  defp resolve_address(node, name, host, family, port) do
+  defp resolve_address(node, name, host, family, ports) do
     case Resolver.lookup_ip(name <> "." <> host, family) do
       {:ok, [ip | _]} ->
         PortBook.put_address(node, family, ip)
-        {:ok, ip, port, @version}
+        {:ok, ip, ports}
 
       {:ok, []} ->
         {:error, :no_data}
@@ -280,45 +379,66 @@ defmodule DynamicSrv.Epmd do
   defp finish({:ok, request}), do: Resolver.await(request)
   defp finish({:error, _} = error), do: error
 
-  # A per-node SRV record (Consul tag style) gives the port; without one, the
-  # service's answer must have a record whose target is this node.
-  defp port_record({:ok, [_ | _] = records}, fqdn, _host),
-    do: {:ok, Enum.find(records, hd(records), &same_name?(&1.target, fqdn))}
+  # A per-node SRV answer (Consul tag style) gives the ports: those of its
+  # records whose target is this node, else of its first record; without
+  # one, the service's answer must have records whose target is this node.
+  # Every record of the node counts (a restarted node may be listed on its
+  # old port and its new one); a port-0 record is no target.
+  defp port_records({:ok, records}, fqdn, host) when is_list(records) do
+    case Enum.reject(records, &(&1.port == 0)) do
+      [] ->
+        port_records({:error, :no_data}, fqdn, host)
 
-  defp port_record({:ok, []}, fqdn, host), do: port_record({:error, :no_data}, fqdn, host)
+      [first | _] = records ->
+        case Enum.filter(records, &same_name?(&1.target, fqdn)) do
+          [] -> {:ok, [first]}
+          own -> {:ok, own}
+        end
+    end
+  end
 
-  defp port_record({:error, reason}, fqdn, host) when reason in [:nxdomain, :no_data] do
+  defp port_records({:error, reason}, fqdn, host) when reason in [:nxdomain, :no_data] do
     PortBook.mark({host, :no_node_srv}, @no_node_srv_ttl)
 
     with {:ok, records} <- Resolver.lookup_srv(host) do
       book_service(records, host)
 
-      case Enum.find(records, &same_name?(&1.target, fqdn)) do
-        nil -> {:error, {:not_in_srv_answer, host}}
-        record -> {:ok, record}
+      case Enum.filter(records, &(&1.port != 0 and same_name?(&1.target, fqdn))) do
+        [] -> {:error, {:not_in_srv_answer, host}}
+        own -> {:ok, own}
       end
     end
   end
 
-  defp port_record({:error, _} = error, _fqdn, _host), do: error
+  defp port_records({:error, _} = error, _fqdn, _host), do: error
 
-  defp address({:ok, [%{address: ip} | _]}, _record, _family), do: {:ok, ip}
+  defp address({:ok, [%{address: ip} | _]}, _records, _family), do: {:ok, ip}
 
-  defp address(answer, record, family) do
-    case Enum.find(record.addresses, &(PortBook.family_of(&1) == family)) do
+  defp address(answer, records, family) do
+    case Enum.find(Enum.flat_map(records, & &1.addresses), &(PortBook.family_of(&1) == family)) do
       nil -> with({:ok, []} <- answer, do: {:error, :no_data})
       ip -> {:ok, ip}
     end
   end
 
   # The service's answer lists the host's other nodes too: book them all
-  # (by name, without creating atoms), so connecting to them needs no DNS.
+  # (by name, without creating atoms; the label in lowercase, as
+  # `DynamicSrv.Target` names nodes), so connecting to them needs no DNS.
   defp book_service(records, host) do
     suffix = "." <> String.downcase(host)
 
-    for %{target: target, port: port, addresses: addresses} <- records,
-        label = node_label(target, suffix),
-        do: PortBook.put_srv(label <> "@" <> host, port, addresses, @service_book_ttl)
+    records
+    |> Enum.filter(&(&1.port != 0))
+    |> Enum.group_by(&node_label(&1.target, suffix))
+    |> Enum.each(fn
+      {nil, _} ->
+        :ok
+
+      {label, own} ->
+        ports = Enum.map(own, & &1.port)
+        addresses = Enum.flat_map(own, & &1.addresses)
+        PortBook.put_srv(label <> "@" <> host, ports, addresses, @service_book_ttl)
+    end)
   end
 
   defp node_label(target, suffix) do
@@ -328,7 +448,7 @@ defmodule DynamicSrv.Epmd do
          true <- String.ends_with?(String.downcase(target), suffix),
          label = binary_part(target, 0, label_size),
          false <- String.contains?(label, [".", "@"]) do
-      label
+      String.downcase(label)
     else
       _ -> nil
     end

@@ -4,10 +4,15 @@ defmodule DynamicSrv.PortBook do
   without asking DNS again.
 
   Two writers fill it: the membership engine, from each successful SRV poll
-  (the port, and the target's addresses when the server sent them in the
+  (the ports, and the target's addresses when the server sent them in the
   additional section), and `DynamicSrv.Epmd` itself, which keeps each DNS
   answer for a short while so that one connection attempt costs one round of
   DNS although OTP asks for the address twice.
+
+  An entry holds every port the answer gave the node, in ascending order: a
+  node restarted on a new port while its old registration lingers has two
+  SRV records, and `DynamicSrv.Epmd` chooses among them on each connection
+  attempt (see its "Several ports" section).
 
   Entries expire; a miss falls back to DNS, and when DNS does not answer,
   to the last answer known (`fetch_stale/2`). The table is public and owned by
@@ -29,7 +34,9 @@ defmodule DynamicSrv.PortBook do
   @enabled_key {__MODULE__, :enabled}
 
   @type family :: :inet | :inet6
-  @type answer :: {:ok, :inet.ip_address() | nil, :inet.port_number()} | {:error, term()}
+  @type answer ::
+          {:ok, :inet.ip_address() | nil, :inet.port_number() | [:inet.port_number(), ...]}
+          | {:error, term()}
 
   @doc """
   Creates the table and its owner unless they exist, and enables the book
@@ -45,23 +52,37 @@ defmodule DynamicSrv.PortBook do
 
   @doc """
   Records `answer` for the node `name` (a `"name@host"` string) and
-  `family`, valid for `ttl_ms`. An address of `nil` records the port only.
+  `family`, valid for `ttl_ms`. An address of `nil` records the port only;
+  the port may be a list of the node's ports.
   """
   @spec put(String.t(), family(), answer(), non_neg_integer()) :: :ok
-  def put(name, family, answer, ttl_ms) do
-    insert({{name, family}, answer, now() + ttl_ms})
+  def put(name, family, {:ok, address, port}, ttl_ms) do
+    insert({{name, family}, {:ok, address, port_list(port)}, now() + ttl_ms})
   end
 
+  def put(name, family, {:error, _} = error, ttl_ms) do
+    insert({{name, family}, error, now() + ttl_ms})
+  end
+
+  defp port_list(ports) when is_list(ports), do: ports |> Enum.uniq() |> Enum.sort()
+  defp port_list(port), do: [port]
+
   @doc """
-  Records what an SRV answer says about the node `name`: its port and, for
-  each family, the address the server sent, else the address already known
-  for that node (an answer cut short leaves some targets without one).
+  Records what an SRV answer says about the node `name`: its port (or all
+  its ports, when the answer has several records for it) and, for each
+  family, the address the server sent, else the address already known for
+  that node (an answer cut short leaves some targets without one).
   """
-  @spec put_srv(String.t(), :inet.port_number(), [:inet.ip_address()], non_neg_integer()) :: :ok
-  def put_srv(name, port, addresses, ttl_ms) do
+  @spec put_srv(
+          String.t(),
+          :inet.port_number() | [:inet.port_number(), ...],
+          [:inet.ip_address()],
+          non_neg_integer()
+        ) :: :ok
+  def put_srv(name, ports, addresses, ttl_ms) do
     for family <- [:inet, :inet6] do
       address = Enum.find(addresses, &(family_of(&1) == family)) || known_address(name, family)
-      put(name, family, {:ok, address, port}, ttl_ms)
+      put(name, family, {:ok, address, ports}, ttl_ms)
     end
 
     :ok
@@ -75,8 +96,8 @@ defmodule DynamicSrv.PortBook do
   @spec put_address(String.t(), family(), :inet.ip_address()) :: boolean()
   def put_address(name, family, address) do
     case :ets.lookup(@table, {name, family}) do
-      [{key, {:ok, _, port}, expires}] ->
-        :ets.insert(@table, {key, {:ok, address, port}, expires})
+      [{key, {:ok, _, ports}, expires}] ->
+        :ets.insert(@table, {key, {:ok, address, ports}, expires})
 
       _ ->
         false
@@ -121,24 +142,65 @@ defmodule DynamicSrv.PortBook do
   @spec marked?(term()) :: boolean()
   def marked?(key), do: lookup({:mark, key}) == true
 
-  @doc "The live entry for `name` and `family`, or `:miss`."
-  @spec fetch(String.t(), family()) :: answer() | :miss
-  def fetch(name, family), do: lookup({name, family})
+  @doc "Keeps `value` under `key` for `ttl_ms`; `noted/1` reads it back."
+  @spec note(term(), term(), non_neg_integer()) :: :ok
+  def note(key, value, ttl_ms), do: insert({{:note, key}, value, now() + ttl_ms})
+
+  @doc "The live value kept under `key` by `note/3`, or `:miss`."
+  @spec noted(term()) :: term() | :miss
+  def noted(key), do: lookup({:note, key})
 
   @doc """
-  The last address and port known for `name` and `family`, also when the
+  Counts the turns taken on `key` (e.g. a node's connection attempts) and
+  returns the count before this one: 0, 1, 2, ... Returns 0 when the book
+  is not in use.
+  """
+  @spec next_turn(term()) :: non_neg_integer()
+  def next_turn(key) do
+    if enabled?() do
+      if :ets.whereis(@table) == :undefined, do: start_owner()
+      # Kept as long as a stale answer; the sweep starts it over after that.
+      default = {{:turn, key}, -1, now() + @stale_for}
+      :ets.update_counter(@table, {:turn, key}, {2, 1}, default)
+    else
+      0
+    end
+  rescue
+    ArgumentError -> 0
+  end
+
+  @doc """
+  The live entry for `name` and `family` with its first port, or `:miss`
+  (`fetch_ports/2` gives all of them).
+  """
+  @spec fetch(String.t(), family()) ::
+          {:ok, :inet.ip_address() | nil, :inet.port_number()} | {:error, term()} | :miss
+  def fetch(name, family) do
+    case fetch_ports(name, family) do
+      {:ok, address, [port | _]} -> {:ok, address, port}
+      other -> other
+    end
+  end
+
+  @doc "The live entry for `name` and `family` with all its ports, or `:miss`."
+  @spec fetch_ports(String.t(), family()) ::
+          {:ok, :inet.ip_address() | nil, [:inet.port_number(), ...]} | {:error, term()} | :miss
+  def fetch_ports(name, family), do: lookup({name, family})
+
+  @doc """
+  The last address and ports known for `name` and `family`, also when the
   entry has expired (within ten minutes), or `:miss`. For when DNS does not
   answer: a node's address rarely changes, and a wrong one only fails the
   connection attempt that a failed lookup would fail anyway.
   """
   @spec fetch_stale(String.t(), family()) ::
-          {:ok, :inet.ip_address(), :inet.port_number()} | :miss
+          {:ok, :inet.ip_address(), [:inet.port_number(), ...]} | :miss
   def fetch_stale(name, family) do
     oldest = now() - @stale_for
 
     case :ets.lookup(@table, {name, family}) do
-      [{_, {:ok, address, port}, expires}] when address != nil and expires > oldest ->
-        {:ok, address, port}
+      [{_, {:ok, address, ports}, expires}] when address != nil and expires > oldest ->
+        {:ok, address, ports}
 
       _ ->
         :miss

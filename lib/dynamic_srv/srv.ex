@@ -10,8 +10,13 @@ defmodule DynamicSrv.Srv do
   | `:query` | the SRV name asked, when it differs from `service` (e.g. `_app._tcp.service.consul`) | `service` |
   | `:resolver` | a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped `[{priority, weight, port, target}]` (or `{:error, reason}`) instead of the built-in resolver | none |
   | `:nameservers` / `:timeout` / `:protocol` | options of `DynamicSrv.Resolver` | see there |
-  | `:max_nodes` | the most node names (hence atoms) taken from one answer | `1024` |
+  | `:max_nodes` | the most node names (hence atoms) taken from one answer; a larger answer gives the same names on every poll (see `DynamicSrv.Target`) | `1024` |
   | `:book_ttl` | how long the port book keeps what a poll found, in ms | `15000` |
+
+  Records with port 0 are ignored (no target). A node listed by several
+  records (e.g. on its old port and its new one after a restart) gets all its
+  ports in the `DynamicSrv.PortBook`, and `DynamicSrv.Epmd` chooses among
+  them when connecting.
 
   NXDOMAIN and an answer without SRV records count as an authoritative empty
   answer; any other failure is an error, so that the caller keeps its last
@@ -63,13 +68,14 @@ defmodule DynamicSrv.Srv do
     query = Map.get(config, :query) || config.service
 
     with {:ok, records} <- lookup(query, config),
+         {records, port_zero} = Enum.split_with(records, &(&1.port != 0)),
          {:ok, pairs, ignored} <-
            Target.to_nodes(
              Enum.map(records, & &1.target),
              config.service,
              Map.get(config, :max_nodes, 1024)
            ) do
-      log_ignored(ignored)
+      log_ignored(ignored ++ Enum.map(port_zero, &{&1.target, "port 0"}))
       records = complete_addresses(records, pairs, query, config)
       book(records, pairs, Map.get(config, :book_ttl, 15_000))
       {:ok, Enum.map(pairs, &elem(&1, 1))}
@@ -165,15 +171,19 @@ defmodule DynamicSrv.Srv do
     _ -> %{priority: priority, weight: weight, port: port, target: "", ttl: 0, addresses: []}
   end
 
+  # Every record of a node counts: a node restarted on a new port while its
+  # old registration lingers has two, and the book keeps both ports.
   defp book(records, pairs, ttl) do
     by_target = Map.new(pairs)
 
-    for %{target: target, port: port, addresses: addresses} <- records,
-        node = Map.get(by_target, target) do
-      PortBook.put_srv(Atom.to_string(node), port, addresses, ttl)
-    end
-
-    :ok
+    records
+    |> Enum.filter(&Map.has_key?(by_target, &1.target))
+    |> Enum.group_by(&Map.fetch!(by_target, &1.target))
+    |> Enum.each(fn {node, own} ->
+      ports = Enum.map(own, & &1.port)
+      addresses = own |> Enum.flat_map(& &1.addresses) |> Enum.uniq()
+      PortBook.put_srv(Atom.to_string(node), ports, addresses, ttl)
+    end)
   end
 
   defp log_ignored([]), do: :ok

@@ -3,12 +3,22 @@ defmodule DynamicSrv.Target do
   Turns SRV targets into node names, with the parsing done in Rust.
 
   A target `<label>.<service-domain>` (label `[a-z0-9_-]+`, any case, the
-  domain compared literally, a trailing dot allowed) names the node
-  `:"<label>@<service-domain>"`. Any other target is ignored with a reason.
+  domain compared literally and case-insensitively, a trailing dot allowed)
+  names the node `:"<label>@<service-domain>"` with the label in lowercase
+  and the domain as configured: DNS names are case-insensitive, so
+  `Node-1.<domain>` and `node-1.<domain>` are one node. Node names are
+  case-sensitive, so nodes must be started with lowercase names to be
+  reached. Any other target is ignored with a reason.
 
   Atoms are created only for names that passed validation, and at most
   `max_nodes` per call, so a hostile or broken DNS answer cannot fill the
-  atom table.
+  atom table. When an answer names more than `max_nodes` nodes, the choice
+  does not depend on the answer's order (servers rotate their answers): the
+  names that already exist as atoms come first, then the others in sorted
+  order. A rotating answer therefore gives the same names on every call, and
+  new atoms are made only while fewer than `max_nodes` of the answer's names
+  exist as atoms: over the life of the node, the atoms taken from DNS grow
+  only as the listed names themselves change.
   """
 
   # Keeps each NIF call well under a millisecond.
@@ -48,6 +58,8 @@ defmodule DynamicSrv.Target do
   end
 
   defp collect(parsed, max_nodes) do
+    chosen = choose(for({_, {:ok, name}} <- parsed, do: name), max_nodes)
+
     {names, ignored, _seen} =
       Enum.reduce(parsed, {[], [], MapSet.new()}, fn
         {target, {:ok, name}}, {names, ignored, seen} ->
@@ -55,7 +67,7 @@ defmodule DynamicSrv.Target do
             MapSet.member?(seen, name) ->
               {names, ignored, seen}
 
-            MapSet.size(seen) >= max_nodes ->
+            not MapSet.member?(chosen, name) ->
               {names, [{target, "over max_nodes (#{max_nodes})"} | ignored], seen}
 
             true ->
@@ -71,5 +83,26 @@ defmodule DynamicSrv.Target do
       names |> Enum.reverse() |> Enum.map(fn {target, name} -> {target, String.to_atom(name)} end)
 
     {pairs, Enum.reverse(ignored)}
+  end
+
+  # The names taken from an answer, whatever its order: all of them when
+  # they fit, else existing atoms first, then new names, each in sorted
+  # order.
+  defp choose(names, max_nodes) do
+    unique = Enum.uniq(names)
+
+    if length(unique) <= max_nodes do
+      MapSet.new(unique)
+    else
+      {existing, new} = unique |> Enum.sort() |> Enum.split_with(&atom_exists?/1)
+      (existing ++ new) |> Enum.take(max_nodes) |> MapSet.new()
+    end
+  end
+
+  defp atom_exists?(name) do
+    _ = String.to_existing_atom(name)
+    true
+  rescue
+    ArgumentError -> false
   end
 end

@@ -5,6 +5,10 @@ defmodule DynamicSrv.MembershipTest do
   alias DynamicSrv.Membership
   alias DynamicSrv.Test.Recorder
 
+  # A killed process's monitor message, which a loaded machine can delay
+  # past ExUnit's 100 ms default.
+  @exit_wait 1_000
+
   defp start(poll, opts \\ []) do
     rec = Recorder.start(self())
     opts = [poll: poll, interval: 50, log_results: false] ++ Recorder.mfas(rec) ++ opts
@@ -126,7 +130,7 @@ defmodule DynamicSrv.MembershipTest do
     Process.unlink(pid)
     ref = Process.monitor(pid)
     Process.exit(pid, :kill)
-    assert_receive {:DOWN, ^ref, :process, ^pid, :killed}
+    assert_receive {:DOWN, ^ref, :process, ^pid, :killed}, @exit_wait
   end
 
   def connect(_parent, :slow@host), do: Process.sleep(:infinity)

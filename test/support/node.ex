@@ -39,7 +39,10 @@ defmodule DynamicSrv.Test.Node do
       [
         {"ELIXIR_ERL_OPTIONS", Enum.join(erl_flags, " ")},
         {"ERL_DIST_PORT", dist_port && to_string(dist_port)},
-        {"ERL_AFLAGS", "-kernel logger_level warning"}
+        {"ERL_AFLAGS", "-kernel logger_level warning"},
+        # Marks the node and anything it starts as this test VM's (see
+        # DynamicSrv.Test.NoEpmd).
+        {"DYNAMIC_SRV_TEST_VM", System.pid()}
       ] ++ Keyword.get(opts, :env, [])
 
     code = "#{Keyword.get(opts, :eval, ":ok")}; DynamicSrv.Test.Agent.loop()"

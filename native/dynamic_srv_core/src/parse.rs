@@ -63,7 +63,9 @@ impl TargetParser {
         &self.service
     }
 
-    /// The node name `<label>@<service>` of one SRV target.
+    /// The node name `<label>@<service>` of one SRV target, the label in
+    /// lowercase: DNS names are case-insensitive, node names are not, so
+    /// `Node-1.<service>` and `node-1.<service>` name one node.
     pub fn node_name(&self, target: &[u8]) -> Result<String, Rejection> {
         let target = std::str::from_utf8(target).map_err(|_| Rejection::NotUtf8)?;
         let label = self
@@ -76,7 +78,7 @@ impl TargetParser {
         if len > MAX_NODE_NAME {
             return Err(Rejection::TooLong(len));
         }
-        Ok(format!("{label}@{}", self.service))
+        Ok(format!("{}@{}", label.to_ascii_lowercase(), self.service))
     }
 }
 
@@ -141,7 +143,11 @@ mod tests {
         );
         assert_eq!(
             p.node_name(b"Node_2.APP.Service.consul"),
-            Ok("Node_2@app.service.consul".into())
+            Ok("node_2@app.service.consul".into())
+        );
+        assert_eq!(
+            p.node_name(b"NODE-1.app.service.consul"),
+            p.node_name(b"node-1.app.service.consul")
         );
     }
 
