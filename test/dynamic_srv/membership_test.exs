@@ -179,4 +179,158 @@ defmodule DynamicSrv.MembershipTest do
                     %{nodes: [:b@host]}},
                    5_000
   end
+
+  describe "fencing (the local node left the answer)" do
+    # The test VM is not distributed: node() is :nonode@nohost, which the
+    # answers below list or leave out as a real answer would list the node.
+    defp fenced_engine(answer, extra \\ []) do
+      parent = self()
+      rec = Recorder.start(parent)
+      {:ok, agent} = Agent.start_link(fn -> answer end)
+
+      poll = fn ->
+        answer = Agent.get(agent, & &1)
+        send(parent, {:polled, answer})
+        answer
+      end
+
+      opts = [poll: poll, interval: 50, log_results: false, fence: true] ++ Recorder.mfas(rec)
+      {:ok, pid} = Membership.start_link(extra ++ opts)
+      on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+      %{pid: pid, rec: rec, set: fn new -> Agent.update(agent, fn _ -> new end) end}
+    end
+
+    # Waits until `n` polls have returned `answer`.
+    defp polls(answer, n), do: for(_ <- 1..n, do: assert_receive({:polled, ^answer}, 2_000))
+
+    defp flush do
+      receive do
+        _ -> flush()
+      after
+        0 -> :ok
+      end
+    end
+
+    test "a node never listed yet dials as usual; once listed, two misses fence it" do
+      log =
+        capture_log(fn ->
+          e = fenced_engine({:ok, [:a@host]})
+          assert_receive {:connect, :a@host}, 2_000
+          # Booting before its own registration shows up: every poll without
+          # it still connects (and reconnects) the listed nodes.
+          for _ <- 1..3 do
+            Recorder.drop(e.rec, :a@host)
+            assert_receive {:connect, :a@host}, 2_000
+          end
+
+          refute_received {:disconnect, _}
+          assert Membership.members(e.pid) == [:a@host]
+
+          e.set.({:ok, [node(), :a@host]})
+          polls({:ok, [node(), :a@host]}, 1)
+          e.set.({:ok, [:a@host]})
+          assert_receive {:disconnect, :a@host}, 2_000
+        end)
+
+      assert log =~ "fencing"
+    end
+
+    test "listed, then left out of two successful answers in a row: disconnects and dials nobody" do
+      log =
+        capture_log(fn ->
+          e = fenced_engine({:ok, [node(), :a@host, :b@host]})
+          assert_receive {:connect, :a@host}, 2_000
+          assert_receive {:connect, :b@host}, 2_000
+
+          e.set.({:ok, [:a@host, :b@host]})
+          assert_receive {:disconnect, :a@host}, 2_000
+          assert_receive {:disconnect, :b@host}, 2_000
+          polls({:ok, [:a@host, :b@host]}, 4)
+          flush()
+          polls({:ok, [:a@host, :b@host]}, 4)
+          refute_received {:connect, _}
+          assert Membership.members(e.pid) == []
+        end)
+
+      # Logged once when the fence starts, and not on every poll.
+      assert length(String.split(log, "fencing")) == 2
+    end
+
+    test "a connection made to a fenced node is cut again on the next poll" do
+      capture_log(fn ->
+        e = fenced_engine({:ok, [node(), :a@host]})
+        assert_receive {:connect, :a@host}, 2_000
+        e.set.({:ok, [:a@host]})
+        assert_receive {:disconnect, :a@host}, 2_000
+        # a dials this node (a peer still counting it as a member).
+        Recorder.connect(e.rec.agent, self(), :a@host)
+        assert_receive {:connect, :a@host}
+        assert_receive {:disconnect, :a@host}, 2_000
+      end)
+    end
+
+    test "one answer that leaves the node out does not fence it" do
+      capture_log(fn ->
+        e = fenced_engine({:ok, [node(), :a@host]})
+        assert_receive {:connect, :a@host}, 2_000
+        e.set.({:ok, [:a@host]})
+        polls({:ok, [:a@host]}, 1)
+        e.set.({:ok, [node(), :a@host]})
+        polls({:ok, [node(), :a@host]}, 3)
+        refute_received {:disconnect, _}
+        Recorder.drop(e.rec, :a@host)
+        assert_receive {:connect, :a@host}, 2_000
+
+        # The count starts again: one more miss alone does not fence either,
+        # two in a row do.
+        e.set.({:ok, [:a@host]})
+        polls({:ok, [:a@host]}, 1)
+        e.set.({:ok, [node(), :a@host]})
+        polls({:ok, [node(), :a@host]}, 2)
+        refute_received {:disconnect, _}
+        e.set.({:ok, [:a@host]})
+        assert_receive {:disconnect, :a@host}, 2_000
+      end)
+    end
+
+    test "failed polls do not fence, nor count as answers" do
+      capture_log(fn ->
+        e = fenced_engine({:ok, [node(), :a@host]})
+        assert_receive {:connect, :a@host}, 2_000
+        e.set.({:error, :timeout})
+        polls({:error, :timeout}, 4)
+        refute_received {:disconnect, _}
+        Recorder.drop(e.rec, :a@host)
+        assert_receive {:connect, :a@host}, 2_000
+
+        # miss, failures, miss: two successful answers in a row left it out.
+        e.set.({:ok, [:a@host]})
+        polls({:ok, [:a@host]}, 1)
+        e.set.({:error, :timeout})
+        polls({:error, :timeout}, 3)
+        refute_received {:disconnect, _}
+        e.set.({:ok, [:a@host]})
+        assert_receive {:disconnect, :a@host}, 2_000
+      end)
+    end
+
+    test "listed again: the fence is lifted and the listed nodes are dialled" do
+      log =
+        capture_log(fn ->
+          e = fenced_engine({:ok, [node(), :a@host]})
+          assert_receive {:connect, :a@host}, 2_000
+          e.set.({:ok, [:a@host]})
+          assert_receive {:disconnect, :a@host}, 2_000
+          polls({:ok, [:a@host]}, 2)
+          refute_received {:connect, _}
+
+          e.set.({:ok, [node(), :a@host]})
+          assert_receive {:connect, :a@host}, 2_000
+          assert Membership.members(e.pid) == [:a@host]
+        end)
+
+      assert length(String.split(log, "fencing")) == 2
+      assert length(String.split(log, "listed again")) == 2
+    end
+  end
 end

@@ -21,6 +21,7 @@ defmodule Cluster.Strategy.DynamicSrv do
   | `query` | the SRV name asked, when it differs from `service` (e.g. `_my-service._tcp.service.consul`) | `service` |
   | `polling_interval` | ms between polls (plus up to 10% jitter) | `5000` |
   | `disconnect_on_deregister` | disconnect nodes that left DNS; when `false`, they stay while their connection lives | `true` |
+  | `fence` | when DNS stops listing this node after it had listed it (two answers in a row), disconnect the topology's nodes and dial none until listed again | `disconnect_on_deregister` |
   | `resolver` | a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped SRV tuples (or `{:error, reason}`); anything else is logged as an unexpected response and changes nothing | the Rust resolver |
   | `nameservers` | `[{ip_tuple, port}]` to ask | `DYNAMIC_SRV_NAMESERVERS`, else `/etc/resolv.conf` |
   | `timeout` | deadline of one lookup, ms | `DYNAMIC_SRV_TIMEOUT_MS`, else 3000 |
@@ -58,6 +59,7 @@ defmodule Cluster.Strategy.DynamicSrv do
           poll: fn -> DynamicSrv.Srv.poll(srv_config) end,
           interval: config.polling_interval,
           disconnect_removed: config.disconnect_on_deregister,
+          fence: fence?(config),
           connect: Map.get(state, :connect) || {:net_kernel, :connect_node, []},
           disconnect: Map.get(state, :disconnect) || {:erlang, :disconnect_node, []},
           list_nodes: Map.get(state, :list_nodes) || {:erlang, :nodes, [:connected]}
@@ -71,6 +73,15 @@ defmodule Cluster.Strategy.DynamicSrv do
 
   defp schema do
     DynamicSrv.Srv.schema() ++
-      [polling_interval: {:pos_integer, 5_000}, disconnect_on_deregister: {:boolean, true}]
+      [
+        polling_interval: {:pos_integer, 5_000},
+        disconnect_on_deregister: {:boolean, true},
+        fence: {:boolean, nil}
+      ]
   end
+
+  # Unset, fencing follows disconnect_on_deregister: who keeps the
+  # connections of nodes that left DNS keeps its own too.
+  defp fence?(%{fence: nil, disconnect_on_deregister: disconnect}), do: disconnect
+  defp fence?(%{fence: fence}), do: fence
 end
