@@ -14,6 +14,7 @@ defmodule DynamicSrv.Membership do
   | `:topology` | a name for logs and libcluster | `:dynamic_srv` |
   | `:interval` | ms between polls (a jitter of up to 10% is added) | `5000` |
   | `:disconnect_removed` | disconnect nodes that left the answer | `true` |
+  | `:members` | nodes already known (a list or a MapSet), counted as members from the start, so that the rules below drop one the answers leave out | `[]` |
   | `:fence` | fence the local node when answers that listed it stop listing it (see the rules) | `false` |
   | `:connect` / `:disconnect` / `:list_nodes` | MFAs, the node appended as last argument | `:net_kernel.connect_node/1`, `:erlang.disconnect_node/1`, `:erlang.nodes(:connected)` |
   | `:connect_timeout` | how long one round of connects may take, in ms | `min(interval, 10_000)` |
@@ -134,6 +135,7 @@ defmodule DynamicSrv.Membership do
       poll_timeout: Keyword.get(opts, :poll_timeout, 30_000),
       log_results: Keyword.get(opts, :log_results, true),
       fence: Keyword.get(opts, :fence, false),
+      members: opts |> Keyword.get(:members, []) |> known_nodes(),
       libcluster:
         Code.ensure_loaded?(@libcluster) and function_exported?(@libcluster, :connect_nodes, 4),
       telemetry: Code.ensure_loaded?(:telemetry)
@@ -142,6 +144,15 @@ defmodule DynamicSrv.Membership do
     Logger.metadata(topology: state.topology)
     {:ok, state, {:continue, :poll}}
   end
+
+  # Nodes given as already known (a MapSet or a list), less anything that
+  # is not a node name and the local node.
+  defp known_nodes(%MapSet{} = nodes), do: known_nodes(MapSet.to_list(nodes))
+
+  defp known_nodes(nodes) when is_list(nodes),
+    do: for(n <- nodes, is_atom(n) and n not in [nil, node()], into: MapSet.new(), do: n)
+
+  defp known_nodes(_other), do: MapSet.new()
 
   @impl true
   def handle_continue(:poll, state), do: {:noreply, poll_and_schedule(state)}
@@ -367,8 +378,9 @@ defmodule DynamicSrv.Membership do
 
   defp failed(state, _reason), do: update_in(state.failing.polls, &(&1 + 1))
 
+  # The published package's words, which existing log alerts match.
   defp format_reason({:unexpected_response, response}),
-    do: "unexpected response from the resolver: #{inspect(response, limit: 5)}"
+    do: "Unexpected response from resolver: #{inspect(response, limit: 5)}"
 
   defp format_reason(reason), do: inspect(reason)
 
