@@ -34,6 +34,14 @@ defmodule DynamicSrv.Membership do
     poll forward to a quarter of `:interval`, so a node that really left is
     dropped within about 1.25 intervals, not 2. With `disconnect_removed: false` it is never
     disconnected, and forgotten once its connection is gone.
+  * A node dropped that way while its connection is up is asked to leave
+    the cluster itself (`:global.disconnect/0` run on it), and disconnected
+    as usual if it has not gone within 1 s. `global`'s
+    `prevent_overlapping_partitions` (on by default since OTP 25) would
+    drop it from every node anyway; when it alone leaves, in one step, the
+    nodes that stay lose no link between them, where one node disconnecting
+    it while others still held it made `global` cut some. Only with the
+    default disconnect MFA and while that option (and `connect_all`) is on.
   * A failed poll (timeout, SERVFAIL, refused, network, a crashed provider)
     changes nothing: the last membership stands and the nodes the last
     answer listed are still reconnected (a node that answer left out is
@@ -76,6 +84,7 @@ defmodule DynamicSrv.Membership do
 
   @libcluster Cluster.Strategy
   @removal_grace 2
+  @leave_wait 1_000
   @jitter 0.1
 
   defstruct [
@@ -268,7 +277,7 @@ defmodule DynamicSrv.Membership do
         end
       end)
 
-    if state.disconnect_removed, do: disconnect(state, removed)
+    if state.disconnect_removed, do: disconnect(state, removed, :departed)
     members = MapSet.union(listed, MapSet.new(Map.keys(missing)))
     connect(state, listed)
 
@@ -457,10 +466,13 @@ defmodule DynamicSrv.Membership do
       Logger.warning("connecting #{node} failed: #{Exception.format_banner(kind, reason)}")
   end
 
-  defp disconnect(_state, []), do: :ok
+  defp disconnect(state, nodes, why \\ :fenced)
 
-  defp disconnect(%{disconnect: disconnect} = state, nodes) do
+  defp disconnect(_state, [], _why), do: :ok
+
+  defp disconnect(state, nodes, why) do
     emit(state, :disconnect, %{count: length(nodes)}, %{topology: state.topology, nodes: nodes})
+    disconnect = departure_mfa(state, why)
 
     if state.libcluster do
       apply(@libcluster, :disconnect_nodes, [state.topology, disconnect, state.list_nodes, nodes])
@@ -474,6 +486,47 @@ defmodule DynamicSrv.Membership do
         if state.log_results,
           do: Logger.info("disconnected from #{node} (#{inspect(result)})", node: node)
       end
+    end
+  end
+
+  # A node that left the answer while its connection is up is asked to
+  # leave the cluster itself, with global:disconnect/0 on it: then global
+  # on the remaining nodes cuts no link between two of them, as it may when
+  # this node alone disconnects a node that others still hold (global's
+  # prevent_overlapping_partitions then drops the departed node everywhere
+  # anyway). Only with the default disconnect MFA, and while that option
+  # is on; a node that has not gone after `@leave_wait` ms is disconnected
+  # as before.
+  defp departure_mfa(%{disconnect: {:erlang, :disconnect_node, []}}, :departed) do
+    if Application.get_env(:kernel, :prevent_overlapping_partitions, true) and
+         Application.get_env(:kernel, :connect_all, true) != false,
+       do: {__MODULE__, :leave, [@leave_wait]},
+       else: {:erlang, :disconnect_node, []}
+  end
+
+  defp departure_mfa(%{disconnect: disconnect}, _why), do: disconnect
+
+  @doc false
+  # The disconnect MFA of a departed node (see departure_mfa/2); returns
+  # what :erlang.disconnect_node/1 would.
+  @spec leave(timeout(), node()) :: boolean() | :ignored
+  def leave(wait, node) do
+    # Monitoring or sending to a node that is not connected would dial it.
+    if node in :erlang.nodes(:connected), do: ask_to_leave(wait, node), else: true
+  end
+
+  defp ask_to_leave(wait, node) do
+    true = :erlang.monitor_node(node, true)
+    :erpc.cast(node, :global, :disconnect, [])
+
+    receive do
+      {:nodedown, ^node} -> true
+    after
+      wait ->
+        :erlang.monitor_node(node, false)
+        result = :erlang.disconnect_node(node)
+        receive do: ({:nodedown, ^node} -> :ok), after: (0 -> :ok)
+        result
     end
   end
 

@@ -24,7 +24,7 @@ defmodule DynamicSrv.Test.LogTap do
 
   @doc false
   def filter(%{msg: msg} = event, words) do
-    text = format(msg)
+    text = DynamicSrv.Test.ClusterProbe.text(msg)
 
     if Enum.any?(words, &String.contains?(text, &1)),
       do: :ets.insert(@table, {System.monotonic_time(), text})
@@ -33,11 +33,4 @@ defmodule DynamicSrv.Test.LogTap do
   catch
     _, _ -> event
   end
-
-  defp format({:string, text}), do: IO.chardata_to_string(text)
-
-  defp format({format, args}) when is_list(args),
-    do: format |> :io_lib.format(args) |> to_string()
-
-  defp format(other), do: inspect(other)
 end
