@@ -58,7 +58,8 @@ defmodule DynamicSrv.Membership do
     knows no node outside the topology, so that `global` on the other nodes
     cuts no link between two of them; otherwise one by one through the
     disconnect MFA. A node not listed yet (booting before its registration
-    shows up) dials as usual; failed polls neither start nor end a fence.
+    shows up) dials as usual; failed polls neither start nor end a fence,
+    nor cut anything.
     The fence is logged once when it starts (a warning) and once when it
     ends.
   * When libcluster's `Cluster.Strategy` is loaded, connects and disconnects
@@ -208,14 +209,11 @@ defmodule DynamicSrv.Membership do
       {:error, reason} ->
         state = failed(state, reason)
 
-        if state.fenced do
-          cut_off(state, MapSet.new())
-        else
-          # Members the last answer left out are kept but not dialled again:
-          # the source has already said they are leaving.
-          connect(state, Enum.reject(state.members, &Map.has_key?(state.missing, &1)))
-          %{state | confirm: false}
-        end
+        # Members the last answer left out are kept but not dialled again:
+        # the source has already said they are leaving. A fenced node
+        # (no members) dials none, and cuts nothing until an answer comes.
+        connect(state, Enum.reject(state.members, &Map.has_key?(state.missing, &1)))
+        %{state | confirm: false}
     end
   end
 
@@ -300,8 +298,9 @@ defmodule DynamicSrv.Membership do
   end
 
   # While fenced: the nodes managed when the fence started, and any node an
-  # answer lists, are disconnected whenever a connection to them is up
-  # (a peer that still counts this node as a member may dial it).
+  # answer lists, are disconnected on every successful poll that finds a
+  # connection to them up (a peer that still counts this node as a member
+  # may dial it).
   defp cut_off(state, listed) do
     managed = MapSet.union(state.fenced.nodes, listed)
     connected = state |> list_nodes() |> Enum.filter(&MapSet.member?(managed, &1))

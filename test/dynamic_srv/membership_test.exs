@@ -270,6 +270,10 @@ defmodule DynamicSrv.MembershipTest do
           polls({:ok, [:a@host, :b@host]}, 4)
           refute_received {:connect, _}
           assert Membership.members(e.pid) == []
+
+          # Failed polls do not end it: still nobody is dialled.
+          serve(e, {:error, :timeout}, 3)
+          refute_received {:connect, _}
         end)
 
       # Logged once when the fence starts, and not on every poll.
