@@ -80,9 +80,9 @@ try do
 
   IO.puts(
     "\nFull mesh through DNS alone. node-2 deregisters: its records go and its strategy stops;" <>
-      "\nthe other nodes' strategies disconnect it (two answers without it). While one of them" <>
-      "\nstill holds node-2, OTP's global (prevent_overlapping_partitions) may part the two for" <>
-      "\na moment; their strategies connect them again on the next poll."
+      "\nthe other nodes' strategies drop it (two answers without it). The first to do so asks" <>
+      "\nnode-2 to leave the whole cluster in one step (global:disconnect/0 on node-2), so OTP's" <>
+      "\nglobal cuts no link between the two nodes that stay."
   )
 
   {survivors, [{_, _, n2}]} = Enum.split(nodes, 2)

@@ -18,6 +18,7 @@ defmodule DynamicSrv.Runner do
   | `log_results` | log each connect and disconnect | `true` |
   | `serves` | the provider is a process to start and keep running (see below) | `false` |
   | `disconnect_removed` | disconnect nodes the provider stops listing | `true` |
+  | `fence` | when the provider stops listing this node after it had listed it, disconnect and dial nobody until listed again (see `DynamicSrv.Membership`) | `true` with `DynamicSrv.Via.Srv` and `disconnect_removed`, else `false` |
   | `connect` / `disconnect` / `list_nodes` | MFAs used to connect, disconnect and list nodes (the node is appended to the arguments), as in libcluster | `:net_kernel.connect_node/1`, `:erlang.disconnect_node/1`, `:erlang.nodes([:connected])` |
 
   plus the provider's own keys. Every value may be deferred to start time
@@ -48,6 +49,7 @@ defmodule DynamicSrv.Runner do
     log_results: {:boolean, true},
     serves: {:boolean, false},
     disconnect_removed: {:boolean, true},
+    fence: {:boolean, nil},
     connect: {:mfa, {:net_kernel, :connect_node, []}},
     disconnect: {:mfa, {:erlang, :disconnect_node, []}},
     list_nodes: {:mfa, {:erlang, :nodes, [:connected]}}
@@ -93,6 +95,7 @@ defmodule DynamicSrv.Runner do
        poll: fn -> DynamicSrv.Provider.poll(via) end,
        interval: config.interval * 1_000,
        disconnect_removed: config.disconnect_removed,
+       fence: fence?(config),
        log_results: config.log_results,
        connect: config.connect,
        disconnect: config.disconnect,
@@ -106,6 +109,13 @@ defmodule DynamicSrv.Runner do
 
     Supervisor.init(provider ++ [engine], strategy: :one_for_one)
   end
+
+  # Unset, only providers whose answer lists the local node as its peers
+  # see it (SRV) fence, and not when removed nodes are kept connected.
+  defp fence?(%{fence: nil, via: via, disconnect_removed: disconnect}),
+    do: disconnect and via == DynamicSrv.Via.Srv
+
+  defp fence?(%{fence: fence}), do: fence
 
   defp provider_schema(via) do
     if function_exported?(via, :schema, 0), do: via.schema(), else: []

@@ -39,7 +39,9 @@ defmodule Cluster.Strategy.DynamicSrvClusterTest do
     )
   end
 
-  test "membership follows DNS, and a DNS outage disconnects nobody" do
+  # Four nodes listed in a new dnsmasq, each running `setup` and then the
+  # strategy; stopped (by OS pid) when the test ends.
+  defp start_cluster(setup) do
     members = for i <- 0..3, do: {i, DnsServer.free_port()}
     dns = DnsServer.start(records(members))
 
@@ -58,11 +60,12 @@ defmodule Cluster.Strategy.DynamicSrvClusterTest do
       DnsServer.stop(dns)
     end)
 
-    for {_, node} <- nodes,
-        do:
-          assert(
-            Node.eval(node, "DynamicSrv.Test.NodeWatch.start()\n" <> strategy_code()) == :started
-          )
+    for {_, node} <- nodes, do: assert(Node.eval(node, setup <> strategy_code()) == :started)
+    {members, dns, nodes}
+  end
+
+  test "membership follows DNS, and a DNS outage disconnects nobody" do
+    {members, dns, nodes} = start_cluster("DynamicSrv.Test.NodeWatch.start()\n")
 
     # 1. The full mesh forms through DNS alone.
     assert {:ok, _} = wait_mesh(nodes, members, 4 * @interval),
@@ -124,6 +127,72 @@ defmodule Cluster.Strategy.DynamicSrvClusterTest do
            ) == :started
 
     assert {:ok, _} = wait_mesh(nodes, members, 2 * @interval)
+    DnsServer.stop(dns)
+  end
+
+  test "a node DNS no longer lists fences itself: connected to nobody, the others keep their links, and it rejoins when listed again" do
+    {members, dns, nodes} =
+      start_cluster(
+        ~s|DynamicSrv.Test.LogTap.start(["fencing", "fence lifted"])\nDynamicSrv.Test.NodeWatch.start()\n|
+      )
+
+    assert {:ok, _} = wait_mesh(nodes, members, 5 * @interval),
+           inspect(for {_, n} <- nodes, do: peers(n))
+
+    # node-3's records go; its VM and its strategy keep running.
+    {{3, three}, rest} = List.pop_at(nodes, 3)
+    for {_, n} <- rest, do: Node.eval(n, "DynamicSrv.Test.NodeWatch.take_downs()")
+    rest_members = Enum.take(members, 3)
+    dns = DnsServer.set_records(dns, records(rest_members))
+    removed_at = System.monotonic_time(:millisecond)
+
+    # From three polling intervals after the removal on, node-3 is connected
+    # to nobody, sampled for five seconds.
+    Process.sleep(max(removed_at + 3 * @interval - System.monotonic_time(:millisecond), 0))
+    deadline = System.monotonic_time(:millisecond) + 5_000
+
+    samples =
+      Stream.repeatedly(fn ->
+        Process.sleep(100)
+        Node.eval(three, ":erlang.nodes(:connected)")
+      end)
+      |> Enum.take_while(fn _ -> System.monotonic_time(:millisecond) < deadline end)
+
+    assert length(samples) >= 10
+    assert Enum.all?(samples, &(&1 == [])), inspect(Enum.uniq(samples))
+
+    # The survivors keep their mesh, and its links all along: each saw
+    # node-3 go down, and no other node (node-3 was asked to leave in one
+    # step, so global cut no link between two survivors).
+    assert {:ok, _} = wait_mesh(rest, rest_members, 2 * @interval)
+
+    for {_, n} <- rest do
+      downs = Node.eval(n, "DynamicSrv.Test.NodeWatch.take_downs()")
+      assert [:"node-3@#{@svc}"] == Enum.uniq(for {down, _} <- downs, do: down), inspect(downs)
+    end
+
+    # Listed again: node-3 rejoins (the others may dial it before its own
+    # next poll lifts the fence).
+    dns = DnsServer.set_records(dns, records(members))
+
+    assert {:ok, _} = wait_mesh(nodes, members, 4 * @interval),
+           inspect(for {_, n} <- nodes, do: peers(n))
+
+    # Logged once when the fence started and once when it ended; the
+    # survivors never fenced.
+    two_lines = fn ->
+      case Node.eval(three, "DynamicSrv.Test.LogTap.lines()") do
+        [_, _] = lines -> lines
+        _ -> false
+      end
+    end
+
+    assert {:ok, [start, lifted]} = Wait.until(two_lines, 3 * @interval)
+
+    assert start =~ "fencing node-3@#{@svc}"
+    assert lifted =~ "fence lifted"
+    for {_, n} <- rest, do: assert(Node.eval(n, "DynamicSrv.Test.LogTap.lines()") == [])
+
     DnsServer.stop(dns)
   end
 end

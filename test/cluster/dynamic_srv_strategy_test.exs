@@ -99,9 +99,10 @@ defmodule Cluster.Strategy.DynamicSrvTest do
         refute_received {:disconnect, _}
       end)
 
-    assert log =~ "unexpected response from the resolver"
+    # The published package's words, which existing log alerts match.
+    assert log =~ "Unexpected response from resolver"
     # Logged when the failure starts, not on every poll.
-    assert length(String.split(log, "unexpected response")) == 2
+    assert length(String.split(log, "Unexpected response from resolver")) == 2
   end
 
   test "a failing lookup keeps every member and logs once at start and once at the end", %{
@@ -262,6 +263,61 @@ defmodule Cluster.Strategy.DynamicSrvTest do
       assert log =~ expected
       assert log =~ "topology dyn_srv"
     end
+  end
+
+  test "nodes known in meta (a MapSet) are members: one DNS no longer lists is dropped", %{
+    recorder: rec
+  } do
+    known = :"node-x@my-service.service.consul"
+    listed = :"node-a@my-service.service.consul"
+    # node-x is connected already, e.g. from before the strategy restarted.
+    Recorder.connect(rec.agent, self(), known)
+    assert_receive {:connect, ^known}
+
+    {fun, _} = resolver(srv(["node-a"]))
+
+    state =
+      struct(
+        State,
+        [
+          topology: :dyn_srv,
+          config: [service: @svc, polling_interval: @interval, resolver: fun],
+          meta: MapSet.new([known, listed])
+        ] ++ Recorder.mfas(rec)
+      )
+
+    assert {:ok, pid} = Strategy.start_link([state])
+    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+    assert_receive {:disconnect, ^known}, 5 * @interval
+    assert DynamicSrv.Membership.members(pid) == [listed]
+  end
+
+  test "nodes known in meta (a list) are kept while DNS fails", %{recorder: rec} do
+    known = [:"node-x@my-service.service.consul", :"node-y@my-service.service.consul"]
+    {fun, set} = resolver({:error, :timeout})
+
+    state =
+      struct(
+        State,
+        [
+          topology: :dyn_srv,
+          config: [service: @svc, polling_interval: @interval, resolver: fun],
+          meta: known
+        ] ++ Recorder.mfas(rec)
+      )
+
+    capture_log(fn ->
+      assert {:ok, pid} = Strategy.start_link([state])
+      on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+      # A failed first poll keeps (and dials) the known members.
+      assert_receive {:connect, :"node-x@my-service.service.consul"}, 5 * @interval
+      assert Enum.sort(DynamicSrv.Membership.members(pid)) == known
+
+      # The first answers that leave node-y out drop it.
+      set.(srv(["node-x"]))
+      assert_receive {:disconnect, :"node-y@my-service.service.consul"}, 5 * @interval
+      refute_received {:disconnect, :"node-x@my-service.service.consul"}
+    end)
   end
 
   test "meta: nil and libcluster's child spec" do

@@ -183,4 +183,174 @@ defmodule DynamicSrv.MembershipTest do
                     %{nodes: [:b@host]}},
                    5_000
   end
+
+  describe "fencing (the local node left the answer)" do
+    # The test VM is not distributed: node() is :nonode@nohost, which the
+    # answers below list or leave out as a real answer would list the node.
+    # The provider returns the answers queued, one per poll, and repeats
+    # the last one; `set` queues one answer, `queue` several.
+    defp fenced_engine(answer) do
+      parent = self()
+      rec = Recorder.start(parent)
+      {:ok, agent} = Agent.start_link(fn -> [answer] end)
+
+      poll = fn ->
+        answer =
+          Agent.get_and_update(agent, fn
+            [last] -> {last, [last]}
+            [next | rest] -> {next, rest}
+          end)
+
+        send(parent, {:polled, answer})
+        answer
+      end
+
+      opts = [poll: poll, interval: 50, log_results: false, fence: true] ++ Recorder.mfas(rec)
+      {:ok, pid} = Membership.start_link(opts)
+      on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+      queue = fn answers -> Agent.update(agent, fn _ -> answers end) end
+      %{pid: pid, rec: rec, set: &queue.([&1]), queue: queue}
+    end
+
+    # Waits until `n` polls have returned `answer`.
+    defp polls(answer, n), do: for(_ <- 1..n, do: assert_receive({:polled, ^answer}, 2_000))
+
+    # Makes the provider return `answer` and waits until `n` polls have.
+    defp serve(e, answer, n) do
+      e.set.(answer)
+      polls(answer, n)
+    end
+
+    # An engine whose answers list this node and a@host, connected.
+    defp listed_engine do
+      e = fenced_engine({:ok, [node(), :a@host]})
+      assert_receive {:connect, :a@host}, 2_000
+      e
+    end
+
+    defp flush do
+      receive do
+        _ -> flush()
+      after
+        0 -> :ok
+      end
+    end
+
+    test "a node never listed yet dials as usual; once listed, two misses fence it" do
+      log =
+        capture_log(fn ->
+          e = fenced_engine({:ok, [:a@host]})
+          assert_receive {:connect, :a@host}, 2_000
+          # Booting before its own registration shows up: every poll without
+          # it still connects (and reconnects) the listed nodes.
+          for _ <- 1..3 do
+            Recorder.drop(e.rec, :a@host)
+            assert_receive {:connect, :a@host}, 2_000
+          end
+
+          refute_received {:disconnect, _}
+          assert Membership.members(e.pid) == [:a@host]
+
+          serve(e, {:ok, [node(), :a@host]}, 1)
+          e.set.({:ok, [:a@host]})
+          assert_receive {:disconnect, :a@host}, 2_000
+        end)
+
+      assert log =~ "fencing"
+    end
+
+    test "listed, then left out of two successful answers in a row: disconnects and dials nobody" do
+      log =
+        capture_log(fn ->
+          e = fenced_engine({:ok, [node(), :a@host, :b@host]})
+          assert_receive {:connect, :a@host}, 2_000
+          assert_receive {:connect, :b@host}, 2_000
+
+          e.set.({:ok, [:a@host, :b@host]})
+          assert_receive {:disconnect, :a@host}, 2_000
+          assert_receive {:disconnect, :b@host}, 2_000
+          polls({:ok, [:a@host, :b@host]}, 4)
+          flush()
+          polls({:ok, [:a@host, :b@host]}, 4)
+          refute_received {:connect, _}
+          assert Membership.members(e.pid) == []
+
+          # Failed polls do not end it: still nobody is dialled.
+          serve(e, {:error, :timeout}, 3)
+          refute_received {:connect, _}
+        end)
+
+      # Logged once when the fence starts, and not on every poll.
+      assert length(String.split(log, "fencing")) == 2
+    end
+
+    test "a connection made to a fenced node is cut again on the next poll" do
+      capture_log(fn ->
+        e = listed_engine()
+        e.set.({:ok, [:a@host]})
+        assert_receive {:disconnect, :a@host}, 2_000
+        # a dials this node (a peer still counting it as a member).
+        Recorder.connect(e.rec.agent, self(), :a@host)
+        assert_receive {:connect, :a@host}
+        assert_receive {:disconnect, :a@host}, 2_000
+      end)
+    end
+
+    test "one answer that leaves the node out does not fence it" do
+      capture_log(fn ->
+        e = listed_engine()
+
+        # Twice one answer leaves the node out and the next lists it: the
+        # count starts again each time, and a is still dialled.
+        for _ <- 1..2 do
+          e.queue.([{:ok, [:a@host]}, {:ok, [node(), :a@host]}])
+          polls({:ok, [:a@host]}, 1)
+          polls({:ok, [node(), :a@host]}, 2)
+          refute_received {:disconnect, _}
+          Recorder.drop(e.rec, :a@host)
+          assert_receive {:connect, :a@host}, 2_000
+        end
+
+        # Two in a row do fence it.
+        e.set.({:ok, [:a@host]})
+        assert_receive {:disconnect, :a@host}, 2_000
+      end)
+    end
+
+    test "failed polls do not fence, nor count as answers" do
+      capture_log(fn ->
+        e = listed_engine()
+        serve(e, {:error, :timeout}, 4)
+        refute_received {:disconnect, _}
+        Recorder.drop(e.rec, :a@host)
+        assert_receive {:connect, :a@host}, 2_000
+
+        # miss, failures, miss: two successful answers in a row left it out.
+        e.queue.([{:ok, [:a@host]}, {:error, :timeout}])
+        polls({:ok, [:a@host]}, 1)
+        polls({:error, :timeout}, 3)
+        refute_received {:disconnect, _}
+        e.set.({:ok, [:a@host]})
+        assert_receive {:disconnect, :a@host}, 2_000
+      end)
+    end
+
+    test "listed again: the fence is lifted and the listed nodes are dialled" do
+      log =
+        capture_log(fn ->
+          e = listed_engine()
+          e.set.({:ok, [:a@host]})
+          assert_receive {:disconnect, :a@host}, 2_000
+          polls({:ok, [:a@host]}, 2)
+          refute_received {:connect, _}
+
+          e.set.({:ok, [node(), :a@host]})
+          assert_receive {:connect, :a@host}, 2_000
+          assert Membership.members(e.pid) == [:a@host]
+        end)
+
+      assert length(String.split(log, "fencing")) == 2
+      assert length(String.split(log, "listed again")) == 2
+    end
+  end
 end

@@ -112,6 +112,40 @@ defmodule DynamicSrv.RunnerTest do
     refute_received {:disconnect, :a@h1}
   end
 
+  # The test VM's node() is :nonode@nohost: the SRV target nonode.nohost
+  # of the service "nohost" names it.
+  test "with Srv, a node the answers listed and then left out twice fences itself", %{
+    recorder: rec
+  } do
+    {:ok, answer} = Agent.start_link(fn -> [~c"nonode.nohost", ~c"a.nohost"] end)
+    resolver = fn _query -> for t <- Agent.get(answer, & &1), do: {0, 1, 4000, t} end
+
+    log =
+      capture_log(fn ->
+        start_runner(
+          [via: DynamicSrv.Via.Srv, interval: 1, service: "nohost", resolver: resolver],
+          rec
+        )
+
+        assert_receive {:connect, :a@nohost}, 2_000
+        Agent.update(answer, fn _ -> [~c"a.nohost"] end)
+        assert_receive {:disconnect, :a@nohost}, 4_000
+        refute_receive {:connect, _}, 1_500
+      end)
+
+    assert log =~ "fencing nonode@nohost"
+  end
+
+  test "with List, a list that leaves out the local node fences nothing", %{recorder: rec} do
+    start_runner([via: DynamicSrv.Via.List, interval: 1, node_list: [node(), :b@h2]], rec)
+    assert_receive {:connect, :b@h2}
+    Application.put_env(@app, :node_list, [:b@h2])
+    refute_receive {:disconnect, _}, 3_000
+    # b is still dialled.
+    Recorder.drop(rec, :b@h2)
+    assert_receive {:connect, :b@h2}, 2_000
+  end
+
   test "deferred values are resolved when the runner starts", %{recorder: rec} do
     System.put_env("DSRV_T_NODES", "x@h1,y@h2")
 

@@ -95,7 +95,7 @@ defmodule DynamicSrv.Test.ClusterProbe do
   @doc false
   # A primary logger filter: counts global's warnings, lets everything pass.
   def filter(%{msg: msg} = event, _extra) do
-    text = format(msg)
+    text = text(msg)
 
     cond do
       String.contains?(text, "overlapping partitions") ->
@@ -115,12 +115,13 @@ defmodule DynamicSrv.Test.ClusterProbe do
     _, _ -> event
   end
 
-  defp format({:string, text}), do: IO.chardata_to_string(text)
+  @doc "The text of a log event's `msg`."
+  def text({:string, text}), do: IO.chardata_to_string(text)
 
-  defp format({format, args}) when is_list(args),
+  def text({format, args}) when is_list(args),
     do: format |> :io_lib.format(args) |> to_string()
 
-  defp format(other), do: inspect(other)
+  def text(other), do: inspect(other)
 
   defp loop do
     receive do

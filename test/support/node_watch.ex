@@ -1,14 +1,17 @@
 defmodule DynamicSrv.Test.NodeWatch do
-  @moduledoc "Counts nodeup/nodedown events on the node it runs on."
+  @moduledoc """
+  Counts nodeup/nodedown events on the node it runs on, and keeps which
+  node each nodedown was about, with its reason.
+  """
 
   def start do
     parent = self()
 
     pid =
       spawn(fn ->
-        :ok = :net_kernel.monitor_nodes(true)
+        :ok = :net_kernel.monitor_nodes(true, [:nodedown_reason])
         send(parent, :watching)
-        loop(%{nodeup: 0, nodedown: 0})
+        loop(%{nodeup: 0, nodedown: 0}, [])
       end)
 
     Process.register(pid, __MODULE__)
@@ -21,14 +24,27 @@ defmodule DynamicSrv.Test.NodeWatch do
     receive do: ({:counts, counts} -> counts)
   end
 
-  defp loop(counts) do
+  @doc "The nodedowns since the last call, oldest first, as `{node, reason}`."
+  def take_downs do
+    send(__MODULE__, {:take_downs, self()})
+    receive do: ({:downs, downs} -> downs)
+  end
+
+  defp loop(counts, downs) do
     receive do
-      {event, _node} when event in [:nodeup, :nodedown] ->
-        loop(Map.update!(counts, event, &(&1 + 1)))
+      {:nodeup, _node, _info} ->
+        loop(Map.update!(counts, :nodeup, &(&1 + 1)), downs)
+
+      {:nodedown, node, info} ->
+        loop(Map.update!(counts, :nodedown, &(&1 + 1)), [{node, info[:nodedown_reason]} | downs])
 
       {:counts, from} ->
         send(from, {:counts, counts})
-        loop(counts)
+        loop(counts, downs)
+
+      {:take_downs, from} ->
+        send(from, {:downs, Enum.reverse(downs)})
+        loop(counts, [])
     end
   end
 end

@@ -21,7 +21,8 @@ defmodule Cluster.Strategy.DynamicSrv do
   | `query` | the SRV name asked, when it differs from `service` (e.g. `_my-service._tcp.service.consul`) | `service` |
   | `polling_interval` | ms between polls (plus up to 10% jitter) | `5000` |
   | `disconnect_on_deregister` | disconnect nodes that left DNS; when `false`, they stay while their connection lives | `true` |
-  | `resolver` | a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped SRV tuples (or `{:error, reason}`); anything else is logged as an unexpected response and changes nothing | the Rust resolver |
+  | `fence` | when DNS stops listing this node after it had listed it (two answers in a row), disconnect the topology's nodes and dial none until listed again | `disconnect_on_deregister` |
+  | `resolver` | a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped SRV tuples (or `{:error, reason}`); anything else is logged as "Unexpected response from resolver: ..." (the published package's words) and changes nothing | the Rust resolver |
   | `nameservers` | `[{ip_tuple, port}]` to ask | `DYNAMIC_SRV_NAMESERVERS`, else `/etc/resolv.conf` |
   | `timeout` | deadline of one lookup, ms | `DYNAMIC_SRV_TIMEOUT_MS`, else 3000 |
   | `protocol` | `:udp` (truncated answers retried over TCP) or `:tcp` | `:udp` |
@@ -32,9 +33,16 @@ defmodule Cluster.Strategy.DynamicSrv do
   also fills the `DynamicSrv.PortBook`, so `DynamicSrv.Epmd` connects to the
   nodes it lists without asking DNS again.
 
+  A state whose `meta` holds nodes already known (a `MapSet` or a list, as
+  the published package keeps them) starts with those nodes as members, so a
+  node among them that DNS does not list is disconnected by the usual rule
+  (two answers in a row).
+
   A missing `service` or a bad value is logged as one error naming the key
   and the value, and the strategy does not start (`:ignore`); the rest of
-  the system keeps running.
+  the system keeps running. This differs from the published
+  `libcluster_dynamic_srv` package on purpose: there a missing `service`
+  crashes the strategy, and libcluster's supervisor with it.
   """
   require Logger
 
@@ -58,6 +66,9 @@ defmodule Cluster.Strategy.DynamicSrv do
           poll: fn -> DynamicSrv.Srv.poll(srv_config) end,
           interval: config.polling_interval,
           disconnect_removed: config.disconnect_on_deregister,
+          fence: fence?(config),
+          # Nodes a libcluster state already knows (a MapSet or a list).
+          members: Map.get(state, :meta) || [],
           connect: Map.get(state, :connect) || {:net_kernel, :connect_node, []},
           disconnect: Map.get(state, :disconnect) || {:erlang, :disconnect_node, []},
           list_nodes: Map.get(state, :list_nodes) || {:erlang, :nodes, [:connected]}
@@ -71,6 +82,15 @@ defmodule Cluster.Strategy.DynamicSrv do
 
   defp schema do
     DynamicSrv.Srv.schema() ++
-      [polling_interval: {:pos_integer, 5_000}, disconnect_on_deregister: {:boolean, true}]
+      [
+        polling_interval: {:pos_integer, 5_000},
+        disconnect_on_deregister: {:boolean, true},
+        fence: {:boolean, nil}
+      ]
   end
+
+  # Unset, fencing follows disconnect_on_deregister: who keeps the
+  # connections of nodes that left DNS keeps its own too.
+  defp fence?(%{fence: nil, disconnect_on_deregister: disconnect}), do: disconnect
+  defp fence?(%{fence: fence}), do: fence
 end
