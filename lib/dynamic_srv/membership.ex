@@ -131,6 +131,9 @@ defmodule DynamicSrv.Membership do
 
   @impl true
   def init(opts) do
+    # An exit of a linked caller is a message to ignore; the parent's exit
+    # still stops the engine (GenServer handles it).
+    Process.flag(:trap_exit, true)
     interval = Keyword.get(opts, :interval, 5_000)
 
     state = %__MODULE__{

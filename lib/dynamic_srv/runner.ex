@@ -38,9 +38,22 @@ defmodule DynamicSrv.Runner do
   doubles up to 30 s; the success after failures is logged too. A provider
   that exits later is restarted the same way. Meanwhile its polls fail,
   which keeps the last membership.
+
+  ## One process that nothing knocks over
+
+  The runner is a `GenServer` that traps exits and keeps its children (the
+  provider process and the membership engine, registered as
+  `DynamicSrv.Runner.Membership`) itself, with `DynamicSrv.Runner.Keeper`,
+  rather than an OTP supervisor: a supervisor crashes on a call or cast it
+  does not know and gives up after a few restarts. Unknown calls get
+  `{:error, :unknown_call}`; casts, stray messages and exits of linked
+  processes other than its parent and children are ignored. When its parent
+  stops it, it stops the engine, then the provider.
   """
-  use Supervisor
+  use GenServer
   require Logger
+
+  alias DynamicSrv.Runner.Keeper
 
   @app :libcluster_dynamic_srv
   @schema [
@@ -56,11 +69,11 @@ defmodule DynamicSrv.Runner do
   ]
 
   @doc "Starts the runner with `config` (by default the application environment)."
-  @spec start_link(keyword()) :: Supervisor.on_start() | :ignore
+  @spec start_link(keyword()) :: GenServer.on_start() | :ignore
   def start_link(config \\ Application.get_all_env(@app)) do
     case prepare(config) do
       {:ok, config} ->
-        Supervisor.start_link(__MODULE__, config, name: __MODULE__)
+        GenServer.start_link(__MODULE__, config, name: __MODULE__)
 
       {:error, message} ->
         Logger.error(message)
@@ -85,29 +98,76 @@ defmodule DynamicSrv.Runner do
     end
   end
 
+  @doc false
+  def child_spec(config) do
+    # Time for the engine, then the provider, to stop.
+    shutdown = 2 * Keeper.shutdown() + 1_000
+    %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}, shutdown: shutdown}
+  end
+
   @impl true
   def init(config) do
+    Process.flag(:trap_exit, true)
     via = config.via
+    Logger.metadata(topology: via)
 
-    engine =
-      {DynamicSrv.Membership,
-       topology: via,
-       poll: fn -> DynamicSrv.Provider.poll(via) end,
-       interval: config.interval * 1_000,
-       disconnect_removed: config.disconnect_removed,
-       fence: fence?(config),
-       log_results: config.log_results,
-       connect: config.connect,
-       disconnect: config.disconnect,
-       list_nodes: config.list_nodes,
-       name: DynamicSrv.Runner.Membership}
+    engine_opts = [
+      topology: via,
+      poll: fn -> DynamicSrv.Provider.poll(via) end,
+      interval: config.interval * 1_000,
+      disconnect_removed: config.disconnect_removed,
+      fence: fence?(config),
+      log_results: config.log_results,
+      connect: config.connect,
+      disconnect: config.disconnect,
+      list_nodes: config.list_nodes,
+      name: DynamicSrv.Runner.Membership
+    ]
 
+    # The provider's first start runs before the engine's, so the first
+    # poll finds it up.
     provider =
       if config.serves,
-        do: [{DynamicSrv.Runner.Keeper, via: via, config: Map.to_list(config)}],
-        else: []
+        do: Keeper.start(Keeper.new(:provider, {:provider, via, Map.to_list(config)})),
+        else: nil
 
-    Supervisor.init(provider ++ [engine], strategy: :one_for_one)
+    engine =
+      Keeper.start(Keeper.new(:engine, {:mfa, DynamicSrv.Membership, :start_link, [engine_opts]}))
+
+    {:ok, %{provider: provider, engine: engine}}
+  end
+
+  @impl true
+  def handle_call(_request, _from, state), do: {:reply, {:error, :unknown_call}, state}
+
+  @impl true
+  def handle_cast(_request, state), do: {:noreply, state}
+
+  @impl true
+  def handle_info({Keeper, :start, id}, state),
+    do: {:noreply, update_kept(state, id, &Keeper.start_again/1)}
+
+  def handle_info({:EXIT, pid, reason}, state) do
+    case Enum.find([:provider, :engine], &match?(%Keeper{pid: ^pid}, Map.get(state, &1))) do
+      nil -> {:noreply, state}
+      id -> {:noreply, update_kept(state, id, &Keeper.exited(&1, reason))}
+    end
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  @impl true
+  def terminate(_reason, state) do
+    Keeper.stop(state.engine)
+    if state.provider, do: Keeper.stop(state.provider)
+    :ok
+  end
+
+  defp update_kept(state, id, fun) do
+    case Map.fetch!(state, id) do
+      nil -> state
+      kept -> Map.put(state, id, fun.(kept))
+    end
   end
 
   # Unset, only providers whose answer lists the local node as its peers
@@ -120,217 +180,4 @@ defmodule DynamicSrv.Runner do
   defp provider_schema(via) do
     if function_exported?(via, :schema, 0), do: via.schema(), else: []
   end
-end
-
-defmodule DynamicSrv.Runner.Keeper do
-  @moduledoc """
-  Starts the provider process of a runner with `serves: true` and keeps it
-  running, instead of a supervisor that would give up, and take the
-  application down, after a few failed starts.
-
-  A start that fails is logged once with what to fix (again only when the
-  reason changes) and retried after `next_delay/1`: 1 s, doubling up to
-  30 s. A provider that exits is restarted after the current delay, which
-  goes back to 1 s once a provider has run for 30 s.
-  """
-  use GenServer
-  require Logger
-
-  @first_delay 1_000
-  @max_delay 30_000
-  @shutdown 5_000
-
-  @doc false
-  def child_spec(opts) do
-    %{id: __MODULE__, start: {__MODULE__, :start_link, [opts]}, shutdown: @shutdown + 1_000}
-  end
-
-  @doc "Starts the keeper of `opts[:via]`, given the runner's configuration as `opts[:config]`."
-  @spec start_link(keyword()) :: GenServer.on_start()
-  def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
-
-  @doc "The delay before the start that follows a failed one waited `delay` ms."
-  @spec next_delay(pos_integer()) :: pos_integer()
-  def next_delay(delay), do: min(delay * 2, @max_delay)
-
-  @doc """
-  How the runner starts `via`: its `child_spec/1`, else `start_link/1` with
-  `config`, else `start_link/0`. A start naming `start_link/1` of a module
-  that only has `start_link/0` (as `use GenServer` generates for Peerage's
-  providers) becomes `start_link/0`. `{:error, :no_start}` when the module
-  has none of them.
-  """
-  @spec start_mfa(module(), keyword()) :: {:ok, mfa()} | {:error, term()}
-  def start_mfa(via, config) do
-    Code.ensure_loaded(via)
-
-    cond do
-      function_exported?(via, :child_spec, 1) ->
-        %{start: {m, f, a}} = Supervisor.child_spec({via, config}, [])
-        {:ok, arity_fallback({m, f, a})}
-
-      function_exported?(via, :start_link, 1) ->
-        {:ok, {via, :start_link, [config]}}
-
-      function_exported?(via, :start_link, 0) ->
-        {:ok, {via, :start_link, []}}
-
-      true ->
-        {:error, :no_start}
-    end
-  rescue
-    e -> {:error, {:child_spec, Exception.format_banner(:error, e, __STACKTRACE__)}}
-  end
-
-  defp arity_fallback({m, :start_link, [_]} = mfa) do
-    if not function_exported?(m, :start_link, 1) and function_exported?(m, :start_link, 0),
-      do: {m, :start_link, []},
-      else: mfa
-  end
-
-  defp arity_fallback(mfa), do: mfa
-
-  @impl true
-  def init(opts) do
-    Process.flag(:trap_exit, true)
-    via = Keyword.fetch!(opts, :via)
-    Logger.metadata(topology: via)
-
-    state = %{
-      via: via,
-      config: Keyword.fetch!(opts, :config),
-      pid: nil,
-      started_at: nil,
-      delay: @first_delay,
-      failures: 0,
-      logged: nil
-    }
-
-    # The first attempt runs before the runner starts the engine, so its
-    # first poll finds the provider up; later ones run from the timer.
-    {:ok, start(state)}
-  end
-
-  @impl true
-  def handle_info(:start, %{pid: nil} = state), do: {:noreply, start(state)}
-  def handle_info(:start, state), do: {:noreply, state}
-
-  def handle_info({:EXIT, pid, reason}, %{pid: pid} = state) do
-    ran = System.monotonic_time(:millisecond) - state.started_at
-    delay = if ran >= @max_delay, do: @first_delay, else: state.delay
-
-    Logger.warning(
-      "#{inspect(state.via)} exited (#{inspect(reason, limit: 10)}); restarting it in #{seconds(delay)}"
-    )
-
-    Process.send_after(self(), :start, delay)
-    {:noreply, %{state | pid: nil, delay: next_delay(delay), logged: nil}}
-  end
-
-  # The exit of a provider that failed to start, or of anything else linked.
-  def handle_info(_other, state), do: {:noreply, state}
-
-  @impl true
-  def terminate(_reason, %{pid: pid}) when is_pid(pid) do
-    Process.exit(pid, :shutdown)
-
-    receive do
-      {:EXIT, ^pid, _} -> :ok
-    after
-      @shutdown ->
-        Process.exit(pid, :kill)
-        receive do: ({:EXIT, ^pid, _} -> :ok)
-    end
-  end
-
-  def terminate(_reason, _state), do: :ok
-
-  defp start(state) do
-    case run_start(state.via, state.config) do
-      {:ok, pid} ->
-        # Also a provider started without a link is watched.
-        Process.link(pid)
-
-        if state.failures > 0,
-          do:
-            Logger.info("#{inspect(state.via)} started after #{state.failures} failed attempt(s)")
-
-        %{
-          state
-          | pid: pid,
-            started_at: System.monotonic_time(:millisecond),
-            failures: 0,
-            logged: nil
-        }
-
-      :ignore ->
-        state
-
-      {:error, reason} ->
-        message = failure_message(state.via, reason)
-
-        # The same failure again is not logged again; the success says how
-        # many attempts failed.
-        if message != state.logged,
-          do:
-            Logger.error(
-              "#{message}; retrying in #{seconds(state.delay)}, the delay doubling up to #{seconds(@max_delay)}"
-            )
-
-        Process.send_after(self(), :start, state.delay)
-
-        %{
-          state
-          | delay: next_delay(state.delay),
-            failures: state.failures + 1,
-            logged: message
-        }
-    end
-  end
-
-  defp run_start(via, config) do
-    with {:ok, {m, f, a}} <- start_mfa(via, config) do
-      case apply(m, f, a) do
-        {:ok, pid} when is_pid(pid) -> {:ok, pid}
-        {:ok, pid, _info} when is_pid(pid) -> {:ok, pid}
-        :ignore -> :ignore
-        {:error, reason} -> {:error, reason}
-        other -> {:error, {:bad_return, other}}
-      end
-    end
-  catch
-    kind, reason -> {:error, {:raised, Exception.format_banner(kind, reason, __STACKTRACE__)}}
-  end
-
-  defp failure_message(via, :no_start),
-    do:
-      "#{inspect(via)} cannot start: with serves: true a provider needs child_spec/1, start_link/1 or start_link/0; define one, or set serves: false if it is not a process"
-
-  defp failure_message(via, {:child_spec, banner}),
-    do: "#{inspect(via)}.child_spec/1 raised #{banner}; fix the provider"
-
-  defp failure_message(via, {:raised, banner}),
-    do: "#{inspect(via)} raised while starting: #{banner}; fix the provider or its configuration"
-
-  defp failure_message(via, {:bad_return, other}),
-    do:
-      "#{inspect(via)} did not start: its start returned #{inspect(other, limit: 10)}, expected {:ok, pid}, :ignore or {:error, reason}; fix the provider"
-
-  # A provider's own message (DynamicSrv.Via.Udp gives its fix in it).
-  defp failure_message(via, {:shutdown, reason}) when is_binary(reason),
-    do: failure_message(via, reason)
-
-  defp failure_message(via, reason) when is_binary(reason),
-    do: "#{inspect(via)} did not start: #{reason}"
-
-  defp failure_message(via, {reason, stack}) when is_list(stack) and is_exception(reason),
-    do:
-      "#{inspect(via)} did not start: its init raised #{Exception.format_banner(:error, reason, stack)}; fix the provider or its configuration"
-
-  defp failure_message(via, reason),
-    do:
-      "#{inspect(via)} did not start: #{inspect(reason, limit: 10)}; fix the provider or its configuration"
-
-  defp seconds(ms) when rem(ms, 1_000) == 0, do: "#{div(ms, 1_000)} s"
-  defp seconds(ms), do: "#{ms} ms"
 end

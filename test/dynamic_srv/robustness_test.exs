@@ -43,12 +43,15 @@ defmodule DynamicSrv.RobustnessTest do
     quietly.(fn -> :sys.resume(pid, t) end)
     quietly.(fn -> :sys.no_debug(pid, t) end)
 
+    if :exit_signals in kinds do
+      Process.exit(pid, :boom)
+      Process.exit(pid, :shutdown)
+    end
+
     if :malformed in kinds do
       send(pid, {:system, :not_a_from, :get_state})
       send(pid, {:"$gen_call", :not_a_from, :hello})
       quietly.(fn -> :sys.terminate(pid, :boom, t) end)
-      Process.exit(pid, :boom)
-      Process.exit(pid, :shutdown)
     end
 
     :ok
@@ -103,23 +106,30 @@ defmodule DynamicSrv.RobustnessTest do
     udp_port = DnsServer.free_port()
 
     assert Node.eval(n0, """
-           {:ok, pid} = DynamicSrv.Runner.start_link(
-             via: DynamicSrv.Via.Udp, serves: true, interval: 1, port: #{udp_port},
-             multicast_if: "127.0.0.1", announce_interval: 200)
-           Process.unlink(pid)
-           :started
+           # Its parent is a process that ends at once, not this one (which
+           # sends the exit signals below).
+           caller = self()
+           spawn(fn ->
+             {:ok, pid} = DynamicSrv.Runner.start_link(
+               via: DynamicSrv.Via.Udp, serves: true, interval: 1, port: #{udp_port},
+               multicast_if: "127.0.0.1", announce_interval: 200)
+             Process.unlink(pid)
+             send(caller, :runner_started)
+           end)
+           receive do :runner_started -> :started end
            """) == :started
 
-    # What each process is sent. OTP's supervisor crashes on a call or cast
-    # it does not know (function_clause), so the runner is spared those; the
-    # engine does not trap exits, so it is spared linked exits (it is
-    # supervised, and nothing of the distribution depends on it).
+    # Every process gets every kind; the port book, which distribution
+    # depends on, also malformed system messages and `:sys.terminate/3`
+    # (the others stop on it, as any GenServer asked to stop does).
+    all = [:requests, :linked_exit, :exit_signals]
+
     plan = %{
-      DynamicSrv.PortBook => [:requests, :linked_exit, :malformed],
-      DynamicSrv.Via.Udp => [:requests, :linked_exit],
-      DynamicSrv.Runner => [:linked_exit],
-      DynamicSrv.Runner.Membership => [:requests],
-      :robust_strategy => [:requests]
+      DynamicSrv.PortBook => [:malformed | all],
+      DynamicSrv.Via.Udp => all,
+      DynamicSrv.Runner => all,
+      DynamicSrv.Runner.Membership => all,
+      :robust_strategy => all
     }
 
     registered = """
@@ -171,6 +181,7 @@ defmodule DynamicSrv.RobustnessTest do
 
     assert Node.eval(n0, "GenServer.call(:robust_strategy, :hello)") == {:error, :unknown_call}
     assert Node.eval(n0, "GenServer.call(DynamicSrv.Via.Udp, :hello)") == {:error, :unknown_call}
+    assert Node.eval(n0, "GenServer.call(DynamicSrv.Runner, :hello)") == {:error, :unknown_call}
 
     # The strategy still polls DNS (it was suspended and resumed).
     assert {:ok, _} =

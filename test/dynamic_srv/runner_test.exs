@@ -225,6 +225,60 @@ defmodule DynamicSrv.RunnerTest do
     refute log =~ "membership source failed", log
   end
 
+  test "an engine or provider that dies is restarted; the runner and its parent stay up",
+       %{recorder: rec} do
+    log =
+      capture_log(fn ->
+        runner =
+          start_runner([via: Custom, serves: true, interval: 1, custom_nodes: [:c1@h]], rec)
+
+        assert_receive {:connect, :c1@h}, @first_poll
+
+        for name <- [DynamicSrv.Runner.Membership, Custom] do
+          old = Process.whereis(name)
+          ref = Process.monitor(old)
+          Process.exit(old, :kill)
+          assert_receive {:DOWN, ^ref, _, _, :killed}
+
+          assert {:ok, new} =
+                   DynamicSrv.Test.Wait.until(
+                     fn ->
+                       pid = Process.whereis(name)
+                       pid != old and pid
+                     end,
+                     5_000
+                   )
+
+          assert new in elem(Process.info(runner, :links), 1)
+        end
+
+        assert Process.alive?(runner)
+        assert GenServer.call(runner, :which_children) == {:error, :unknown_call}
+        # The new engine polls the new provider.
+        Recorder.drop(rec, :c1@h)
+        assert_receive {:connect, :c1@h}, 5_000
+      end)
+
+    assert log =~ "DynamicSrv.Membership exited (:killed); restarting it in 1 s"
+    assert log =~ "DynamicSrv.RunnerTest.Custom exited (:killed); restarting it in 1 s"
+  end
+
+  test "stopped by its parent, it stops the engine, then the provider", %{recorder: rec} do
+    Process.flag(:trap_exit, true)
+    config = [via: Custom, serves: true, interval: 1, custom_nodes: [:c1@h]]
+    {:ok, runner} = DynamicSrv.Runner.start_link(config ++ Recorder.mfas(rec))
+    assert_receive {:connect, :c1@h}, @first_poll
+    children = for name <- [DynamicSrv.Runner.Membership, Custom], do: Process.whereis(name)
+    refs = for pid <- children, do: Process.monitor(pid)
+
+    Process.exit(runner, :shutdown)
+    assert_receive {:EXIT, ^runner, :shutdown}, 15_000
+
+    # The engine first, then the provider.
+    for ref <- refs, do: assert_receive({:DOWN, first, _, _, :shutdown}) && assert(first == ref)
+    assert Process.whereis(DynamicSrv.Runner) == nil
+  end
+
   test "the start of a provider process: its child_spec, start_link/1, else start_link/0" do
     alias DynamicSrv.Runner.Keeper
     assert Keeper.start_mfa(PeerageStyle, x: 1) == {:ok, {PeerageStyle, :start_link, []}}
@@ -243,7 +297,7 @@ defmodule DynamicSrv.RunnerTest do
     log =
       capture_log(fn ->
         pid = start_runner([via: NotAProcess, serves: true, interval: 1], rec)
-        failures = fn -> :sys.get_state(RunnerSupport.keeper(pid)).failures end
+        failures = fn -> RunnerSupport.provider_failures(pid) end
         # Three starts (at 0, 1 and 3 s) fail.
         assert {:ok, _} = DynamicSrv.Test.Wait.until(fn -> failures.() >= 3 end, 6_000)
         assert Process.alive?(pid)

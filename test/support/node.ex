@@ -77,8 +77,16 @@ defmodule DynamicSrv.Test.Node do
     state = %{topology: #{inspect(topology)}, config: [service: #{inspect(service)}, polling_interval: #{interval}],
               connect: {:net_kernel, :connect_node, []}, disconnect: {:erlang, :disconnect_node, []},
               list_nodes: {:erlang, :nodes, [:connected]}, meta: nil}
-    {:ok, pid} = Cluster.Strategy.DynamicSrv.start_link([state])
-    Process.unlink(pid)
+    # Started by a process that ends at once (as a supervisor would be its
+    # parent), not by the evaluating process, which later evals may use to
+    # send exit signals.
+    caller = self()
+    spawn(fn ->
+      {:ok, pid} = Cluster.Strategy.DynamicSrv.start_link([state])
+      Process.unlink(pid)
+      send(caller, {:strategy_started, pid})
+    end)
+    pid = receive do {:strategy_started, pid} -> pid end
     Process.register(pid, #{inspect(name)})
     :started
     """

@@ -38,16 +38,11 @@ defmodule DynamicSrv.Test.RunnerSupport do
   down and its name is free when this returns.
   """
   def stop(pid) do
-    Supervisor.stop(pid)
+    GenServer.stop(pid)
   catch
     :exit, _ -> :ok
   end
 
-  @doc "The process that starts and restarts the runner's provider."
-  def keeper(runner) do
-    Enum.find_value(Supervisor.which_children(runner), fn
-      {DynamicSrv.Runner.Keeper, pid, _, _} -> pid
-      _ -> nil
-    end)
-  end
+  @doc "How many starts of the runner's provider process have failed in a row."
+  def provider_failures(runner), do: :sys.get_state(runner).provider.failures
 end

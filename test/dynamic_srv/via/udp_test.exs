@@ -96,9 +96,9 @@ defmodule DynamicSrv.Via.UdpTest do
         ExUnit.CaptureLog.capture_log(fn ->
           runner = start_runner(port: port, multicast_if: "127.0.0.1")
 
-          keeper = RunnerSupport.keeper(runner)
+          assert {:ok, _} =
+                   Wait.until(fn -> RunnerSupport.provider_failures(runner) >= 2 end, 5_000)
 
-          assert {:ok, _} = Wait.until(fn -> :sys.get_state(keeper).failures >= 2 end, 5_000)
           :ok = :gen_udp.close(holder)
           assert {:ok, _} = Wait.until(fn -> Process.whereis(DynamicSrv.Via.Udp) end, 6_000)
           assert Process.alive?(runner)
