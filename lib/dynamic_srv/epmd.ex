@@ -48,9 +48,12 @@ defmodule DynamicSrv.Epmd do
   listed with two ports (or more). Each connection attempt then starts from
   the next port in turn (a per-node counter in the port book) and takes the
   first, from there, that accepts a TCP connection within 500 ms; the ports
-  are probed at once, each by its own short-lived process, so the probe adds
-  at most 500 ms to that attempt, and on a LAN about one round trip. When
-  none accepts, the port whose turn it is is answered. The choice is kept for
+  are probed at once, each by its own short-lived process, and the choice
+  is made as soon as the ports before it in turn have refused, so the probe
+  adds about one round trip to that attempt on a LAN, 500 ms when a port
+  before it neither accepts nor refuses, and never more than 1 s (on a
+  machine so loaded that the probes run late). When none accepts, a port
+  that did not refuse is answered, else the port whose turn it is. The choice is kept for
   one second, so both asks of one attempt get the same port, and the next
   attempt takes the next turn: a port that accepts but is not the node (its
   old port reused by another node) is passed over on the following attempt.
@@ -263,30 +266,33 @@ defmodule DynamicSrv.Epmd do
   defp new_choice(node, family, ip, ports) do
     turn = rem(PortBook.next_turn({node, family}), length(ports))
     {passed, from_turn} = Enum.split(ports, turn)
-    order = from_turn ++ passed
-    accepting = probe(ip, ports, family)
-    port = Enum.find(order, hd(order), &(&1 in accepting))
+    port = probe(ip, from_turn ++ passed, family)
     PortBook.note({:port_choice, node, family}, {ip, port}, @attempt_ttl)
     port
   end
 
-  # The ports of `ports` at `ip` that accept a TCP connection within
-  # @probe_timeout, each tried by its own process. Answers arrive through an
-  # alias that is removed at the deadline, so a late one is dropped, and one
+  # The first port of `order` at `ip` that accepts a TCP connection, all
+  # probed at once, each by its own process whose connect gives up after
+  # @probe_timeout. The choice is made as soon as the ports before it have
+  # refused or timed out. The wait is bounded by twice @probe_timeout (the
+  # probes' own timeout, plus room for a machine so loaded that they are
+  # scheduled late); then a port that did not refuse is taken over one
+  # that did, the turn order deciding. Answers arrive through an alias that
+  # is removed when the choice is made, so a late one is dropped, and one
   # that came in just before is flushed: nothing stays in the caller's
   # mailbox (a connection setup process of the kernel).
-  defp probe(ip, ports, family) do
+  defp probe(ip, order, family) do
     reply_to = :erlang.alias()
-    deadline = System.monotonic_time(:millisecond) + @probe_timeout
+    deadline = System.monotonic_time(:millisecond) + 2 * @probe_timeout
 
-    for port <- ports do
+    for port <- order do
       spawn(fn -> send(reply_to, {reply_to, port, accepts?(ip, port, family)}) end)
     end
 
-    accepting = collect_probes(reply_to, length(ports), deadline, [])
+    port = collect_probes(reply_to, order, deadline, %{})
     :erlang.unalias(reply_to)
     flush_probes(reply_to)
-    accepting
+    port
   end
 
   defp flush_probes(reply_to) do
@@ -297,17 +303,33 @@ defmodule DynamicSrv.Epmd do
     end
   end
 
-  defp collect_probes(_reply_to, 0, _deadline, accepting), do: accepting
+  defp collect_probes(reply_to, order, deadline, results) do
+    case decided(order, results) do
+      {:ok, port} ->
+        port
 
-  defp collect_probes(reply_to, left, deadline, accepting) do
-    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+      :wait ->
+        wait = max(deadline - System.monotonic_time(:millisecond), 0)
 
-    receive do
-      {^reply_to, port, true} -> collect_probes(reply_to, left - 1, deadline, [port | accepting])
-      {^reply_to, _port, false} -> collect_probes(reply_to, left - 1, deadline, accepting)
-    after
-      wait -> accepting
+        receive do
+          {^reply_to, port, accepts} ->
+            collect_probes(reply_to, order, deadline, Map.put(results, port, accepts))
+        after
+          wait -> Enum.find(order, hd(order), &(Map.get(results, &1) != false))
+        end
     end
+  end
+
+  # The first port in order that accepted, once every port before it has
+  # answered no; the turn's port when all answered no.
+  defp decided(order, results) do
+    Enum.reduce_while(order, {:ok, hd(order)}, fn port, all_refused ->
+      case Map.fetch(results, port) do
+        {:ok, true} -> {:halt, {:ok, port}}
+        {:ok, false} -> {:cont, all_refused}
+        :error -> {:halt, :wait}
+      end
+    end)
   end
 
   defp accepts?(ip, port, family) do
