@@ -1,3 +1,3 @@
 [
-  inputs: ["{mix,.formatter}.exs", "{config,lib,test,bench,examples}/**/*.{ex,exs}"]
+  inputs: ["{mix,.formatter}.exs", "{build,config,lib,test,bench,examples}/**/*.{ex,exs}"]
 ]

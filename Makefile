@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ERLANG_PACKAGES := erlang-dev erlang-src
 APT_PACKAGES := elixir $(ERLANG_PACKAGES) dnsmasq-base bind9 iproute2 procps python3-yaml openssl gcc libc6-dev
 
-.PHONY: test test-stress test-matrix demo bench bench-scale soak system-deps apt-packages build rust-test rust-lint elixir-test clean
+.PHONY: test test-stress test-matrix precompile demo bench bench-scale soak system-deps apt-packages build rust-test rust-lint elixir-test clean
 
 test: system-deps rust-lint rust-test elixir-test
 
@@ -26,6 +26,12 @@ test: system-deps rust-lint rust-test elixir-test
 # narrow it (see .ci/test-matrix).
 test-matrix:
 	.ci/test-matrix
+
+# For a release: the precompiled NIF of this host's target in
+# _build/precompiled/, its SHA-256 in checksum-Elixir.DynamicSrv.Native.exs
+# (PRECOMPILE_ARGS="--out DIR --checksum-file FILE" to write elsewhere).
+precompile: system-deps
+	mix dynamic_srv_nif.precompile $(PRECOMPILE_ARGS)
 
 demo: system-deps build
 	MIX_ENV=dev mix run --no-start examples/demo.exs

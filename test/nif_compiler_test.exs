@@ -156,7 +156,7 @@ defmodule DynamicSrv.NifCompilerTest do
 
     capture_io(fn ->
       manifest_dir = Path.join(app_path, ".mix")
-      send(parent, {:result, DynamicSrvNif.compile(root, app_path, manifest_dir, force?)})
+      send(parent, {:result, DynamicSrvNif.compile(root, app_path, manifest_dir, force: force?)})
     end)
 
     assert_received {:result, result}

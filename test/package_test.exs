@@ -18,7 +18,7 @@ defmodule DynamicSrv.PackageTest do
   """
   use ExUnit.Case, async: false
 
-  alias DynamicSrv.Test.{DnsServer, Node}
+  alias DynamicSrv.Test.{DnsServer, Node, PackageCopy}
 
   @moduletag :package
   @moduletag timeout: 180_000
@@ -46,7 +46,7 @@ defmodule DynamicSrv.PackageTest do
       File.rm_rf!(tmp)
     end)
 
-    copied = copy_package(pkg)
+    copied = PackageCopy.copy(pkg)
     {_, 0} = System.cmd("chmod", ["-R", "a-w", pkg])
     before = snapshot(pkg)
     write_app(app)
@@ -133,31 +133,6 @@ defmodule DynamicSrv.PackageTest do
     [_, block] = Regex.run(~r/`rel\/env\.sh\.eex`:\n\n```sh\n(.*?)```/s, File.read!(@readme))
     assert code_lines(block) == code_lines(File.read!(@example_env_sh))
     assert block =~ ~s|if [ -z "$ERL_DIST_PORT" ]; then|
-  end
-
-  # The files of package[:files] (directories expanded) copied under `dest`,
-  # as paths relative to the project.
-  defp copy_package(dest) do
-    files =
-      for entry <- Mix.Project.config()[:package][:files],
-          path <- Path.wildcard(entry, match_dot: true),
-          file <- expand(path),
-          uniq: true,
-          do: file
-
-    for file <- files do
-      File.mkdir_p!(Path.dirname(Path.join(dest, file)))
-      File.cp!(file, Path.join(dest, file))
-    end
-
-    files
-  end
-
-  defp expand(path) do
-    if File.dir?(path),
-      do:
-        path |> Path.join("**") |> Path.wildcard(match_dot: true) |> Enum.filter(&File.regular?/1),
-      else: [path]
   end
 
   # Every file and directory under `dir` with its kind, size, mtime, mode

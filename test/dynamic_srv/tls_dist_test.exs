@@ -7,7 +7,7 @@ defmodule DynamicSrv.TlsDistTest do
   """
   use ExUnit.Case, async: false
 
-  alias DynamicSrv.Test.{DnsServer, Node, NoEpmd}
+  alias DynamicSrv.Test.{Certs, DnsServer, Node, NoEpmd}
 
   @svc "svc.service.consul"
   @moduletag timeout: 180_000
@@ -35,8 +35,8 @@ defmodule DynamicSrv.TlsDistTest do
     File.mkdir_p!(dir)
     on_exit(fn -> File.rm_rf(dir) end)
 
-    make_ca(dir, "ca", "DynamicSrv test cluster CA")
-    make_ca(dir, "rogue_ca", "DynamicSrv test rogue CA")
+    Certs.make_ca(dir, "ca", "DynamicSrv test cluster CA")
+    Certs.make_ca(dir, "rogue_ca", "DynamicSrv test rogue CA")
     File.write!(Path.join(dir, "both_cas.pem"), [read(dir, "rogue_ca.pem"), read(dir, "ca.pem")])
 
     ports = Map.new(@nodes, fn {name, _, _, _} -> {name, DnsServer.free_port()} end)
@@ -65,7 +65,7 @@ defmodule DynamicSrv.TlsDistTest do
               ""
 
             :tls ->
-              make_cert(dir, name, ca, dns_names)
+              Certs.make_cert(dir, name, ca, dns_names, "#{name}.#{@svc}")
               cacertfile = if ca == :rogue_ca, do: "both_cas.pem", else: "ca.pem"
               optfile = write_optfile(dir, name, cacertfile)
               "-proto_dist inet_tls -ssl_dist_optfile #{optfile}"
@@ -284,84 +284,6 @@ defmodule DynamicSrv.TlsDistTest do
     """)
 
     path
-  end
-
-  defp make_ca(dir, name, common_name) do
-    openssl!(dir, [
-      "req",
-      "-x509",
-      "-nodes",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-days",
-      "2",
-      "-subj",
-      "/CN=#{common_name}",
-      "-keyout",
-      "#{name}.key",
-      "-out",
-      "#{name}.pem",
-      "-addext",
-      "basicConstraints=critical,CA:TRUE",
-      "-addext",
-      "keyUsage=critical,keyCertSign,cRLSign"
-    ])
-  end
-
-  defp make_cert(dir, name, ca, dns_names) do
-    File.write!(Path.join(dir, name <> ".ext"), """
-    basicConstraints = critical,CA:FALSE
-    keyUsage = critical,digitalSignature
-    extendedKeyUsage = serverAuth,clientAuth
-    subjectAltName = #{Enum.map_join(dns_names, ",", &"DNS:#{&1}")}
-    """)
-
-    openssl!(dir, [
-      "req",
-      "-new",
-      "-nodes",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-subj",
-      "/CN=#{name}.#{@svc}",
-      "-keyout",
-      "#{name}.key",
-      "-out",
-      "#{name}.csr"
-    ])
-
-    openssl!(dir, [
-      "x509",
-      "-req",
-      "-in",
-      "#{name}.csr",
-      "-CA",
-      "#{ca}.pem",
-      "-CAkey",
-      "#{ca}.key",
-      "-set_serial",
-      "#{System.unique_integer([:positive])}",
-      "-days",
-      "2",
-      "-extfile",
-      "#{name}.ext",
-      "-out",
-      "#{name}.pem"
-    ])
-  end
-
-  defp openssl!(dir, args) do
-    case System.cmd("openssl", args, cd: dir, stderr_to_stdout: true) do
-      {_, 0} ->
-        :ok
-
-      {output, status} ->
-        flunk("openssl #{Enum.join(args, " ")} exited with #{status}: #{output}")
-    end
   end
 
   defp read(dir, file), do: File.read!(Path.join(dir, file))
