@@ -104,7 +104,7 @@ rust-test:
 elixir-test:
 	MIX_ENV=test mix format --check-formatted
 	MIX_ENV=test mix compile --warnings-as-errors
-	MIX_ENV=test mix test --warnings-as-errors
+	DYNAMIC_SRV_TEST_ALL=1 MIX_ENV=test mix test --warnings-as-errors
 
 clean:
 	rm -rf _build target priv/native

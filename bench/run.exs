@@ -13,7 +13,10 @@
 #
 # The tables are printed and written to bench/results/latest.txt.
 
-Code.require_file("support.exs", __DIR__)
+# One module per file: statistics, the report, the resolver part (A).
+for file <- ~w(stats.exs report.exs resolver_bench.exs),
+    do: Code.require_file(file, Path.join(__DIR__, "support"))
+
 Code.require_file("cluster_start.exs", __DIR__)
 Code.require_file("large_answers.exs", __DIR__)
 

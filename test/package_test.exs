@@ -20,6 +20,7 @@ defmodule DynamicSrv.PackageTest do
 
   alias DynamicSrv.Test.{DnsServer, Node, PackageCopy}
 
+  @moduletag :dnsmasq
   @moduletag :package
   @moduletag timeout: 180_000
 

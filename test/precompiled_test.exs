@@ -155,6 +155,8 @@ defmodule DynamicSrv.PrecompiledTest do
   alias DynamicSrv.Build.Precompiled
   alias DynamicSrv.Test.{Certs, DnsServer, HttpsServer, PackageCopy}
 
+  @moduletag :dnsmasq
+  @moduletag :openssl
   @moduletag :package
   @moduletag timeout: 900_000
 

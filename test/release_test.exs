@@ -10,6 +10,7 @@ defmodule DynamicSrv.ReleaseTest do
 
   alias DynamicSrv.Test.{DnsServer, Node, NoEpmd, Wait}
 
+  @moduletag :dnsmasq
   @moduletag :release
   @moduletag timeout: 240_000
 

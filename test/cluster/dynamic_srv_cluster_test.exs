@@ -9,6 +9,7 @@ defmodule Cluster.Strategy.DynamicSrvClusterTest do
 
   @svc "svc.service.consul"
   @interval 1_000
+  @moduletag :dnsmasq
   @moduletag timeout: 240_000
 
   defp records(members) do

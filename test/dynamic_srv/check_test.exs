@@ -2,6 +2,8 @@ defmodule DynamicSrv.CheckTest do
   @moduledoc "The diagnostic command against a real dnsmasq, healthy and broken."
   use ExUnit.Case, async: false
 
+  @moduletag :dnsmasq
+
   alias DynamicSrv.Check
   alias DynamicSrv.Test.{DnsServer, HostileDns, Netns, Node}
 
@@ -141,6 +143,7 @@ defmodule DynamicSrv.CheckTest do
     assert {:error, _} = Check.parse_args([@svc, "--bogus"])
   end
 
+  @tag :netns
   test "a first nameserver that cannot be reached is one line of the report and exit status 1" do
     # A host in a namespace with no route but its own /24: sending to
     # 192.0.2.99 fails at once with :enetunreach. The lookup itself gets its

@@ -8,6 +8,7 @@ defmodule DynamicSrv.EpmdClusterTest do
   alias DynamicSrv.Test.{DnsServer, Node, NoEpmd}
 
   @svc "svc.service.consul"
+  @moduletag :dnsmasq
   @moduletag timeout: 180_000
 
   setup_all do

@@ -13,6 +13,8 @@ defmodule DynamicSrv.MultihostTest do
   @svc "svc.service.consul"
   @dist_port 9100
   @interval 1_000
+  @moduletag :dnsmasq
+  @moduletag :netns
   @moduletag timeout: 240_000
 
   defp records(hosts) do

@@ -2,6 +2,8 @@ defmodule DynamicSrv.ResolverRecordsTest do
   # Changes the records of its own server, so it runs alone.
   use ExUnit.Case, async: false
 
+  @moduletag :dnsmasq
+
   alias DynamicSrv.Resolver
   alias DynamicSrv.Test.DnsServer
 

@@ -1,6 +1,8 @@
 defmodule DynamicSrv.ResolverTest do
   use ExUnit.Case, async: true
 
+  @moduletag :dnsmasq
+
   alias DynamicSrv.Resolver
   alias DynamicSrv.Test.DnsServer
 

@@ -10,6 +10,7 @@ defmodule DynamicSrv.RobustnessTest do
   alias DynamicSrv.Test.{DnsServer, Node, Wait}
 
   @svc "svc.service.consul"
+  @moduletag :dnsmasq
   @moduletag timeout: 180_000
 
   # Evaluated on a node: sends `pid` every kind of stray message, unknown

@@ -4,6 +4,8 @@ defmodule DynamicSrv.RunnerTest do
   and disconnects go to a recorder, the DNS providers ask a real dnsmasq.
   """
   use ExUnit.Case, async: false
+
+  @moduletag :dnsmasq
   import ExUnit.CaptureLog
 
   alias DynamicSrv.Test.{DnsServer, Recorder, RunnerSupport}

@@ -10,6 +10,7 @@ defmodule DynamicSrv.SrvPortsTest do
   alias DynamicSrv.Test.{DnsServer, Node}
 
   @svc "svc.service.consul"
+  @moduletag :dnsmasq
   @moduletag timeout: 120_000
 
   setup_all do

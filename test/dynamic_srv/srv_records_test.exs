@@ -7,6 +7,8 @@ defmodule DynamicSrv.SrvRecordsTest do
   # Counts the atoms the VM creates, so it runs alone.
   use ExUnit.Case, async: false
 
+  @moduletag :dnsmasq
+
   alias DynamicSrv.{Srv, Target}
   alias DynamicSrv.Test.DnsServer
 

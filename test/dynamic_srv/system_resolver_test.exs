@@ -8,6 +8,8 @@ defmodule DynamicSrv.SystemResolverTest do
 
   alias DynamicSrv.Test.{DnsServer, Netns, Node}
 
+  @moduletag :dnsmasq
+  @moduletag :netns
   @moduletag timeout: 120_000
 
   setup do

@@ -10,6 +10,8 @@ defmodule DynamicSrv.TlsDistTest do
   alias DynamicSrv.Test.{Certs, DnsServer, Node, NoEpmd}
 
   @svc "svc.service.consul"
+  @moduletag :dnsmasq
+  @moduletag :openssl
   @moduletag timeout: 180_000
 
   # {name, DNS names in its certificate, CA that signs it, distribution}

@@ -9,6 +9,7 @@ defmodule DynamicSrv.Via.DnsTest do
   alias DynamicSrv.Test.{DnsServer, Node, Recorder, RunnerSupport, Wait}
   alias DynamicSrv.Via.Dns
 
+  @moduletag :dnsmasq
   @moduletag timeout: 120_000
   setup do
     on_exit(RunnerSupport.env_restorer())

@@ -8,6 +8,7 @@ defmodule DynamicSrv.Via.ListTest do
 
   alias DynamicSrv.Test.{DnsServer, Node, RunnerSupport, Wait}
 
+  @moduletag :dnsmasq
   @moduletag timeout: 120_000
   setup do
     on_exit(RunnerSupport.env_restorer())

@@ -8,6 +8,7 @@ defmodule DynamicSrv.Via.UdpTest do
   alias DynamicSrv.Test.{DnsServer, Node, RunnerSupport, Wait}
   alias DynamicSrv.Via.Udp.Packet
 
+  @moduletag :dnsmasq
   @moduletag timeout: 180_000
   @secret "correct horse battery staple"
   @group {230, 1, 1, 251}
