@@ -41,8 +41,8 @@ defmodule DynamicSrv.Build.Download do
   end
 
   defp http_get(uri, settings) do
-    with {:ok, _} <- Application.ensure_all_started(:inets),
-         {:ok, _} <- Application.ensure_all_started(:ssl),
+    with :ok <- start_otp_app(:inets),
+         :ok <- start_otp_app(:ssl),
          :ok <- start_profile(),
          :ok <- set_proxies(settings.env),
          {:ok, ssl} <- ssl_options(uri, settings) do
@@ -77,6 +77,28 @@ defmodule DynamicSrv.Build.Download do
     else
       {:error, why} when is_binary(why) -> {:error, why}
       {:error, reason} -> {:error, inspect(reason)}
+    end
+  end
+
+  @doc """
+  Starts an application of Erlang/OTP that the project does not list: from
+  Elixir 1.15 on, Mix keeps only the listed ones in the code path (and
+  `Mix.ensure_application!/1` puts one back).
+  """
+  @spec start_otp_app(atom()) :: :ok | {:error, String.t()}
+  def start_otp_app(app) do
+    # Called through apply: Elixir 1.14 has no Mix.ensure_application!/1
+    # (and needs none).
+    if function_exported?(Mix, :ensure_application!, 1),
+      do: apply(Mix, :ensure_application!, [app])
+
+    case Application.ensure_all_started(app) do
+      {:ok, _} ->
+        :ok
+
+      {:error, reason} ->
+        {:error,
+         "Erlang/OTP's #{app} application cannot start (#{inspect(reason)}); install it (Debian: erlang-#{app})"}
     end
   end
 

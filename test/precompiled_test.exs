@@ -13,7 +13,7 @@ defmodule DynamicSrv.Test.HttpsServer do
   and key `keyfile`.
   """
   def start(dir, certfile, keyfile) do
-    {:ok, _} = Application.ensure_all_started(:ssl)
+    :ok = DynamicSrv.Build.Download.start_otp_app(:ssl)
     parent = self()
 
     pid =

@@ -42,4 +42,8 @@ case {missing, System.get_env("DYNAMIC_SRV_TEST_ALL")} do
         do: IO.puts("Skipping tests tagged :#{tag}: #{why} (make test installs it)")
 end
 
+# The HTTPS server of precompiled_test.exs uses :ssl, which Mix (Elixir
+# 1.15 and newer) leaves out of the code path of a project not listing it.
+:ok = DynamicSrv.Build.Download.start_otp_app(:ssl)
+
 ExUnit.start(capture_log: true, exclude: Keyword.keys(missing))

@@ -277,7 +277,11 @@ defmodule DynamicSrv.RunnerTest do
     assert_receive {:EXIT, ^runner, :shutdown}, 15_000
 
     # The engine first, then the provider.
-    for ref <- refs, do: assert_receive({:DOWN, first, _, _, :shutdown}) && assert(first == ref)
+    for ref <- refs do
+      assert_receive {:DOWN, first, _, _, :shutdown}
+      assert first == ref
+    end
+
     assert Process.whereis(DynamicSrv.Runner) == nil
   end
 
