@@ -274,6 +274,25 @@ defmodule DynamicSrv.PrecompiledTest do
     assert out =~ "set DYNAMIC_SRV_NIF_URL"
   end
 
+  test "HTTPS_PROXY: the download goes through the proxy (CONNECT)", ctx do
+    server = serve(ctx, File.read!(ctx.artifact))
+    proxy = start_connect_proxy()
+
+    {app, env} =
+      new_app(ctx, "proxied",
+        url: HttpsServer.url(server),
+        path: ctx.no_cargo_path,
+        extra: [{"HTTPS_PROXY", "http://127.0.0.1:#{proxy.port}"}]
+      )
+
+    {out, status} = mix(app, env, ["compile"])
+    assert status == 0, out
+    assert out =~ "Installed the precompiled NIF"
+    assert_received {:proxied, "localhost:" <> port}
+    assert port == Integer.to_string(server.port)
+    assert HttpsServer.requests(server) == 1
+  end
+
   test "DYNAMIC_SRV_NIF_BUILD=1 builds with cargo and fetches nothing", ctx do
     server = serve(ctx, File.read!(ctx.artifact))
 
@@ -466,6 +485,63 @@ defmodule DynamicSrv.PrecompiledTest do
     |> String.split(":", trim: true)
     |> Enum.reject(&File.exists?(Path.join(&1, "cargo")))
     |> Enum.join(":")
+  end
+
+  # An HTTP proxy on 127.0.0.1 that serves CONNECT only: it tells the test
+  # each target it tunnels to, then relays bytes both ways.
+  defp start_connect_proxy do
+    test = self()
+
+    {:ok, listen} =
+      :gen_tcp.listen(0, [:binary, ip: {127, 0, 0, 1}, active: false, packet: :line])
+
+    {:ok, port} = :inet.port(listen)
+
+    pid =
+      spawn(fn ->
+        accept = fn accept ->
+          {:ok, client} = :gen_tcp.accept(listen)
+          {:ok, "CONNECT " <> rest} = :gen_tcp.recv(client, 0, 10_000)
+          [target | _] = String.split(rest, " ")
+          send(test, {:proxied, target})
+
+          skip = fn skip ->
+            if :gen_tcp.recv(client, 0, 10_000) == {:ok, "\r\n"}, do: :ok, else: skip.(skip)
+          end
+
+          skip.(skip)
+          [host, target_port] = String.split(target, ":")
+
+          {:ok, upstream} =
+            :gen_tcp.connect(String.to_charlist(host), String.to_integer(target_port), [
+              :binary,
+              active: false
+            ])
+
+          :ok = :inet.setopts(client, packet: :raw)
+          :ok = :gen_tcp.send(client, "HTTP/1.1 200 Connection established\r\n\r\n")
+
+          relay = fn relay, from, to ->
+            case :gen_tcp.recv(from, 0) do
+              {:ok, data} ->
+                _ = :gen_tcp.send(to, data)
+                relay.(relay, from, to)
+
+              {:error, _} ->
+                :gen_tcp.close(to)
+            end
+          end
+
+          spawn_link(fn -> relay.(relay, upstream, client) end)
+          spawn_link(fn -> relay.(relay, client, upstream) end)
+          accept.(accept)
+        end
+
+        accept.(accept)
+      end)
+
+    on_exit(fn -> Process.exit(pid, :kill) end)
+    %{port: port, pid: pid}
   end
 
   defp closed_port do
