@@ -13,7 +13,6 @@ defmodule DynamicSrv.Test.HttpsServer do
   and key `keyfile`.
   """
   def start(dir, certfile, keyfile) do
-    :ok = DynamicSrv.Build.Download.start_otp_app(:ssl)
     parent = self()
 
     pid =

@@ -53,10 +53,11 @@ defmodule DynamicSrv.Epmd do
   adds about one round trip to that attempt on a LAN, 500 ms when a port
   before it neither accepts nor refuses, and never more than 1 s (on a
   machine so loaded that the probes run late). When none accepts, a port
-  that did not refuse is answered, else the port whose turn it is. The choice is kept for
-  one second, so both asks of one attempt get the same port, and the next
-  attempt takes the next turn: a port that accepts but is not the node (its
-  old port reused by another node) is passed over on the following attempt.
+  that has not answered no is answered, else the port whose turn it is. The
+  choice is kept for one second, so both asks of one attempt get the same
+  port, and the next attempt takes the next turn: a port that accepts but
+  is not the node (its old port reused by another node) is passed over on
+  the following attempt.
   A node with one port costs no probe.
 
   ## Starting the distribution
