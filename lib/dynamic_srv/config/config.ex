@@ -19,7 +19,7 @@ defmodule DynamicSrv.Config do
   | `:port` | an integer in 1..65535 |
   | `:mfa` | `{module, function, args}` |
   | `:ip` | an IP tuple or its text form (`"230.1.1.251"`), converted to a tuple |
-  | `:nodes` | a list of node names (`:"name@host"` or `"name@host"`), converted to atoms |
+  | `:nodes` | a list of node names (`:"name@host"` or `"name@host"`, by the rule of `DynamicSrv.Naming`), converted to atoms |
   | `:nodes_ports` | as `:nodes`, each name alone or as `{name, port}` |
   | `{:label, max}` | a string of `a-z A-Z 0-9 _ -`, at most `max` bytes |
   | `{:secret, min}` | a binary of at least `min` bytes |
@@ -27,6 +27,8 @@ defmodule DynamicSrv.Config do
 
   Keys outside the schema are kept as they are (providers read their own).
   """
+
+  alias DynamicSrv.Naming
 
   @type schema :: keyword({atom() | tuple(), term()})
 
@@ -87,11 +89,11 @@ defmodule DynamicSrv.Config do
   # DYNAMIC_SRV_NAMESERVERS and the lookups follow too.
   defp check(:nameservers, [_ | _] = value) do
     with true <- Enum.all?(value, &nameserver?/1),
-         :ok <- DynamicSrv.Native.check_nameservers(value) do
+         {:ok, _} <- DynamicSrv.Native.check_nameservers(value) do
       {:ok, value}
     else
       false -> :error
-      {:error, reason} -> {:error, reason}
+      {:error, {:bad_settings, reason}} -> {:error, reason}
     end
   end
 
@@ -110,8 +112,10 @@ defmodule DynamicSrv.Config do
     end
   end
 
+  # Node names and labels follow DynamicSrv.Naming's rule, checked before
+  # any atom is made.
   defp check(:nodes, value) when is_list(value) do
-    if Enum.all?(value, &node_name?/1),
+    if Enum.all?(value, &Naming.node_name?/1),
       do: {:ok, Enum.map(value, &to_node/1)},
       else: :error
   end
@@ -122,23 +126,18 @@ defmodule DynamicSrv.Config do
       else: :error
   end
 
-  defp check({:label, max}, value) when is_binary(value) and byte_size(value) in 1..max//1,
-    do: if(value =~ ~r/\A[a-zA-Z0-9_-]+\z/, do: {:ok, value}, else: :error)
+  defp check({:label, max}, value),
+    do: if(Naming.check_label(value, max) == :ok, do: {:ok, value}, else: :error)
 
   defp check({:secret, min}, value) when is_binary(value) and byte_size(value) >= min,
     do: {:ok, value}
 
   defp check(_type, _value), do: :error
 
-  defp node_name?(node) when is_atom(node), do: node_name?(Atom.to_string(node))
+  defp node_port?({node, port}) when is_integer(port) and port in 1..65535,
+    do: Naming.node_name?(node)
 
-  defp node_name?(node) when is_binary(node) and byte_size(node) <= 255,
-    do: node =~ ~r/\A[^@\s]+@[^@\s]+\z/
-
-  defp node_name?(_), do: false
-
-  defp node_port?({node, port}) when is_integer(port) and port in 1..65535, do: node_name?(node)
-  defp node_port?(node), do: node_name?(node)
+  defp node_port?(node), do: Naming.node_name?(node)
 
   defp to_node_port({node, port}), do: {to_node(node), port}
   defp to_node_port(node), do: to_node(node)
@@ -158,7 +157,10 @@ defmodule DynamicSrv.Config do
   defp describe(:mfa), do: "{module, function, args}"
   defp describe(:port), do: "an integer in 1..65535"
   defp describe(:ip), do: "an IP address, as a tuple or a string"
-  defp describe(:nodes), do: ~s(a list of node names such as :"app@host" or "app@host")
+
+  defp describe(:nodes),
+    do:
+      ~s(a list of node names such as :"app@host" or "app@host" \(name of a-z, A-Z, 0-9, _ and -\))
 
   defp describe(:nodes_ports),
     do: ~s(a list of node names such as :"app@host" or "app@host", each alone or as {name, port})

@@ -8,7 +8,7 @@ defmodule DynamicSrv.Native do
   #
   # Each public function below is replaced by its NIF once the library is
   # loaded; until then it loads the library and calls itself again (now the
-  # NIF). Callers go through DynamicSrv.Resolver, DynamicSrv.Target and
+  # NIF). Callers go through DynamicSrv.Resolver, DynamicSrv.Naming and
   # DynamicSrv.Env, never through this module directly.
 
   @nif_name ~c"libdynamic_srv_nif"
@@ -34,34 +34,41 @@ defmodule DynamicSrv.Native do
   @spec loaded?() :: boolean()
   def loaded?, do: load() == :ok
 
-  # Starts a lookup and returns {:ok, tag} at once; the caller later
-  # receives {:dynamic_srv_dns, tag, result}.
-  def lookup(type, name, settings) do
-    load!()
-    __MODULE__.lookup(type, name, settings)
-  end
+  # The NIFs, each replaced by its Rust function once the library is loaded:
+  #
+  #   lookup(type, name, settings)   {:ok, tag}; later {:dynamic_srv_dns, tag, result}
+  #   probe(type, name, settings)    the same, for DynamicSrv.Check's transport facts
+  #   node_names(targets, service)   {:ok, [{:ok, node_name} | {:error, reason}]}
+  #   check_node_name(name)          {:ok, name}
+  #   check_label(label, max)        {:ok, label}
+  #   helper_of(name)                the node a rem-/rpc- helper works for, or nil
+  #   parse_nameservers(text)        {:ok, [{ip, port}]} from DYNAMIC_SRV_NAMESERVERS
+  #   check_nameservers(list)        {:ok, list} when it follows the nameserver rule
+  #   limits()                       the bounds the Rust core enforces (a map)
+  #
+  # Errors have one shape, {:error, reason}: reason is an atom (:nxdomain,
+  # :no_data, :timeout, :servfail, :refused) or {atom, message}
+  # ({:invalid_name, _}, {:bad_settings, _}, {:other, _}).
+  @nifs [
+    lookup: 3,
+    probe: 3,
+    node_names: 2,
+    check_node_name: 1,
+    check_label: 2,
+    helper_of: 1,
+    parse_nameservers: 1,
+    check_nameservers: 1,
+    limits: 0
+  ]
 
-  # Starts a probe of the transport for DynamicSrv.Check; replies as lookup/3.
-  def probe(type, name, settings) do
-    load!()
-    __MODULE__.probe(type, name, settings)
-  end
+  for {fun, arity} <- @nifs do
+    args = Macro.generate_arguments(arity, __MODULE__)
 
-  # :ok, or {:error, message} when a list of {ip, port} breaks the rule every
-  # nameserver list follows.
-  def check_nameservers(list) do
-    load!()
-    __MODULE__.check_nameservers(list)
-  end
-
-  def parse_targets(targets, service) do
-    load!()
-    __MODULE__.parse_targets(targets, service)
-  end
-
-  def parse_nameservers(text) do
-    load!()
-    __MODULE__.parse_nameservers(text)
+    @doc false
+    def unquote(fun)(unquote_splicing(args)) do
+      load!()
+      __MODULE__.unquote(fun)(unquote_splicing(args))
+    end
   end
 
   defp load! do

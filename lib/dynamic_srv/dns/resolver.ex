@@ -45,7 +45,8 @@ defmodule DynamicSrv.Resolver do
   # The NIF always replies within the deadline; this margin only covers
   # scheduling noise.
   @reply_margin 1_000
-  @default_attempts 2
+
+  alias DynamicSrv.Defaults
 
   @type name :: String.t() | charlist()
   @type family :: :inet | :inet6
@@ -183,8 +184,8 @@ defmodule DynamicSrv.Resolver do
       {:ok, defaults} ->
         timeout = Keyword.get(opts, :timeout, defaults.timeout)
         nameservers = Keyword.get(opts, :nameservers, defaults.nameservers)
-        attempts = Keyword.get(opts, :attempts, @default_attempts)
-        protocol = Keyword.get(opts, :protocol, :udp)
+        attempts = Keyword.get(opts, :attempts, Defaults.attempts())
+        protocol = Keyword.get(opts, :protocol, Defaults.protocol())
         validate({nameservers, timeout, attempts, protocol})
 
       {:error, message} ->

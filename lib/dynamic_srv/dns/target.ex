@@ -1,11 +1,11 @@
 defmodule DynamicSrv.Target do
   @moduledoc """
-  Turns SRV targets into node names, with the parsing done in Rust.
+  Turns SRV targets into node atoms, boundedly, by the rule of
+  `DynamicSrv.Naming`.
 
-  A target `<label>.<service-domain>` (label `[a-z0-9_-]+`, any case, the
-  domain compared literally and case-insensitively, a trailing dot allowed)
-  names the node `:"<label>@<service-domain>"` with the label in lowercase
-  and the domain as configured: DNS names are case-insensitive, so
+  A target `<label>.<service-domain>` names the node
+  `:"<label>@<service-domain>"` with the label in lowercase and the domain
+  as configured: DNS names are case-insensitive, so
   `Node-1.<domain>` and `node-1.<domain>` are one node. Node names are
   case-sensitive, so nodes must be started with lowercase names to be
   reached. Any other target is ignored with a reason.
@@ -21,9 +21,6 @@ defmodule DynamicSrv.Target do
   only as the listed names themselves change.
   """
 
-  # Keeps each NIF call well under a millisecond.
-  @chunk 500
-
   @type ignored :: {String.t(), String.t()}
 
   @doc """
@@ -36,24 +33,9 @@ defmodule DynamicSrv.Target do
   def to_nodes(targets, service, max_nodes) do
     targets = Enum.map(targets, &to_string/1)
 
-    with {:ok, parsed} <- parse(targets, service) do
+    with {:ok, parsed} <- DynamicSrv.Naming.node_names(targets, service) do
       {pairs, ignored} = collect(Enum.zip(targets, parsed), max_nodes)
       {:ok, pairs, ignored}
-    end
-  end
-
-  defp parse(targets, service) do
-    targets
-    |> Enum.chunk_every(@chunk)
-    |> Enum.reduce_while({:ok, []}, fn chunk, {:ok, acc} ->
-      case DynamicSrv.Native.parse_targets(chunk, service) do
-        {:ok, parsed} -> {:cont, {:ok, [parsed | acc]}}
-        {:error, _} = error -> {:halt, error}
-      end
-    end)
-    |> case do
-      {:ok, chunks} -> {:ok, chunks |> Enum.reverse() |> Enum.concat()}
-      error -> error
     end
   end
 

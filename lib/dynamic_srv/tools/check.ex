@@ -90,7 +90,7 @@ defmodule DynamicSrv.Check do
       {:ok, servers} ->
         {:ok, servers}
 
-      {:error, reason} ->
+      {:error, {:bad_settings, reason}} ->
         {:error, "dynamic_srv.check: --nameserver #{Enum.join(texts, ",")}: #{reason}"}
     end
   end
@@ -187,7 +187,11 @@ defmodule DynamicSrv.Check do
   end
 
   defp nodes(records, service) do
-    case Target.to_nodes(Enum.map(records, & &1.target), service, 1024) do
+    case Target.to_nodes(
+           Enum.map(records, & &1.target),
+           service,
+           DynamicSrv.Defaults.max_nodes()
+         ) do
       {:ok, pairs, ignored} -> {Map.new(pairs), ignored}
       {:error, message} -> {%{}, Enum.map(records, &{&1.target, message})}
     end

@@ -1131,7 +1131,7 @@ mod tests {
             dot in any::<bool>(),
         ) {
             let text = format!("{}{}", labels.join("."), if dot { "." } else { "" });
-            if let Ok(query) = crate::parse::query_name(text.as_bytes()) {
+            if let Ok(query) = crate::naming::query_name(text.as_bytes()) {
                 let packet = encode(1, &query, Kind::Srv).expect("an accepted name encodes");
                 let message = Message::from_vec(&packet).expect("decodes");
                 let asked: Vec<&[u8]> = message.queries[0].name().iter().collect();

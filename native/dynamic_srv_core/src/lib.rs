@@ -9,6 +9,6 @@
 pub mod config;
 pub mod error;
 pub mod exchange;
-pub mod parse;
+pub mod naming;
 pub mod probe;
 pub mod resolver;

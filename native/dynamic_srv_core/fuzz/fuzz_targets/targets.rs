@@ -2,7 +2,7 @@
 //! panic, and every name it accepts must be a safe node name.
 #![no_main]
 
-use dynamic_srv_core::parse::{query_name, TargetParser, MAX_NODE_NAME};
+use dynamic_srv_core::naming::{query_name, TargetParser, MAX_NODE_NAME};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

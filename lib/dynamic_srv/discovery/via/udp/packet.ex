@@ -8,8 +8,8 @@ defmodule DynamicSrv.Via.Udp.Packet do
              | name length (8 bits) | name | HMAC-SHA256 (32 bytes, when flag 1 is set)
 
   The MAC covers every byte before it. Decoding checks the layout and the
-  node name (`name@host` of `[A-Za-z0-9_.-]` and, in the host, `:`), but
-  never creates an atom.
+  node name (by the rule of `DynamicSrv.Naming`), but never creates an
+  atom.
   """
 
   @magic "DSRV"
@@ -76,12 +76,8 @@ defmodule DynamicSrv.Via.Udp.Packet do
   end
 
   defp check_name(name) do
-    if String.valid?(name) and name =~ name_pattern(), do: :ok, else: {:error, :bad_name}
+    if DynamicSrv.Naming.node_name?(name), do: :ok, else: {:error, :bad_name}
   end
-
-  # A function, not a module attribute: Elixir 1.19+ warns on a regex stored
-  # in an attribute (a compiled regex is not portable across OTP versions).
-  defp name_pattern, do: ~r/\A[A-Za-z0-9_.-]+@[A-Za-z0-9_.:-]+\z/
 
   defp mac(secret, body), do: :crypto.mac(:hmac, :sha256, secret, body)
 end

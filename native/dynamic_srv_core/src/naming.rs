@@ -1,6 +1,9 @@
-//! Turning DNS data into node names, and checking names before they are
-//! queried. Nothing here allocates atoms: it only says which strings are
-//! safe to become one.
+//! The one naming rule of the package: which SRV targets name which nodes,
+//! which strings are node names, DNS names and labels, and which node names
+//! are release helpers (`rem-`/`rpc-`). The strategy, the epmd module, the
+//! UDP provider and configuration validation all ask here, through the NIF.
+//! Nothing here allocates atoms: it only says which strings are safe to
+//! become one.
 
 use regex::{Regex, RegexBuilder};
 
@@ -13,6 +16,68 @@ pub const MAX_NODE_NAME: usize = 255;
 pub const MAX_DNS_NAME: usize = 253;
 /// Longest DNS label.
 pub const MAX_LABEL: usize = 63;
+
+/// Bytes of the part of a node name before the `@`, and of the label of an
+/// SRV target: OTP's own rule for the name part (`net_kernel`), so every
+/// name derived from DNS is one a node can be started with.
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// Bytes of the host part of a node name: a DNS name or an IPv4 or IPv6
+/// address.
+fn is_host_byte(b: u8) -> bool {
+    is_name_byte(b) || b == b'.' || b == b':'
+}
+
+/// Checks a node name `name@host`: the name of `[A-Za-z0-9_-]`, the host a
+/// DNS name or an address (`[A-Za-z0-9_.:-]`), at most `MAX_NODE_NAME`
+/// bytes in all.
+pub fn check_node_name(node: &[u8]) -> Result<(), String> {
+    const EXPECTED: &str = "expected name@host, the name of a-z, A-Z, 0-9, _ and -, the host a DNS name or an IP address";
+    if node.len() > MAX_NODE_NAME {
+        return Err(format!(
+            "is {} bytes long, longer than {MAX_NODE_NAME}",
+            node.len()
+        ));
+    }
+    let mut parts = node.splitn(2, |&b| b == b'@');
+    match (parts.next(), parts.next()) {
+        (Some(name), Some(host))
+            if !name.is_empty()
+                && !host.is_empty()
+                && name.iter().all(|&b| is_name_byte(b))
+                && host.iter().all(|&b| is_host_byte(b)) =>
+        {
+            Ok(())
+        }
+        _ => Err(EXPECTED.into()),
+    }
+}
+
+/// The node a release helper node works for: `rem-<id>-<node>` and
+/// `rpc-<id>-<node>` (what `bin/app remote` and `rpc` start) give `<node>`;
+/// any other name gives `None`.
+pub fn helper_of(name: &str) -> Option<&str> {
+    let rest = name
+        .strip_prefix("rem-")
+        .or_else(|| name.strip_prefix("rpc-"))?;
+    let (id, main) = rest.split_once('-')?;
+    (!id.is_empty() && !main.is_empty()).then_some(main)
+}
+
+/// Checks a label of `[A-Za-z0-9_-]`, 1 to `max` bytes long (group names,
+/// cookies' stand-ins and other names the configuration takes).
+pub fn check_label(label: &[u8], max: usize) -> Result<(), String> {
+    if label.is_empty() || label.len() > max {
+        return Err(format!("must be 1 to {max} bytes long"));
+    }
+    if label.iter().all(|&b| is_name_byte(b)) {
+        Ok(())
+    } else {
+        Err("may hold only a-z, A-Z, 0-9, _ and -".into())
+    }
+}
 
 /// Why a target gives no node name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +177,7 @@ fn check_dns_name(name: &str) -> Result<(), String> {
         if label.len() > MAX_LABEL {
             return Err(format!("has a label longer than {MAX_LABEL} bytes"));
         }
-        let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        let allowed = |c: char| c.is_ascii() && is_name_byte(c as u8);
         if label.bytes().all(|b| allowed(char::from(b))) {
             continue;
         }
@@ -225,11 +290,77 @@ mod tests {
         assert!(query_name(long.as_bytes()).is_err());
     }
 
+    #[test]
+    fn node_names_follow_one_rule() {
+        for good in [
+            &b"app@host"[..],
+            b"node-1@app.service.consul",
+            b"a_b@10.0.0.5",
+            b"app@::1",
+            b"rem-1a2b-app@host",
+        ] {
+            assert_eq!(check_node_name(good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            &b""[..],
+            b"app",
+            b"@host",
+            b"app@",
+            b"a@b@c",
+            b"my.app@host",
+            b"app@ho st",
+            b"app@h\xc3\xa9",
+            b"a\x00p@host",
+        ] {
+            assert!(check_node_name(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("a@{}", "b".repeat(254));
+        assert!(check_node_name(long.as_bytes()).is_err());
+        assert_eq!(check_node_name(&long.as_bytes()[..255]), Ok(()));
+    }
+
+    #[test]
+    fn every_parsed_target_is_a_valid_node_name() {
+        let p = parser();
+        let node = p.node_name(b"Node_1.app.service.consul.").expect("parsed");
+        assert_eq!(check_node_name(node.as_bytes()), Ok(()));
+    }
+
+    #[test]
+    fn release_helpers_name_their_node() {
+        assert_eq!(helper_of("rem-1a2b-app"), Some("app"));
+        assert_eq!(helper_of("rpc-ff-my-app"), Some("my-app"));
+        for other in [
+            "app",
+            "rem-",
+            "rem-1a2b",
+            "rem--app",
+            "rem-1a2b-",
+            "remx-1-app",
+            "rpc",
+        ] {
+            assert_eq!(helper_of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(check_label(b"group_1-a", 16), Ok(()));
+        assert!(check_label(b"", 16).is_err());
+        assert!(check_label(b"a.b", 16).is_err());
+        assert!(check_label(&[b'a'; 17], 16).is_err());
+    }
+
     proptest! {
         #[test]
         fn any_bytes_never_panic(target in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = parser().node_name(&target);
             let _ = query_name(&target);
+            let _ = check_node_name(&target);
+            let _ = check_label(&target, 64);
+            if let Ok(text) = std::str::from_utf8(&target) {
+                let _ = helper_of(text);
+            }
         }
 
         #[test]
@@ -245,6 +376,7 @@ mod tests {
                 prop_assert!(name.len() <= MAX_NODE_NAME);
                 prop_assert_eq!(name.matches('@').count(), 1);
                 prop_assert!(name.ends_with("@app.service.consul"));
+                prop_assert_eq!(check_node_name(name.as_bytes()), Ok(()));
             }
         }
     }
