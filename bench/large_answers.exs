@@ -111,7 +111,7 @@ defmodule Bench.LargeAnswers do
   # first poll that must list `size` nodes.
   defp poll_times(service, resolver, nameservers, size) do
     config =
-      Srv.config(
+      Srv.new(
         %{
           service: service,
           query: nil,

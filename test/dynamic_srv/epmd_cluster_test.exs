@@ -117,7 +117,9 @@ defmodule DynamicSrv.EpmdClusterTest do
         ~s|DynamicSrv.PortBook.put("node-1@#{@svc}", :inet, {:ok, {127, 0, 0, 1}, #{Enum.at(ports, 1)}}, 0)|
       )
 
-      assert Node.eval(node, ~s|DynamicSrv.PortBook.fetch("node-1@#{@svc}", :inet)|) == :miss
+      assert Node.eval(node, ~s|DynamicSrv.PortBook.fetch_ports("node-1@#{@svc}", :inet)|) ==
+               :miss
+
       assert Node.eval(node, ~s|Node.connect(:"node-1@#{@svc}")|) == true
       # node-2 was never known: nothing to fall back to.
       assert Node.eval(node, ~s|Node.connect(:"node-2@#{@svc}")|) == false

@@ -163,17 +163,17 @@ defmodule DynamicSrv.RobustnessTest do
     assert Node.eval(n0, ~s|DynamicSrv.PortBook.enabled?()|)
 
     # The strategy's polls keep booking node-1's port.
-    fetch = ~s|DynamicSrv.PortBook.fetch("node-1@#{@svc}", :inet)|
+    fetch = ~s|DynamicSrv.PortBook.fetch_ports("node-1@#{@svc}", :inet)|
     port1 = Enum.at(ports, 1)
 
-    assert {:ok, {:ok, _, ^port1}} =
+    assert {:ok, {:ok, _, [^port1]}} =
              Wait.until(
                fn -> match?({:ok, _, _}, Node.eval(n0, fetch)) && Node.eval(n0, fetch) end,
                10_000
              )
 
     assert :"node-1@#{@svc}" in Node.eval(n0, "DynamicSrv.Membership.members(:robust_strategy)")
-    assert {:ok, peers} = Node.eval(n0, "DynamicSrv.Via.Udp.poll()")
+    assert {:ok, peers} = Node.eval(n0, "DynamicSrv.Via.Udp.poll(%{})")
     assert is_list(peers)
     assert is_list(Node.eval(n0, "DynamicSrv.Membership.members(DynamicSrv.Runner.Membership)"))
 
@@ -207,9 +207,16 @@ defmodule DynamicSrv.RobustnessTest do
              gone = fn gone -> if :ets.whereis(DynamicSrv.PortBook) == :undefined, do: :ok, else: gone.(gone) end
              gone.(gone)
              DynamicSrv.PortBook.put("ghost@#{@svc}", :inet, {:ok, {127, 0, 0, 9}, 9}, 60_000)
-             {DynamicSrv.PortBook.fetch("ghost@#{@svc}", :inet), :ets.info(DynamicSrv.PortBook, :owner) != pid}
-             """) == {{:ok, {127, 0, 0, 9}, 9}, true}
+             {DynamicSrv.PortBook.fetch_ports("ghost@#{@svc}", :inet), :ets.info(DynamicSrv.PortBook, :owner) != pid}
+             """) == {{:ok, {127, 0, 0, 9}, [9]}, true}
     end
+
+    # The hints' table too.
+    assert Node.eval(n0, """
+           :ets.delete(DynamicSrv.Hints)
+           DynamicSrv.Hints.put_no_node_srv("ghost.test", 60_000)
+           DynamicSrv.Hints.no_node_srv?("ghost.test")
+           """)
 
     # The node stayed distributed and connected throughout.
     assert Node.eval(n0, "node()") == :"node-0@#{@svc}"

@@ -98,18 +98,26 @@ defmodule DynamicSrv.RunnerTest do
   end
 
   test "Self lists only the local node, which is never connected", %{recorder: rec} do
-    assert DynamicSrv.Provider.poll(DynamicSrv.Via.Self) == {:ok, [node()]}
+    assert DynamicSrv.Provider.poll(DynamicSrv.Via.Self, %{}) == {:ok, [node()]}
     start_runner([via: DynamicSrv.Via.Self, interval: 1], rec)
     refute_receive {:connect, _}, 300
     assert DynamicSrv.Membership.members(DynamicSrv.Runner.Membership) == []
   end
 
-  test "List connects its nodes; a node taken off the list is disconnected", %{recorder: rec} do
+  test "List connects its nodes; a node taken off the list (configure/1) is disconnected", %{
+    recorder: rec
+  } do
     start_runner([via: DynamicSrv.Via.List, interval: 1, node_list: [:a@h1, "b@h2"]], rec)
     assert_receive {:connect, :a@h1}, @first_poll
     assert_receive {:connect, :b@h2}, @first_poll
 
-    Application.put_env(@app, :node_list, [:a@h1])
+    assert {:error, message} = DynamicSrv.Runner.configure(node_list: ["no-at"])
+    assert message =~ ":node_list is"
+    assert {:error, message} = DynamicSrv.Runner.configure(interval: 5)
+    assert message =~ "restart"
+    refute_receive {:disconnect, _}, 1_500
+
+    assert {:ok, %{node_list: [:a@h1]}} = DynamicSrv.Runner.configure(node_list: [:a@h1])
     assert_receive {:disconnect, :b@h2}, 3_000
     refute_received {:disconnect, :a@h1}
   end
@@ -141,7 +149,7 @@ defmodule DynamicSrv.RunnerTest do
   test "with List, a list that leaves out the local node fences nothing", %{recorder: rec} do
     start_runner([via: DynamicSrv.Via.List, interval: 1, node_list: [node(), :b@h2]], rec)
     assert_receive {:connect, :b@h2}
-    Application.put_env(@app, :node_list, [:b@h2])
+    assert {:ok, _} = DynamicSrv.Runner.configure(node_list: [:b@h2])
     refute_receive {:disconnect, _}, 3_000
     # b is still dialled.
     Recorder.drop(rec, :b@h2)
@@ -362,24 +370,24 @@ defmodule DynamicSrv.RunnerTest do
       dns: dns,
       records: records
     } do
-      start_runner(
-        [
-          via: DynamicSrv.Via.Dns,
-          interval: 1,
-          dns_name: "peers.svc.test",
-          app_name: "app",
-          families: [:inet, :inet6],
-          nameservers: DnsServer.nameservers(dns),
-          timeout: 500
-        ],
-        rec
-      )
+      config = [
+        via: DynamicSrv.Via.Dns,
+        interval: 1,
+        dns_name: "peers.svc.test",
+        app_name: "app",
+        families: [:inet, :inet6],
+        nameservers: DnsServer.nameservers(dns),
+        timeout: 500
+      ]
+
+      start_runner(config, rec)
+      {:ok, validated} = DynamicSrv.Runner.prepare(config)
 
       for node <- [:"app@127.0.0.1", :"app@127.0.0.2", :"app@fd00::7"],
           do: assert_receive({:connect, ^node}, 2_000)
 
       _dns = DnsServer.set_records(dns, Enum.reject(records, &(elem(&1, 1) == "peers.svc.test")))
-      assert {:error, :nxdomain} = DynamicSrv.Via.Dns.poll()
+      assert {:error, :nxdomain} = DynamicSrv.Via.Dns.poll(validated)
       refute_receive {:disconnect, _}, 3_500
       assert length(DynamicSrv.Membership.members(DynamicSrv.Runner.Membership)) == 3
     end

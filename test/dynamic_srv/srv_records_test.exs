@@ -15,7 +15,7 @@ defmodule DynamicSrv.SrvRecordsTest do
   defp unique_service, do: "s#{System.unique_integer([:positive])}.test"
 
   defp poll(service, resolver, max_nodes \\ 1024) do
-    Srv.poll(%{service: service, resolver: resolver, max_nodes: max_nodes, book_ttl: 0})
+    Srv.poll(%Srv{service: service, resolver: resolver, max_nodes: max_nodes, book_ttl: 0})
   end
 
   # How many of the 20 possible node names of `service` exist as atoms (the
@@ -101,7 +101,7 @@ defmodule DynamicSrv.SrvRecordsTest do
     dns = DnsServer.start(records)
     on_exit(fn -> DnsServer.stop(dns) end)
 
-    config = %{
+    config = %Srv{
       service: service,
       resolver_opts: [nameservers: DnsServer.nameservers(dns), timeout: 2_000],
       max_nodes: 10,

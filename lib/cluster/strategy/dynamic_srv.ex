@@ -19,14 +19,14 @@ defmodule Cluster.Strategy.DynamicSrv do
   | --- | --- | --- |
   | `service` | the service domain; SRV targets `<label>.<service>` become nodes `:"<label>@<service>"` | required |
   | `query` | the SRV name asked, when it differs from `service` (e.g. `_my-service._tcp.service.consul`) | `service` |
-  | `polling_interval` | ms between polls (plus up to 10% jitter) | `5000` |
+  | `polling_interval` | ms between polls (plus up to 10% jitter) | `#{DynamicSrv.Defaults.polling_interval()}` |
   | `disconnect_on_deregister` | disconnect nodes that left DNS; when `false`, they stay while their connection lives | `true` |
   | `fence` | when DNS stops listing this node after it had listed it (two answers in a row), disconnect the topology's nodes and dial none until listed again | `disconnect_on_deregister` |
   | `resolver` | a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped SRV tuples (or `{:error, reason}`); anything else is logged as "Unexpected response from resolver: ..." (the published package's words) and changes nothing | the Rust resolver |
   | `nameservers` | `[{ip_tuple, port}]` to ask | `DYNAMIC_SRV_NAMESERVERS`, else `/etc/resolv.conf` |
-  | `timeout` | deadline of one lookup, ms | `DYNAMIC_SRV_TIMEOUT_MS`, else 3000 |
+  | `timeout` | deadline of one lookup, ms | `DYNAMIC_SRV_TIMEOUT_MS`, else #{DynamicSrv.Defaults.timeout()} |
   | `protocol` | `:udp` (truncated answers retried over TCP) or `:tcp` | `:udp` |
-  | `max_nodes` | the most node names (hence atoms) taken from one answer | `1024` |
+  | `max_nodes` | the most node names (hence atoms) taken from one answer | `#{DynamicSrv.Defaults.max_nodes()}` |
 
   The membership rules (grace before a disconnect, what a failed lookup
   does, parallel connects) are those of `DynamicSrv.Membership`. Each poll
@@ -46,6 +46,8 @@ defmodule Cluster.Strategy.DynamicSrv do
   """
   require Logger
 
+  alias DynamicSrv.Defaults
+
   @doc false
   def child_spec(args),
     do: %{id: __MODULE__, type: :worker, start: {__MODULE__, :start_link, [args]}}
@@ -59,19 +61,19 @@ defmodule Cluster.Strategy.DynamicSrv do
            "Cluster.Strategy.DynamicSrv (topology #{topology})"
          ) do
       {:ok, config} ->
-        srv_config = DynamicSrv.Srv.config(config, 3 * config.polling_interval)
+        srv = DynamicSrv.Srv.new(config, Defaults.book_ttl(config.polling_interval))
 
         DynamicSrv.Membership.start_link(
           topology: topology,
-          poll: fn -> DynamicSrv.Srv.poll(srv_config) end,
+          poll: fn -> DynamicSrv.Srv.poll(srv) end,
           interval: config.polling_interval,
           disconnect_removed: config.disconnect_on_deregister,
           fence: fence?(config),
           # Nodes a libcluster state already knows (a MapSet or a list).
           members: Map.get(state, :meta) || [],
-          connect: Map.get(state, :connect) || {:net_kernel, :connect_node, []},
-          disconnect: Map.get(state, :disconnect) || {:erlang, :disconnect_node, []},
-          list_nodes: Map.get(state, :list_nodes) || {:erlang, :nodes, [:connected]}
+          connect: Map.get(state, :connect) || Defaults.connect(),
+          disconnect: Map.get(state, :disconnect) || Defaults.disconnect(),
+          list_nodes: Map.get(state, :list_nodes) || Defaults.list_nodes()
         )
 
       {:error, message} ->
@@ -83,7 +85,7 @@ defmodule Cluster.Strategy.DynamicSrv do
   defp schema do
     DynamicSrv.Srv.schema() ++
       [
-        polling_interval: {:pos_integer, 5_000},
+        polling_interval: {:pos_integer, Defaults.polling_interval()},
         disconnect_on_deregister: {:boolean, true},
         fence: {:boolean, nil}
       ]

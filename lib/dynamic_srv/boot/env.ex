@@ -14,8 +14,8 @@ defmodule DynamicSrv.Env do
   the first lookup, and kept in `:persistent_term`.
   """
 
-  @default_timeout 3_000
-  @max_timeout 600_000
+  alias DynamicSrv.Defaults
+
   @key {__MODULE__, :resolver_defaults}
 
   @type resolver_defaults :: %{
@@ -91,24 +91,27 @@ defmodule DynamicSrv.Env do
       {:ok, servers} ->
         {:ok, servers}
 
-      {:error, reason} ->
+      {:error, {:bad_settings, reason}} ->
         {:error,
          "DYNAMIC_SRV_NAMESERVERS=#{inspect(text)} is invalid: #{reason}; " <>
            "set it to comma-separated ip:port items such as 127.0.0.1:8600,[::1]:53, or unset it to use /etc/resolv.conf"}
     end
   end
 
-  defp timeout(nil), do: {:ok, @default_timeout}
+  defp timeout(nil), do: {:ok, Defaults.timeout()}
 
+  # The bound is the Rust core's, which every lookup's settings meet.
   defp timeout(text) do
+    max = DynamicSrv.Native.limits().max_timeout_ms
+
     case Integer.parse(String.trim(text)) do
-      {ms, ""} when ms in 1..@max_timeout ->
+      {ms, ""} when ms in 1..max//1 ->
         {:ok, ms}
 
       _ ->
         {:error,
          "DYNAMIC_SRV_TIMEOUT_MS=#{inspect(text)} is invalid: set it to a whole number of milliseconds " <>
-           "in 1..#{@max_timeout}, or unset it for the default of #{@default_timeout}"}
+           "in 1..#{max}, or unset it for the default of #{Defaults.timeout()}"}
     end
   end
 end

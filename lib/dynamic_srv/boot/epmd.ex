@@ -38,9 +38,10 @@ defmodule DynamicSrv.Epmd do
   `DYNAMIC_SRV_NAMESERVERS` and `DYNAMIC_SRV_TIMEOUT_MS` settings.
 
   Every SRV record of the node counts, and records with port 0 are none (no
-  target). Node names are matched case-insensitively against SRV targets;
-  nodes of a service answer are booked under their label in lowercase, as
-  `DynamicSrv.Target` names them.
+  target). Which SRV target names which node is the rule of
+  `DynamicSrv.Naming`, the strategy's: node names are matched
+  case-insensitively against targets, and the nodes of a service answer are
+  booked under their label in lowercase.
 
   ## Several ports
 
@@ -78,7 +79,7 @@ defmodule DynamicSrv.Epmd do
 
   """
 
-  alias DynamicSrv.{Env, PortBook, Resolver}
+  alias DynamicSrv.{Env, Hints, Naming, PortBook, Resolver}
 
   @version 5
   @attempt_ttl 1_000
@@ -146,7 +147,7 @@ defmodule DynamicSrv.Epmd do
     name = to_string(name)
 
     cond do
-      helper?(name) ->
+      Naming.helper?(name) ->
         {:ok, 0}
 
       port = dist_port() ->
@@ -255,7 +256,7 @@ defmodule DynamicSrv.Epmd do
   defp choose_port(_node, _family, _ip, [port]), do: port
 
   defp choose_port(node, family, ip, ports) do
-    case PortBook.noted({:port_choice, node, family}) do
+    case Hints.port_choice(node, family) do
       {^ip, port} ->
         if port in ports, do: port, else: new_choice(node, family, ip, ports)
 
@@ -265,10 +266,10 @@ defmodule DynamicSrv.Epmd do
   end
 
   defp new_choice(node, family, ip, ports) do
-    turn = rem(PortBook.next_turn({node, family}), length(ports))
+    turn = rem(Hints.next_turn(node, family), length(ports))
     {passed, from_turn} = Enum.split(ports, turn)
     port = probe(ip, from_turn ++ passed, family)
-    PortBook.note({:port_choice, node, family}, {ip, port}, @attempt_ttl)
+    Hints.put_port_choice(node, family, {ip, port}, @attempt_ttl)
     port
   end
 
@@ -367,7 +368,7 @@ defmodule DynamicSrv.Epmd do
     # A host known to have no per-node SRV records is asked for its
     # service's answer directly.
     srv =
-      if PortBook.marked?({host, :no_node_srv}),
+      if Hints.no_node_srv?(host),
         do: {:error, :nxdomain},
         else: Resolver.request(fqdn, :srv)
 
@@ -377,7 +378,7 @@ defmodule DynamicSrv.Epmd do
     srv_answer = finish(srv)
     ip_answer = finish(ip)
 
-    with {:ok, records} <- port_records(srv_answer, fqdn, host),
+    with {:ok, records} <- port_records(srv_answer, name, host),
          {:ok, address} <- address(ip_answer, records, family) do
       {:ok, address, records |> Enum.map(& &1.port) |> Enum.uniq() |> Enum.sort()}
     end
@@ -406,34 +407,36 @@ defmodule DynamicSrv.Epmd do
   # records whose target is this node, else of its first record; without
   # one, the service's answer must have records whose target is this node.
   # Every record of the node counts (a restarted node may be listed on its
-  # old port and its new one); a port-0 record is no target.
-  defp port_records({:ok, records}, fqdn, host) when is_list(records) do
+  # old port and its new one); a port-0 record is no target. Which target
+  # is which node is DynamicSrv.Naming's rule, as for the strategy.
+  defp port_records({:ok, records}, name, host) when is_list(records) do
     case Enum.reject(records, &(&1.port == 0)) do
       [] ->
-        port_records({:error, :no_data}, fqdn, host)
+        port_records({:error, :no_data}, name, host)
 
       [first | _] = records ->
-        case Enum.filter(records, &same_name?(&1.target, fqdn)) do
+        case own_records(records, name, host) do
           [] -> {:ok, [first]}
           own -> {:ok, own}
         end
     end
   end
 
-  defp port_records({:error, reason}, fqdn, host) when reason in [:nxdomain, :no_data] do
-    PortBook.mark({host, :no_node_srv}, @no_node_srv_ttl)
+  defp port_records({:error, reason}, name, host) when reason in [:nxdomain, :no_data] do
+    Hints.put_no_node_srv(host, @no_node_srv_ttl)
 
     with {:ok, records} <- Resolver.lookup_srv(host) do
+      records = Enum.reject(records, &(&1.port == 0))
       book_service(records, host)
 
-      case Enum.filter(records, &(&1.port != 0 and same_name?(&1.target, fqdn))) do
+      case own_records(records, name, host) do
         [] -> {:error, {:not_in_srv_answer, host}}
         own -> {:ok, own}
       end
     end
   end
 
-  defp port_records({:error, _} = error, _fqdn, _host), do: error
+  defp port_records({:error, _} = error, _name, _host), do: error
 
   defp address({:ok, [%{address: ip} | _]}, _records, _family), do: {:ok, ip}
 
@@ -445,39 +448,33 @@ defmodule DynamicSrv.Epmd do
   end
 
   # The service's answer lists the host's other nodes too: book them all
-  # (by name, without creating atoms; the label in lowercase, as
-  # `DynamicSrv.Target` names nodes), so connecting to them needs no DNS.
+  # (by name, without creating atoms), so connecting to them needs no DNS.
   defp book_service(records, host) do
-    suffix = "." <> String.downcase(host)
-
     records
-    |> Enum.filter(&(&1.port != 0))
-    |> Enum.group_by(&node_label(&1.target, suffix))
-    |> Enum.each(fn
-      {nil, _} ->
-        :ok
-
-      {label, own} ->
-        ports = Enum.map(own, & &1.port)
-        addresses = Enum.flat_map(own, & &1.addresses)
-        PortBook.put_srv(label <> "@" <> host, ports, addresses, @service_book_ttl)
+    |> named(host)
+    |> Enum.group_by(fn {_record, node} -> node end, fn {record, _node} -> record end)
+    |> Enum.each(fn {node, own} ->
+      ports = Enum.map(own, & &1.port)
+      addresses = Enum.flat_map(own, & &1.addresses)
+      PortBook.put_srv(node, ports, addresses, @service_book_ttl)
     end)
   end
 
-  defp node_label(target, suffix) do
-    label_size = byte_size(target) - byte_size(suffix)
-
-    with true <- label_size > 0,
-         true <- String.ends_with?(String.downcase(target), suffix),
-         label = binary_part(target, 0, label_size),
-         false <- String.contains?(label, [".", "@"]) do
-      String.downcase(label)
-    else
-      _ -> nil
-    end
+  # The records whose target names the node `name@host` (its label compared
+  # case-insensitively).
+  defp own_records(records, name, host) do
+    own = String.downcase(name) <> "@" <> host
+    for {record, ^own} <- named(records, host), do: record
   end
 
-  defp same_name?(a, b), do: String.downcase(String.trim_trailing(a, ".")) == String.downcase(b)
+  # Each record with the node its target names under `host`; records whose
+  # target names no node are left out.
+  defp named(records, host) do
+    case Naming.node_names(Enum.map(records, & &1.target), host) do
+      {:ok, names} -> for {record, {:ok, node}} <- Enum.zip(records, names), do: {record, node}
+      {:error, _} -> []
+    end
+  end
 
   defp ip_type(:inet), do: :a
   defp ip_type(:inet6), do: :aaaa
@@ -499,7 +496,7 @@ defmodule DynamicSrv.Epmd do
   defp local?(name, host) do
     case String.split(Atom.to_string(node()), "@", parts: 2) do
       [^name, ^host] -> true
-      [local, ^host] -> helper_of(local) == name
+      [local, ^host] -> Naming.helper_of(local) == name
       _ -> false
     end
   end
@@ -508,19 +505,6 @@ defmodule DynamicSrv.Epmd do
     case dist_port() do
       nil -> {:error, :no_local_port}
       port -> {:ok, loopback(family), port, @version}
-    end
-  end
-
-  # A function, not a module attribute: Elixir 1.19+ warns on a regex stored
-  # in an attribute.
-  defp helper_pattern, do: ~r/^(?:rem|rpc)-[^-]+-(.+)$/
-
-  defp helper?(name), do: Regex.match?(helper_pattern(), name)
-
-  defp helper_of(name) do
-    case Regex.run(helper_pattern(), name, capture: :all_but_first) do
-      [main] -> main
-      nil -> nil
     end
   end
 

@@ -83,6 +83,8 @@ defmodule DynamicSrv.Membership do
   use GenServer
   require Logger
 
+  alias DynamicSrv.Defaults
+
   @libcluster Cluster.Strategy
   @removal_grace 2
   @leave_wait 1_000
@@ -134,16 +136,16 @@ defmodule DynamicSrv.Membership do
     # An exit of a linked caller is a message to ignore; the parent's exit
     # still stops the engine (GenServer handles it).
     Process.flag(:trap_exit, true)
-    interval = Keyword.get(opts, :interval, 5_000)
+    interval = Keyword.get(opts, :interval, Defaults.polling_interval())
 
     state = %__MODULE__{
       poll: Keyword.fetch!(opts, :poll),
       topology: Keyword.get(opts, :topology, :dynamic_srv),
       interval: interval,
       disconnect_removed: Keyword.get(opts, :disconnect_removed, true),
-      connect: Keyword.get(opts, :connect, {:net_kernel, :connect_node, []}),
-      disconnect: Keyword.get(opts, :disconnect, {:erlang, :disconnect_node, []}),
-      list_nodes: Keyword.get(opts, :list_nodes, {:erlang, :nodes, [:connected]}),
+      connect: Keyword.get(opts, :connect, Defaults.connect()),
+      disconnect: Keyword.get(opts, :disconnect, Defaults.disconnect()),
+      list_nodes: Keyword.get(opts, :list_nodes, Defaults.list_nodes()),
       connect_timeout: Keyword.get(opts, :connect_timeout, min(interval, 10_000)),
       poll_timeout: Keyword.get(opts, :poll_timeout, 30_000),
       log_results: Keyword.get(opts, :log_results, true),
@@ -365,7 +367,7 @@ defmodule DynamicSrv.Membership do
   end
 
   defp global_disconnect?(state, managed) do
-    state.disconnect == {:erlang, :disconnect_node, []} and
+    state.disconnect == Defaults.disconnect() and
       function_exported?(:global, :disconnect, 0) and
       Process.whereis(:global_name_server) != nil and
       Enum.all?(Node.list(), &MapSet.member?(managed, &1))
@@ -499,14 +501,13 @@ defmodule DynamicSrv.Membership do
   # anyway). Only with the default disconnect MFA, and while that option
   # is on; a node that has not gone after `@leave_wait` ms is disconnected
   # as before.
-  defp departure_mfa(%{disconnect: {:erlang, :disconnect_node, []}}, :departed) do
-    if Application.get_env(:kernel, :prevent_overlapping_partitions, true) and
+  defp departure_mfa(%{disconnect: disconnect}, why) do
+    if why == :departed and disconnect == Defaults.disconnect() and
+         Application.get_env(:kernel, :prevent_overlapping_partitions, true) and
          Application.get_env(:kernel, :connect_all, true) != false,
        do: {__MODULE__, :leave, [@leave_wait]},
-       else: {:erlang, :disconnect_node, []}
+       else: disconnect
   end
-
-  defp departure_mfa(%{disconnect: disconnect}, _why), do: disconnect
 
   @doc false
   # The disconnect MFA of a departed node (see departure_mfa/2); returns

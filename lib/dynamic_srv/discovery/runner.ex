@@ -26,6 +26,12 @@ defmodule DynamicSrv.Runner do
   A bad value is logged as one error naming the key and the value, and the
   runner does not start; the application and the VM keep running.
 
+  The validated configuration is the one source of settings: each poll
+  passes it to the provider's `poll/1`. `configure/1` changes the
+  provider's own keys while the runner runs (e.g. the `node_list` of
+  `DynamicSrv.Via.List`), validated the same way: a bad value is returned
+  as `{:error, message}` and the running configuration stays as it was.
+
   ## A provider that is a process (`serves: true`)
 
   The runner starts it with its `child_spec/1`, else `start_link/1` (given
@@ -53,9 +59,11 @@ defmodule DynamicSrv.Runner do
   use GenServer
   require Logger
 
+  alias DynamicSrv.Defaults
   alias DynamicSrv.Runner.Keeper
 
   @app :libcluster_dynamic_srv
+  @config_key {__MODULE__, :config}
   @schema [
     via: {:module, :required},
     interval: {:pos_integer, 10},
@@ -63,9 +71,9 @@ defmodule DynamicSrv.Runner do
     serves: {:boolean, false},
     disconnect_removed: {:boolean, true},
     fence: {:boolean, nil},
-    connect: {:mfa, {:net_kernel, :connect_node, []}},
-    disconnect: {:mfa, {:erlang, :disconnect_node, []}},
-    list_nodes: {:mfa, {:erlang, :nodes, [:connected]}}
+    connect: {:mfa, Defaults.connect()},
+    disconnect: {:mfa, Defaults.disconnect()},
+    list_nodes: {:mfa, Defaults.list_nodes()}
   ]
 
   @doc "Starts the runner with `config` (by default the application environment)."
@@ -82,8 +90,39 @@ defmodule DynamicSrv.Runner do
   end
 
   @doc """
-  Resolves deferred values, validates the runner's and the provider's keys
-  and writes the result back to the application environment.
+  Changes provider keys of the running configuration from the next poll on:
+  `{:ok, config}`, or `{:error, message}` (a bad value, a key of the runner
+  itself, which needs a restart, or no runner running) and nothing changes.
+  """
+  @spec configure(keyword()) :: {:ok, map()} | {:error, String.t()}
+  def configure(changes) when is_list(changes) do
+    with {:ok, current} <- running_config(),
+         :ok <- provider_keys_only(changes),
+         {:ok, validated} <- prepare(Map.to_list(current) ++ changes) do
+      :persistent_term.put(@config_key, validated)
+      {:ok, validated}
+    end
+  end
+
+  defp running_config do
+    case {Process.whereis(__MODULE__), :persistent_term.get(@config_key, nil)} do
+      {pid, config} when is_pid(pid) and is_map(config) -> {:ok, config}
+      _ -> {:error, "DynamicSrv.Runner is not running: nothing to configure"}
+    end
+  end
+
+  defp provider_keys_only(changes) do
+    case Enum.find(Keyword.keys(changes), &Keyword.has_key?(@schema, &1)) do
+      nil -> :ok
+      key -> {:error, "#{inspect(key)} is a key of the runner: restart it to change that key"}
+    end
+  end
+
+  @doc """
+  Resolves deferred values and validates the runner's and the provider's
+  keys. The result is what the provider's `poll/1` is given; it is also
+  written back to the application environment, for providers with only
+  `poll/0` (Peerage's convention) that read it there.
   """
   @spec prepare(keyword()) :: {:ok, map()} | {:error, String.t()}
   def prepare(config) do
@@ -108,12 +147,13 @@ defmodule DynamicSrv.Runner do
   @impl true
   def init(config) do
     Process.flag(:trap_exit, true)
+    :persistent_term.put(@config_key, config)
     via = config.via
     Logger.metadata(topology: via)
 
     engine_opts = [
       topology: via,
-      poll: fn -> DynamicSrv.Provider.poll(via) end,
+      poll: fn -> DynamicSrv.Provider.poll(via, :persistent_term.get(@config_key, config)) end,
       interval: config.interval * 1_000,
       disconnect_removed: config.disconnect_removed,
       fence: fence?(config),
@@ -160,6 +200,7 @@ defmodule DynamicSrv.Runner do
   def terminate(_reason, state) do
     Keeper.stop(state.engine)
     if state.provider, do: Keeper.stop(state.provider)
+    :persistent_term.erase(@config_key)
     :ok
   end
 

@@ -2,16 +2,17 @@ defmodule DynamicSrv.Srv do
   @moduledoc """
   One SRV poll: the query, the answer, the node names and the port book.
   `Cluster.Strategy.DynamicSrv` and `DynamicSrv.Via.Srv` both poll through
-  this module.
+  this module, with a `%DynamicSrv.Srv{}` built by `new/2` from their
+  validated configuration.
 
-  | key | meaning | default |
+  | field | meaning | default |
   | --- | --- | --- |
   | `:service` | the service domain: targets `<label>.<service>` become `:"<label>@<service>"` | required |
   | `:query` | the SRV name asked, when it differs from `service` (e.g. `_app._tcp.service.consul`) | `service` |
   | `:resolver` | a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped `[{priority, weight, port, target}]` (or `{:error, reason}`) instead of the built-in resolver | none |
   | `:nameservers` / `:timeout` / `:protocol` | options of `DynamicSrv.Resolver` | see there |
-  | `:max_nodes` | the most node names (hence atoms) taken from one answer; a larger answer gives the same names on every poll (see `DynamicSrv.Target`) | `1024` |
-  | `:book_ttl` | how long the port book keeps what a poll found, in ms | `15000` |
+  | `:max_nodes` | the most node names (hence atoms) taken from one answer; a larger answer gives the same names on every poll (see `DynamicSrv.Target`) | `#{DynamicSrv.Defaults.max_nodes()}` |
+  | `:book_ttl` | how long the port book keeps what a poll found, in ms | three polling intervals (`DynamicSrv.Defaults.book_ttl/1`) |
 
   Records with port 0 are ignored (no target). A node listed by several
   records (e.g. on its old port and its new one after a restart) gets all its
@@ -24,15 +25,25 @@ defmodule DynamicSrv.Srv do
   """
   require Logger
 
-  alias DynamicSrv.{PortBook, Resolver, Target}
+  alias DynamicSrv.{Hints, PortBook, Resolver, Target}
 
-  @type config :: %{
-          required(:service) => String.t(),
-          optional(:query) => String.t(),
-          optional(:resolver) => (charlist() -> term()) | nil,
-          optional(:resolver_opts) => keyword(),
-          optional(:max_nodes) => pos_integer(),
-          optional(:book_ttl) => non_neg_integer()
+  alias DynamicSrv.Defaults
+
+  @enforce_keys [:service]
+  defstruct service: nil,
+            query: nil,
+            resolver: nil,
+            resolver_opts: [],
+            max_nodes: Defaults.max_nodes(),
+            book_ttl: Defaults.book_ttl(Defaults.polling_interval())
+
+  @type t :: %__MODULE__{
+          service: String.t(),
+          query: String.t() | nil,
+          resolver: (charlist() -> term()) | nil,
+          resolver_opts: [DynamicSrv.Resolver.option()],
+          max_nodes: pos_integer(),
+          book_ttl: non_neg_integer()
         }
 
   @schema [
@@ -41,18 +52,21 @@ defmodule DynamicSrv.Srv do
     resolver: {{:fun, 1}, nil},
     nameservers: {:nameservers, nil},
     timeout: {:pos_integer, nil},
-    protocol: {{:in, [:udp, :tcp]}, :udp},
-    max_nodes: {:pos_integer, 1024}
+    protocol: {{:in, [:udp, :tcp]}, Defaults.protocol()},
+    max_nodes: {:pos_integer, Defaults.max_nodes()}
   ]
 
   @doc "The `DynamicSrv.Config` schema of the SRV keys, shared by every SRV user."
   @spec schema() :: DynamicSrv.Config.schema()
   def schema, do: @schema
 
-  @doc "Builds the poll configuration from keys validated against `schema/0`."
-  @spec config(map(), non_neg_integer()) :: config()
-  def config(validated, book_ttl) do
-    %{
+  @doc """
+  The poll settings from keys validated against `schema/0`, the port book
+  keeping what a poll finds for `book_ttl` ms.
+  """
+  @spec new(map(), non_neg_integer()) :: t()
+  def new(validated, book_ttl) do
+    %__MODULE__{
       service: validated.service,
       query: validated.query,
       resolver: validated.resolver,
@@ -63,21 +77,17 @@ defmodule DynamicSrv.Srv do
   end
 
   @doc "Asks DNS and returns the node names the answer lists."
-  @spec poll(config()) :: {:ok, [node()]} | {:error, term()}
-  def poll(config) do
-    query = Map.get(config, :query) || config.service
+  @spec poll(t()) :: {:ok, [node()]} | {:error, term()}
+  def poll(%__MODULE__{} = config) do
+    query = config.query || config.service
 
     with {:ok, records} <- lookup(query, config),
          {records, port_zero} = Enum.split_with(records, &(&1.port != 0)),
          {:ok, pairs, ignored} <-
-           Target.to_nodes(
-             Enum.map(records, & &1.target),
-             config.service,
-             Map.get(config, :max_nodes, 1024)
-           ) do
+           Target.to_nodes(Enum.map(records, & &1.target), config.service, config.max_nodes) do
       log_ignored(ignored ++ Enum.map(port_zero, &{&1.target, "port 0"}))
       records = complete_addresses(records, pairs, query, config)
-      book(records, pairs, Map.get(config, :book_ttl, 15_000))
+      book(records, pairs, config.book_ttl)
       {:ok, Enum.map(pairs, &elem(&1, 1))}
     end
   end
@@ -100,7 +110,7 @@ defmodule DynamicSrv.Srv do
   end
 
   defp lookup(query, config) do
-    case Resolver.lookup_srv(query, Map.get(config, :resolver_opts, [])) do
+    case Resolver.lookup_srv(query, config.resolver_opts) do
       {:ok, records} -> {:ok, records}
       {:error, reason} when reason in [:nxdomain, :no_data] -> {:ok, []}
       {:error, _} = error -> error
@@ -114,12 +124,9 @@ defmodule DynamicSrv.Srv do
   defp complete_addresses(records, pairs, query, config) do
     # A target without any address would otherwise send this query on
     # every poll: once per book lifetime is enough.
-    refilled = {query, :tcp_refill}
-
-    if Map.get(config, :resolver) == nil and PortBook.enabled?() and
-         not PortBook.marked?(refilled) and missing_addresses?(records, pairs) do
-      opts = Keyword.put(Map.get(config, :resolver_opts, []), :protocol, :tcp)
-      PortBook.mark(refilled, Map.get(config, :book_ttl, 15_000))
+    if config.resolver == nil and missing_addresses?(records, pairs) and
+         Hints.claim_tcp_refill(query, config.book_ttl) do
+      opts = Keyword.put(config.resolver_opts, :protocol, :tcp)
 
       case Resolver.lookup_srv(query, opts) do
         {:ok, full} ->

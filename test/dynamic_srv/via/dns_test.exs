@@ -29,12 +29,12 @@ defmodule DynamicSrv.Via.DnsTest do
 
     # This VM runs no -proto_dist: IPv4.
     assert Dns.dist_family() == :inet
-    assert {:ok, %{families: :auto}} = DynamicSrv.Runner.prepare(base)
-    assert {:ok, nodes} = Dns.poll()
+    assert {:ok, %{families: :auto} = config} = DynamicSrv.Runner.prepare(base)
+    assert {:ok, nodes} = Dns.poll(config)
     assert Enum.sort(nodes) == [:"app@127.0.0.1", :"app@127.0.0.2"]
 
-    assert {:ok, _} = DynamicSrv.Runner.prepare(base ++ [families: [:inet, :inet6]])
-    assert {:ok, nodes} = Dns.poll()
+    assert {:ok, config} = DynamicSrv.Runner.prepare(base ++ [families: [:inet, :inet6]])
+    assert {:ok, nodes} = Dns.poll(config)
     assert Enum.sort(nodes) == [:"app@127.0.0.1", :"app@127.0.0.2", :"app@fd00::7"]
   end
 
@@ -86,7 +86,14 @@ defmodule DynamicSrv.Via.DnsTest do
 
     assert {:ok, _} = Wait.until(fn -> polls.() >= 4 end, 10_000)
     assert Node.eval(node, "Node.list()") == []
-    assert Node.eval(node, "DynamicSrv.Via.Dns.poll()") == {:ok, [:"myapp@127.0.0.1"]}
+
+    poll = """
+    {:ok, config} = DynamicSrv.Runner.prepare(
+      via: DynamicSrv.Via.Dns, dns_name: "localhost", app_name: "myapp", interval: 1)
+    DynamicSrv.Via.Dns.poll(config)
+    """
+
+    assert Node.eval(node, poll) == {:ok, [:"myapp@127.0.0.1"]}
 
     text = File.read!(log)
     refute text =~ "unable to connect", text

@@ -15,13 +15,13 @@ defmodule DynamicSrv.Via.ListTest do
   end
 
   test "entries may carry a port; names and ports are checked" do
-    assert {:ok, %{node_list: [:a@h, {:"b@127.0.0.1", 4001}, {:c@h, 4002}]}} =
+    assert {:ok, %{node_list: [:a@h, {:"b@127.0.0.1", 4001}, {:c@h, 4002}]} = config} =
              DynamicSrv.Runner.prepare(
                via: DynamicSrv.Via.List,
                node_list: [:a@h, {"b@127.0.0.1", 4001}, {:c@h, 4002}]
              )
 
-    assert DynamicSrv.Via.List.poll() == {:ok, [:a@h, :"b@127.0.0.1", :c@h]}
+    assert DynamicSrv.Via.List.poll(config) == {:ok, [:a@h, :"b@127.0.0.1", :c@h]}
 
     for bad <- [{:a@h, 0}, {:a@h, 70_000}, {"no-at", 4001}, {:a@h, "4001"}, {:a@h, 1, 2}] do
       assert {:error, message} =
@@ -69,7 +69,7 @@ defmodule DynamicSrv.Via.ListTest do
     # The book sent a's dial to b's port, not to a's own.
     [_, b_port] = ports
 
-    assert Node.eval(a, ~s|DynamicSrv.PortBook.fetch("b@127.0.0.1", :inet)|) ==
-             {:ok, {127, 0, 0, 1}, b_port}
+    assert Node.eval(a, ~s|DynamicSrv.PortBook.fetch_ports("b@127.0.0.1", :inet)|) ==
+             {:ok, {127, 0, 0, 1}, [b_port]}
   end
 end

@@ -152,7 +152,7 @@ defmodule DynamicSrv.Via.UdpTest do
     end
 
     defp peers(node), do: node |> Node.eval("Node.list()") |> Enum.sort()
-    defp heard(node), do: node |> Node.eval("DynamicSrv.Via.Udp.poll()")
+    defp heard(node), do: node |> Node.eval("DynamicSrv.Via.Udp.poll(%{})")
 
     defp atom?(node, name),
       do:

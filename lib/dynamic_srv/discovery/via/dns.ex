@@ -16,7 +16,7 @@ defmodule DynamicSrv.Via.Dns do
   | `app_name` | the name part of every node | required |
   | `families` | `:auto`, `[:inet]` (A), `[:inet6]` (AAAA) or both | `:auto` |
   | `nameservers` / `timeout` / `protocol` | options of `DynamicSrv.Resolver` | see there |
-  | `max_nodes` | the most node names (hence atoms) taken from one answer | `1024` |
+  | `max_nodes` | the most node names (hence atoms) taken from one answer | `#{DynamicSrv.Defaults.max_nodes()}` |
 
   ## Address families
 
@@ -36,7 +36,7 @@ defmodule DynamicSrv.Via.Dns do
   """
   @behaviour DynamicSrv.Provider
 
-  alias DynamicSrv.{Provider, Resolver}
+  alias DynamicSrv.Resolver
 
   @impl true
   def schema do
@@ -46,14 +46,13 @@ defmodule DynamicSrv.Via.Dns do
       families: {{:in, [:auto, [:inet], [:inet6], [:inet, :inet6], [:inet6, :inet]]}, :auto},
       nameservers: {:nameservers, nil},
       timeout: {:pos_integer, nil},
-      protocol: {{:in, [:udp, :tcp]}, :udp},
-      max_nodes: {:pos_integer, 1024}
+      protocol: {{:in, [:udp, :tcp]}, DynamicSrv.Defaults.protocol()},
+      max_nodes: {:pos_integer, DynamicSrv.Defaults.max_nodes()}
     ]
   end
 
   @impl true
-  def poll do
-    config = Map.new(Provider.config())
+  def poll(config) do
     opts = Resolver.options(config)
 
     config.families

@@ -30,18 +30,17 @@ defmodule DynamicSrv.Via.List do
   """
   @behaviour DynamicSrv.Provider
 
-  alias DynamicSrv.{PortBook, Provider}
+  alias DynamicSrv.{Defaults, PortBook}
 
   @impl true
   def schema, do: [node_list: {:nodes_ports, :required}]
 
   @impl true
-  def poll do
-    entries = Provider.get(:node_list, [])
-    ttl = 3_000 * Provider.get(:interval, 10)
+  def poll(config) do
+    ttl = Defaults.book_ttl(config.interval * 1_000)
 
     {:ok,
-     Enum.map(entries, fn
+     Enum.map(config.node_list, fn
        {node, port} ->
          book(node, port, ttl)
          node

@@ -11,5 +11,5 @@ defmodule DynamicSrv.Via.Self do
   @behaviour DynamicSrv.Provider
 
   @impl true
-  def poll, do: {:ok, [node()]}
+  def poll(_config), do: {:ok, [node()]}
 end

@@ -14,7 +14,7 @@ defmodule DynamicSrv.Via.Srv do
   | `service` | the service domain; targets `<label>.<service>` become `:"<label>@<service>"` | required |
   | `query` | the SRV name asked, when it differs from `service` | `service` |
   | `nameservers` / `timeout` / `protocol` | options of `DynamicSrv.Resolver` | see there |
-  | `max_nodes` | the most node names (hence atoms) taken from one answer | `1024` |
+  | `max_nodes` | the most node names (hence atoms) taken from one answer | `#{DynamicSrv.Defaults.max_nodes()}` |
   | `resolver` | a function replacing the Rust resolver, as in the strategy | none |
 
   NXDOMAIN and an empty answer mean "no members"; a failed lookup keeps the
@@ -26,9 +26,8 @@ defmodule DynamicSrv.Via.Srv do
   def schema, do: DynamicSrv.Srv.schema()
 
   @impl true
-  def poll do
-    config = Map.new(DynamicSrv.Provider.config())
-    book_ttl = 3_000 * Map.get(config, :interval, 10)
-    DynamicSrv.Srv.poll(DynamicSrv.Srv.config(config, book_ttl))
+  def poll(config) do
+    book_ttl = DynamicSrv.Defaults.book_ttl(config.interval * 1_000)
+    DynamicSrv.Srv.poll(DynamicSrv.Srv.new(config, book_ttl))
   end
 end

@@ -80,7 +80,7 @@ defmodule DynamicSrv.Via.Udp do
   end
 
   @impl DynamicSrv.Provider
-  def poll do
+  def poll(_config) do
     case GenServer.whereis(__MODULE__) do
       nil -> {:error, "DynamicSrv.Via.Udp is not running: configure it with serves: true"}
       pid -> {:ok, GenServer.call(pid, :peers)}

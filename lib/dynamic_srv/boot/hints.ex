@@ -1,0 +1,66 @@
+defmodule DynamicSrv.Hints do
+  @moduledoc """
+  Short-lived facts that spare a DNS query or a probe, kept apart from the
+  port book (in `DynamicSrv.PortBook.Tables`' second table):
+
+  | fact | written by | read by |
+  | --- | --- | --- |
+  | a host has no per-node SRV records | `DynamicSrv.Epmd` | `DynamicSrv.Epmd`, which then asks the service's answer directly |
+  | the port chosen for a node with several ports, and whose turn is next | `DynamicSrv.Epmd` | `DynamicSrv.Epmd`, so both asks of one connection attempt get one port |
+  | an SRV query's answer was completed over TCP | `DynamicSrv.Srv` | `DynamicSrv.Srv`, so that is done once per book lifetime |
+
+  Like the port book, nothing here is needed for correctness: a missing
+  fact costs one more query, and without `DynamicSrv.Epmd` nothing is kept.
+  """
+
+  alias DynamicSrv.PortBook.Tables
+
+  @type family :: :inet | :inet6
+
+  @doc "Remembers for `ttl_ms` that `host` has no per-node SRV records."
+  @spec put_no_node_srv(String.t(), non_neg_integer()) :: :ok
+  def put_no_node_srv(host, ttl_ms),
+    do: Tables.put(__MODULE__, {:no_node_srv, host}, true, ttl_ms)
+
+  @spec no_node_srv?(String.t()) :: boolean()
+  def no_node_srv?(host), do: Tables.get(__MODULE__, {:no_node_srv, host}) == true
+
+  @doc "Keeps the address and port chosen for `node` and `family` for `ttl_ms`."
+  @spec put_port_choice(
+          String.t(),
+          family(),
+          {:inet.ip_address(), :inet.port_number()},
+          non_neg_integer()
+        ) ::
+          :ok
+  def put_port_choice(node, family, {_ip, _port} = choice, ttl_ms),
+    do: Tables.put(__MODULE__, {:port_choice, node, family}, choice, ttl_ms)
+
+  @doc "The live choice kept by `put_port_choice/4`, or `:miss`."
+  @spec port_choice(String.t(), family()) :: {:inet.ip_address(), :inet.port_number()} | :miss
+  def port_choice(node, family), do: Tables.get(__MODULE__, {:port_choice, node, family})
+
+  @doc """
+  Counts the connection attempts to `node` over `family` that had to choose
+  among several ports, returning the count before this one (0, 1, 2, ...);
+  0 without `DynamicSrv.Epmd`.
+  """
+  @spec next_turn(String.t(), family()) :: non_neg_integer()
+  def next_turn(node, family), do: Tables.count(__MODULE__, {:turn, node, family})
+
+  @doc """
+  Whether the answer to `query` is due to be completed over TCP: `true` at
+  most once per `ttl_ms` (the call that returns `true` claims the turn);
+  always `false` without `DynamicSrv.Epmd`, since there is no book to
+  complete.
+  """
+  @spec claim_tcp_refill(String.t(), non_neg_integer()) :: boolean()
+  def claim_tcp_refill(query, ttl_ms) do
+    if Tables.enabled?() and Tables.get(__MODULE__, {:tcp_refill, query}) == :miss do
+      Tables.put(__MODULE__, {:tcp_refill, query}, true, ttl_ms)
+      true
+    else
+      false
+    end
+  end
+end
