@@ -35,7 +35,8 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::{Nameservers, Protocol, Settings, EDNS_PAYLOAD};
 use crate::error::Error;
-use crate::resolver::{self, convert, is_empty, Answer, Kind};
+use crate::resolver;
+use crate::types::{convert, is_empty, Answer, Kind};
 
 /// Called once with the result of a lookup, always on a runtime thread.
 pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;

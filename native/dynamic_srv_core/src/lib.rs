@@ -1,7 +1,8 @@
 //! The Erlang-independent core of libcluster_dynamic_srv: resolver settings
-//! (`config`), DNS lookups on hickory-resolver (`resolver`), SRV target and
-//! query name checks (`parse`), the check command's transport probe
-//! (`probe`) and their one error type (`error`).
+//! (`config`), the answers lookups give (`types`), DNS lookups on
+//! hickory-resolver (`resolver`), SRV target and query name checks
+//! (`parse`), the check command's transport probe (`probe`) and their one
+//! error type (`error`).
 //!
 //! The NIF crate (`dynamic_srv_nif`) only converts terms to and from these
 //! types, so everything here is tested with plain `cargo test`.
@@ -12,3 +13,4 @@ pub mod exchange;
 pub mod parse;
 pub mod probe;
 pub mod resolver;
+pub mod types;

@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use crate::config::{Nameservers, Settings};
 use crate::error::Error;
 use crate::exchange::{encode, question, result_of, HEADER};
-use crate::resolver::{Answer, Kind};
+use crate::types::{Answer, Kind};
 
 /// The ID of probe queries (a fresh socket receives nothing else).
 const ID: u16 = 0x4242;

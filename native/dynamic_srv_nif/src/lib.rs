@@ -22,7 +22,7 @@ use dynamic_srv_core::error::Error;
 use dynamic_srv_core::exchange;
 use dynamic_srv_core::parse::{self, TargetParser};
 use dynamic_srv_core::probe::{self, Probe};
-use dynamic_srv_core::resolver::{Answer, Kind};
+use dynamic_srv_core::types::{Answer, Kind};
 
 mod atoms {
     rustler::atoms! {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use dynamic_srv_core::exchange::result_of;
-use dynamic_srv_core::resolver::Kind;
+use dynamic_srv_core::types::Kind;
 use hickory_resolver::proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 
