@@ -26,17 +26,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+use hickory_resolver::proto::op::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::{Nameservers, Protocol, Settings, EDNS_PAYLOAD};
+use crate::config::{Nameservers, Protocol, Settings};
 use crate::error::Error;
 use crate::resolver;
-use crate::types::{convert, is_empty, Answer, Kind};
+use crate::types::{Answer, Kind};
+use crate::wire::{self, encode, result_of};
 
 /// Called once with the result of a lookup, always on a runtime thread.
 pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
@@ -955,203 +956,21 @@ fn deliver(reply: Reply, result: Result<Answer, Error>) {
     let _ = catch_unwind(AssertUnwindSafe(move || reply(result)));
 }
 
-/// Bytes of a DNS header.
-pub(crate) const HEADER: usize = 12;
-/// The OPT record advertising `EDNS_PAYLOAD`: root owner, type 41, the
-/// payload as class, TTL 0 (version 0, no flags), no data.
-const OPT: [u8; 11] = [
-    0,
-    0,
-    41,
-    (EDNS_PAYLOAD >> 8) as u8,
-    (EDNS_PAYLOAD & 0xff) as u8,
-    0,
-    0,
-    0,
-    0,
-    0,
-    0,
-];
-
-/// The query packet: a header asking for recursion, one question of class
-/// IN and the OPT record. Written by hand because it runs on the caller's
-/// thread (a BEAM scheduler), where hickory's name parsing and message
-/// encoding cost several times more. `name` comes from
-/// `parse::query_name`; its labels are checked again here all the same.
-pub(crate) fn encode(id: u16, name: &str, kind: Kind) -> Result<Vec<u8>, Error> {
-    let bare = name.strip_suffix('.').unwrap_or(name);
-    let mut packet = Vec::with_capacity(HEADER + bare.len() + 2 + 4 + OPT.len());
-    packet.extend_from_slice(&id.to_be_bytes());
-    // RD set; one question, no answer or authority records, one additional.
-    packet.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
-    for label in bare.split('.') {
-        let len = u8::try_from(label.len())
-            .ok()
-            .filter(|len| (1..=63).contains(len))
-            .ok_or_else(|| {
-                Error::InvalidName(format!("{name:?} has an empty or too long label"))
-            })?;
-        packet.push(len);
-        packet.extend_from_slice(label.as_bytes());
-    }
-    packet.push(0);
-    if packet.len() - HEADER > 255 {
-        return Err(Error::InvalidName(format!(
-            "{name:?} is longer than 255 bytes"
-        )));
-    }
-    packet.extend_from_slice(&u16::from(kind.record_type()).to_be_bytes());
-    packet.extend_from_slice(&[0, 1]);
-    packet.extend_from_slice(&OPT);
-    Ok(packet)
-}
-
-/// The question of a query made by `encode`: name, type and class.
-pub(crate) fn question(packet: &[u8]) -> &[u8] {
-    let end = packet.len().saturating_sub(OPT.len());
-    packet.get(HEADER..end).unwrap_or_default()
-}
-
-/// An answer is ours when it is a response from one of the servers asked
-/// and echoes our question (the name compared without regard to case).
+/// An answer is ours when it comes from one of the servers asked and
+/// answers our query (see `wire::is_answer`).
 fn matches_query(pending: &Pending, message: &Message, raw: &[u8], server: SocketAddr) -> bool {
-    let asked = question(&pending.packet);
-    message.metadata.message_type == MessageType::Response
-        && pending.servers.contains(&server)
-        && message.queries.len() == 1
-        && raw
-            .get(HEADER..HEADER + asked.len())
-            .is_some_and(|echoed| echoed.eq_ignore_ascii_case(asked))
-}
-
-/// The result a response gives, by its code and records.
-pub fn result_of(message: &Message, kind: Kind) -> Result<Answer, Error> {
-    match message.metadata.response_code {
-        ResponseCode::NoError => {
-            let answer = convert(kind, &message.answers, &message.additionals);
-            if is_empty(&answer) {
-                Err(Error::NoData)
-            } else {
-                Ok(answer)
-            }
-        }
-        ResponseCode::NXDomain => Err(Error::NxDomain),
-        ResponseCode::ServFail => Err(Error::ServFail),
-        ResponseCode::Refused => Err(Error::Refused),
-        code => Err(Error::Other(format!("the server answered {code}"))),
-    }
+    pending.servers.contains(&server) && wire::is_answer(&pending.packet, message, raw)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use hickory_resolver::proto::op::{OpCode, Query};
-    use hickory_resolver::proto::rr::rdata::SRV;
     use hickory_resolver::proto::rr::Name;
-    use hickory_resolver::proto::rr::{RData, Record};
-    use proptest::prelude::*;
     use std::str::FromStr;
-
-    fn response(code: ResponseCode, answers: Vec<Record>) -> Message {
-        let mut message = Message::response(7, OpCode::Query);
-        message.metadata.response_code = code;
-        message.add_answers(answers);
-        message
-    }
 
     fn name(text: &str) -> Name {
         Name::from_str(text).expect("test name")
-    }
-
-    #[test]
-    fn response_codes_become_errors() {
-        assert_eq!(
-            result_of(&response(ResponseCode::NXDomain, vec![]), Kind::Srv),
-            Err(Error::NxDomain)
-        );
-        assert_eq!(
-            result_of(&response(ResponseCode::NoError, vec![]), Kind::Srv),
-            Err(Error::NoData)
-        );
-        assert_eq!(
-            result_of(&response(ResponseCode::ServFail, vec![]), Kind::A),
-            Err(Error::ServFail)
-        );
-        assert_eq!(
-            result_of(&response(ResponseCode::Refused, vec![]), Kind::Aaaa),
-            Err(Error::Refused)
-        );
-        assert!(matches!(
-            result_of(&response(ResponseCode::NotImp, vec![]), Kind::Srv),
-            Err(Error::Other(_))
-        ));
-    }
-
-    #[test]
-    fn records_of_another_type_are_no_data() {
-        let srv = Record::from_rdata(
-            name("app.test."),
-            0,
-            RData::SRV(SRV::new(0, 1, 4000, name("n1.app.test."))),
-        );
-        assert_eq!(
-            result_of(&response(ResponseCode::NoError, vec![srv.clone()]), Kind::A),
-            Err(Error::NoData)
-        );
-        assert!(matches!(
-            result_of(&response(ResponseCode::NoError, vec![srv]), Kind::Srv),
-            Ok(Answer::Srv(records)) if records.len() == 1
-        ));
-    }
-
-    #[test]
-    fn queries_carry_the_id_the_question_and_edns() {
-        for (text, kind) in [
-            ("app.test.", Kind::Srv),
-            ("App.Test", Kind::A),
-            ("localhost", Kind::Aaaa),
-        ] {
-            let packet = encode(4242, text, kind).expect("encodes");
-            let message = Message::from_vec(&packet).expect("decodes");
-            assert_eq!(message.metadata.id, 4242);
-            assert!(message.metadata.recursion_desired);
-            assert_eq!(message.queries.len(), 1);
-            let asked = message.queries[0].name().to_ascii();
-            assert_eq!(asked.trim_end_matches('.'), text.trim_end_matches('.'));
-            assert_eq!(message.queries[0].query_type(), kind.record_type());
-            assert_eq!(message.max_payload(), EDNS_PAYLOAD);
-            let edns = message.edns.as_ref().expect("an OPT record");
-            assert!(!edns.flags().dnssec_ok);
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn accepted_names_are_sent_as_given(
-            labels in proptest::collection::vec("[a-zA-Z0-9_-]{1,63}", 1..6),
-            dot in any::<bool>(),
-        ) {
-            let text = format!("{}{}", labels.join("."), if dot { "." } else { "" });
-            if let Ok(query) = crate::parse::query_name(text.as_bytes()) {
-                let packet = encode(1, &query, Kind::Srv).expect("an accepted name encodes");
-                let message = Message::from_vec(&packet).expect("decodes");
-                let asked: Vec<&[u8]> = message.queries[0].name().iter().collect();
-                let given: Vec<&[u8]> = labels.iter().map(|l| l.as_bytes()).collect();
-                prop_assert_eq!(asked, given);
-            }
-        }
-    }
-
-    #[test]
-    fn names_that_cannot_be_sent_are_refused() {
-        let long_label = format!("{}.test", "a".repeat(64));
-        let long_name = vec!["abcdefg"; 40].join(".");
-        for text in ["", ".", "a..b", long_label.as_str(), long_name.as_str()] {
-            assert!(
-                matches!(encode(1, text, Kind::A), Err(Error::InvalidName(_))),
-                "{text:?}"
-            );
-        }
     }
 
     fn pending_for(server: SocketAddr, packet: Vec<u8>) -> Pending {

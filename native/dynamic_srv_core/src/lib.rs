@@ -14,3 +14,4 @@ pub mod parse;
 pub mod probe;
 pub mod resolver;
 pub mod types;
+pub mod wire;
