@@ -16,7 +16,8 @@ use hickory_resolver::{system_conf, TokioResolver};
 
 use crate::config::{Nameservers, Protocol, Settings, EDNS_PAYLOAD};
 use crate::error::Error;
-use crate::types::{convert, is_empty, Answer, Kind};
+use crate::types::{Answer, Kind};
+use crate::wire::outcome;
 
 /// Resolvers kept for reuse (each holds its connections and cache). Callers
 /// use a handful of settings; past this many the cache starts over.
@@ -34,32 +35,34 @@ pub async fn lookup(settings: &Settings, name: &str, kind: Kind) -> Result<Answe
     let query = resolver.lookup(name, kind.record_type());
     match tokio::time::timeout(settings.timeout, query).await {
         Err(_elapsed) => Err(Error::Timeout),
-        Ok(Err(e)) => Err(classify(&e)),
-        Ok(Ok(lookup)) => {
-            let answer = convert(kind, lookup.answers(), lookup.additionals());
-            if is_empty(&answer) {
-                Err(Error::NoData)
-            } else {
-                Ok(answer)
-            }
-        }
+        Ok(Err(e)) => classify(&e, kind),
+        Ok(Ok(lookup)) => outcome(
+            ResponseCode::NoError,
+            kind,
+            lookup.answers(),
+            lookup.additionals(),
+        ),
     }
 }
 
-fn classify(error: &NetError) -> Error {
-    match error {
-        NetError::Timeout => Error::Timeout,
+/// The result of a failed lookup. hickory reports a response without
+/// records (NXDOMAIN, or NOERROR with none of the asked type) and one with
+/// an error code as errors: those are read as every response is, by
+/// `wire::outcome`. The others (no response in time, the network) are
+/// errors of their own.
+fn classify(error: &NetError, kind: Kind) -> Result<Answer, Error> {
+    let code = match error {
+        NetError::Timeout => return Err(Error::Timeout),
         NetError::Dns(DnsError::NoRecordsFound(no))
             if no.response_code == ResponseCode::NXDomain =>
         {
-            Error::NxDomain
+            ResponseCode::NXDomain
         }
-        NetError::Dns(DnsError::NoRecordsFound(_)) => Error::NoData,
-        NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused)) => Error::Refused,
-        NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => Error::ServFail,
-        NetError::Dns(DnsError::ResponseCode(ResponseCode::NXDomain)) => Error::NxDomain,
-        other => Error::Other(other.to_string()),
-    }
+        NetError::Dns(DnsError::NoRecordsFound(_)) => ResponseCode::NoError,
+        NetError::Dns(DnsError::ResponseCode(code)) => *code,
+        other => return Err(Error::Other(other.to_string())),
+    };
+    outcome(code, kind, &[], &[])
 }
 
 fn resolver_for(settings: &Settings) -> Result<TokioResolver, Error> {
@@ -149,22 +152,45 @@ mod tests {
 
     #[test]
     fn errors_are_sorted() {
-        assert_eq!(classify(&NetError::Timeout), Error::Timeout);
+        assert_eq!(classify(&NetError::Timeout, Kind::Srv), Err(Error::Timeout));
         assert_eq!(
-            classify(&NetError::Dns(DnsError::ResponseCode(
-                ResponseCode::Refused
-            ))),
-            Error::Refused
+            classify(
+                &NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused)),
+                Kind::Srv
+            ),
+            Err(Error::Refused)
         );
         assert_eq!(
-            classify(&NetError::Dns(DnsError::ResponseCode(
-                ResponseCode::ServFail
-            ))),
-            Error::ServFail
+            classify(
+                &NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)),
+                Kind::Srv
+            ),
+            Err(Error::ServFail)
         );
         assert!(matches!(
-            classify(&NetError::Msg("boom".into())),
-            Error::Other(m) if m == "boom"
+            classify(&NetError::Msg("boom".into()), Kind::Srv),
+            Err(Error::Other(m)) if m == "boom"
         ));
+    }
+
+    #[test]
+    fn response_codes_read_as_on_the_fast_path() {
+        use hickory_resolver::proto::op::{Message, OpCode};
+        for code in [
+            ResponseCode::NXDomain,
+            ResponseCode::ServFail,
+            ResponseCode::Refused,
+            ResponseCode::NotImp,
+            ResponseCode::FormErr,
+        ] {
+            let mut response = Message::response(7, OpCode::Query);
+            response.metadata.response_code = code;
+            let error = NetError::Dns(DnsError::ResponseCode(code));
+            assert_eq!(
+                classify(&error, Kind::Srv),
+                crate::wire::result_of(&response, Kind::Srv),
+                "{code}"
+            );
+        }
     }
 }

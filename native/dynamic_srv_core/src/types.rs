@@ -41,10 +41,12 @@ pub enum Answer {
     Ip(Vec<(IpAddr, u32)>),
 }
 
-pub(crate) fn is_empty(answer: &Answer) -> bool {
-    match answer {
-        Answer::Srv(records) => records.is_empty(),
-        Answer::Ip(addresses) => addresses.is_empty(),
+impl Answer {
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            Answer::Srv(records) => records.is_empty(),
+            Answer::Ip(addresses) => addresses.is_empty(),
+        }
     }
 }
 

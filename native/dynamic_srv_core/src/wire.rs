@@ -1,12 +1,15 @@
 //! The DNS messages of the fast path and of the probe: the query written
 //! by hand (`encode`), whether a reply answers it (`is_answer`,
-//! `is_raw_answer`), and what a response means (`result_of`).
+//! `is_raw_answer`), and what a response means (`result_of`, on the one
+//! mapping of DNS outcomes to results, `outcome`, which the hickory path
+//! shares).
 
 use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+use hickory_resolver::proto::rr::Record;
 
 use crate::config::EDNS_PAYLOAD;
 use crate::error::Error;
-use crate::types::{convert, is_empty, Answer, Kind};
+use crate::types::{convert, Answer, Kind};
 
 /// Bytes of a DNS header.
 const HEADER: usize = 12;
@@ -94,10 +97,28 @@ pub(crate) fn is_raw_answer(query: &[u8], reply: &[u8]) -> bool {
 
 /// The result a response gives, by its code and records.
 pub fn result_of(message: &Message, kind: Kind) -> Result<Answer, Error> {
-    match message.metadata.response_code {
+    outcome(
+        message.metadata.response_code,
+        kind,
+        &message.answers,
+        &message.additionals,
+    )
+}
+
+/// The one reading of a DNS outcome as a result, for every path (the
+/// exchange and the probe through `result_of`, the hickory path through
+/// `resolver::classify`): a response code and, with NOERROR, the records
+/// of the asked kind, none of which is no data.
+pub(crate) fn outcome(
+    code: ResponseCode,
+    kind: Kind,
+    answers: &[Record],
+    additionals: &[Record],
+) -> Result<Answer, Error> {
+    match code {
         ResponseCode::NoError => {
-            let answer = convert(kind, &message.answers, &message.additionals);
-            if is_empty(&answer) {
+            let answer = convert(kind, answers, additionals);
+            if answer.is_empty() {
                 Err(Error::NoData)
             } else {
                 Ok(answer)
@@ -116,7 +137,7 @@ mod tests {
     use hickory_resolver::proto::op::OpCode;
     use hickory_resolver::proto::rr::rdata::SRV;
     use hickory_resolver::proto::rr::Name;
-    use hickory_resolver::proto::rr::{RData, Record};
+    use hickory_resolver::proto::rr::RData;
     use proptest::prelude::*;
     use std::str::FromStr;
 
