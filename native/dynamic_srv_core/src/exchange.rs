@@ -10,7 +10,7 @@
 //! task, sleeping until the earliest deadline in a heap, drives per-attempt
 //! timeouts and retries. A truncated answer is asked again over TCP, and
 //! that name goes to TCP for a while. The system configuration (and more
-//! than `MAX_SERVERS` servers) goes to `resolver::lookup`.
+//! than `MAX_SERVERS` servers) goes to `hickory::lookup`.
 //!
 //! Against a local DNS server this saves hickory's per-query socket and
 //! its internal task hops: see the README's benchmark table.
@@ -35,7 +35,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::{Nameservers, Protocol, Settings};
 use crate::error::Error;
-use crate::resolver;
+use crate::hickory;
 use crate::types::{Answer, Kind};
 use crate::wire::{self, encode, result_of};
 
@@ -886,7 +886,7 @@ impl Exchange {
             let lookup = async {
                 // The semaphore is never closed.
                 let _turn = turns.acquire().await;
-                resolver::lookup(&settings, &name, kind).await
+                hickory::lookup(&settings, &name, kind).await
             };
             let result = tokio::time::timeout_at(deadline, lookup)
                 .await

@@ -1,6 +1,6 @@
 //! The Erlang-independent core of libcluster_dynamic_srv: resolver settings
 //! (`config`), the answers lookups give (`types`), DNS lookups on
-//! hickory-resolver (`resolver`), SRV target and query name checks
+//! hickory-resolver (`hickory`), SRV target and query name checks
 //! (`parse`), the check command's transport probe (`probe`) and their one
 //! error type (`error`).
 //!
@@ -10,8 +10,8 @@
 pub mod config;
 pub mod error;
 pub mod exchange;
+pub mod hickory;
 pub mod parse;
 pub mod probe;
-pub mod resolver;
 pub mod types;
 pub mod wire;

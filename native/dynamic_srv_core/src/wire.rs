@@ -107,7 +107,7 @@ pub fn result_of(message: &Message, kind: Kind) -> Result<Answer, Error> {
 
 /// The one reading of a DNS outcome as a result, for every path (the
 /// exchange and the probe through `result_of`, the hickory path through
-/// `resolver::classify`): a response code and, with NOERROR, the records
+/// `hickory::classify`): a response code and, with NOERROR, the records
 /// of the asked kind, none of which is no data.
 pub(crate) fn outcome(
     code: ResponseCode,

@@ -1,6 +1,8 @@
-//! DNS lookups on hickory-resolver: one resolver per distinct settings,
-//! answers converted to plain Rust values (`types`), errors sorted into
-//! `Error`.
+//! The slow path: DNS lookups on hickory-resolver, for the system
+//! configuration and for more servers than the exchange keeps sockets for
+//! (see `exchange`). One resolver per distinct settings, answers
+//! converted to plain Rust values (`types`), outcomes read by
+//! `wire::outcome`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
