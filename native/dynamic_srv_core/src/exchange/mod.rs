@@ -1254,5 +1254,4 @@ mod tests {
 }
 
 #[cfg(test)]
-#[path = "exchange_tcp_tests.rs"]
 mod tcp_tests;
