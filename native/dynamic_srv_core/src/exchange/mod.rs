@@ -15,11 +15,8 @@
 //! Against a local DNS server this saves hickory's per-query socket and
 //! its internal task hops: see the README's benchmark table.
 
-use std::cmp::Reverse;
-use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,7 +34,11 @@ use crate::config::{Nameservers, Protocol, Settings};
 use crate::error::Error;
 use crate::hickory;
 use crate::types::{Answer, Kind};
-use crate::wire::{self, encode, result_of};
+use crate::wire::{encode, result_of};
+
+mod table;
+
+use table::{Pending, Table};
 
 /// Called once with the result of a lookup, always on a runtime thread.
 pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
@@ -133,91 +134,6 @@ struct Window {
     backlog: VecDeque<u16>,
 }
 
-struct Pending {
-    /// The name asked, as given to `start`.
-    name: String,
-    kind: Kind,
-    /// The query as sent; its question (from byte 12) is what an answer
-    /// must echo.
-    packet: Vec<u8>,
-    servers: Arc<[SocketAddr]>,
-    next_server: usize,
-    attempts_left: usize,
-    /// Waiting for room in the window of queries sent.
-    queued: bool,
-    /// Holds a slot of the window of `servers[0]`: it went out over UDP
-    /// and has not ended. Only such a lookup frees a slot when it ends.
-    slot: bool,
-    /// Sent over TCP (the settings ask for it, the name's answers are big,
-    /// or the UDP answer came back truncated).
-    tcp: bool,
-    /// Moved to TCP by a truncated UDP answer.
-    switched: bool,
-    /// Times sent again because its TCP connection closed.
-    resent: u8,
-    attempt_deadline: Instant,
-    deadline: Instant,
-    settings: Settings,
-    reply: Reply,
-}
-
-/// The lookups in flight, by query ID, and when each is next due.
-#[derive(Default)]
-struct Table {
-    lookups: HashMap<u16, Pending>,
-    /// (attempt deadline, ID), earliest first: the sweeper pops what is due
-    /// instead of walking every lookup. An entry is stale once its lookup
-    /// has ended or been given a new deadline, and is skipped when popped.
-    due: BinaryHeap<Reverse<(Instant, u16)>>,
-}
-
-impl Table {
-    /// Records that lookup `id` is due at its (new) attempt deadline.
-    fn schedule(&mut self, id: u16) {
-        let Some(at) = self.lookups.get(&id).map(|p| p.attempt_deadline) else {
-            return;
-        };
-        // Answered lookups leave stale entries behind; past a bound the
-        // heap is rebuilt from the live lookups.
-        if self.due.len() > 2 * self.lookups.len() + 1024 {
-            self.due = self
-                .lookups
-                .iter()
-                .map(|(id, p)| Reverse((p.attempt_deadline, *id)))
-                .collect();
-        } else {
-            self.due.push(Reverse((at, id)));
-        }
-    }
-
-    /// The lookups whose attempt deadline has passed, earliest first.
-    fn take_due(&mut self, now: Instant) -> Vec<u16> {
-        let mut ids = Vec::new();
-        let mut last = None;
-        while let Some(&Reverse(entry)) = self.due.peek() {
-            let (at, id) = entry;
-            if at > now {
-                break;
-            }
-            self.due.pop();
-            // Equal entries (scheduled twice) pop one after the other.
-            let live = self
-                .lookups
-                .get(&id)
-                .is_some_and(|p| p.attempt_deadline == at);
-            if live && last != Some(entry) {
-                ids.push(id);
-            }
-            last = Some(entry);
-        }
-        ids
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        self.due.peek().map(|Reverse((at, _))| *at)
-    }
-}
-
 /// Locks `mutex`, also after a panic elsewhere poisoned it. The tables
 /// behind these locks stay usable when a holder panics (std's collections
 /// stay consistent on unwinding; at worst a window count is off by one),
@@ -239,7 +155,8 @@ struct Exchange {
     windows: Mutex<HashMap<SocketAddr, Window>>,
     draining: AtomicBool,
     wake: Notify,
-    ids: RandomState,
+    /// The number of the next TCP connection, and the turn of the next
+    /// UDP socket.
     counter: AtomicU64,
     /// Turns of the hickory path, `HICKORY_LOOKUPS` of them.
     hickory: Arc<Semaphore>,
@@ -269,7 +186,6 @@ impl Exchange {
             windows: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             wake: Notify::new(),
-            ids: RandomState::new(),
             counter: AtomicU64::new(0),
             hickory: Arc::new(Semaphore::new(HICKORY_LOOKUPS)),
         });
@@ -308,7 +224,7 @@ impl Exchange {
             reply,
         };
         let mut table = lock(&self.pending);
-        let Some(id) = self.free_id(&table) else {
+        let Some(id) = table.free_id() else {
             drop(table);
             return self.fail(
                 pending.reply,
@@ -345,9 +261,8 @@ impl Exchange {
             pending.attempt_deadline = pending.deadline;
             None
         };
-        table.lookups.insert(id, pending);
-        table.schedule(id);
-        let in_flight = table.lookups.len();
+        table.insert(id, pending);
+        let in_flight = table.len();
         drop(table);
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
@@ -381,7 +296,7 @@ impl Exchange {
             let Some(id) = window.backlog.pop_front() else {
                 break;
             };
-            if let Some(pending) = table.lookups.get_mut(&id).filter(|p| p.queued) {
+            if let Some(pending) = table.get_mut(id).filter(|p| p.queued) {
                 pending.queued = false;
                 pending.slot = true;
                 window.sent += 1;
@@ -396,10 +311,7 @@ impl Exchange {
 
     /// Books the next attempt (server, deadline) and says what to send.
     fn next_attempt(self: &Arc<Self>, pending: &mut Pending, now: Instant) -> Option<Outgoing> {
-        let server = pending.servers[pending.next_server % pending.servers.len()];
-        pending.next_server += 1;
-        pending.attempts_left = pending.attempts_left.saturating_sub(1);
-        pending.attempt_deadline = (now + pending.settings.attempt_timeout()).min(pending.deadline);
+        let server = pending.book_attempt(now);
         if pending.tcp {
             self.tcp_send(server, &pending.packet);
             return None;
@@ -540,7 +452,7 @@ impl Exchange {
             return;
         }
         let mut table = lock(&self.pending);
-        for pending in table.lookups.values_mut() {
+        for pending in table.lookups_mut() {
             if pending.tcp && pending.servers.contains(&server) && pending.resent < TCP_RESENDS {
                 pending.resent += 1;
                 self.tcp_send(server, &pending.packet);
@@ -595,20 +507,6 @@ impl Exchange {
                     }
                     _ => {}
                 }
-            }
-        }
-    }
-
-    fn free_id(&self, table: &Table) -> Option<u16> {
-        if table.lookups.len() >= usize::from(u16::MAX) {
-            return None;
-        }
-        loop {
-            let mut hasher = self.ids.build_hasher();
-            hasher.write_u64(self.counter.fetch_add(1, Ordering::Relaxed));
-            let id = hasher.finish() as u16;
-            if !table.lookups.contains_key(&id) {
-                return Some(id);
             }
         }
     }
@@ -708,11 +606,11 @@ impl Exchange {
         let id = message.metadata.id;
         let pending = {
             let mut table = lock(&self.pending);
-            match table.lookups.get_mut(&id) {
+            match table.get_mut(id) {
                 Some(p) if p.tcp != over_tcp => None,
                 // Cut short over UDP: ask the same server again over TCP.
                 Some(p)
-                    if matches_query(p, &message, packet, server)
+                    if p.is_answered_by(&message, packet, server)
                         && message.metadata.truncation
                         && !over_tcp =>
                 {
@@ -725,9 +623,9 @@ impl Exchange {
                     self.tcp_send(server, &packet);
                     None
                 }
-                Some(p) if matches_query(p, &message, packet, server) => {
+                Some(p) if p.is_answered_by(&message, packet, server) => {
                     let window = p.slot.then(|| p.servers[0]);
-                    let done = table.lookups.remove(&id);
+                    let done = table.remove(id);
                     let send = match window {
                         Some(server) => self.finished(&mut table, server, 1),
                         None => Vec::new(),
@@ -787,7 +685,7 @@ impl Exchange {
             }
             self.sweeping.store(false, Ordering::Release);
             // Re-check: a lookup may have started just before the flag fell.
-            let empty_now = lock(&self.pending).lookups.is_empty();
+            let empty_now = lock(&self.pending).is_empty();
             if empty_now {
                 self.wake.notified().await;
             }
@@ -805,7 +703,7 @@ impl Exchange {
         let mut done = Vec::new();
         let mut retry = Vec::new();
         for id in table.take_due(now) {
-            match table.lookups.get(&id) {
+            match table.get(id) {
                 Some(p) if now >= p.deadline || p.attempts_left == 0 => done.push(id),
                 Some(_) => retry.push(id),
                 None => {}
@@ -815,19 +713,12 @@ impl Exchange {
         // nothing: that connection is closed, so neither its retry nor the
         // next lookup is sent on it.
         for id in done.iter().chain(&retry) {
-            if let Some(p) = table.lookups.get(id).filter(|p| p.tcp && !p.queued) {
-                let last = p.servers[(p.next_server + p.servers.len() - 1) % p.servers.len()];
-                let sent = p
-                    .attempt_deadline
-                    .checked_sub(p.settings.attempt_timeout())
-                    .unwrap_or(p.attempt_deadline);
+            if let Some(p) = table.get(*id).filter(|p| p.tcp && !p.queued) {
+                let (last, sent) = p.last_attempt();
                 self.tcp_reset_stalled(last, sent);
             }
         }
-        let removed: Vec<Pending> = done
-            .iter()
-            .filter_map(|id| table.lookups.remove(id))
-            .collect();
+        let removed: Vec<Pending> = done.iter().filter_map(|id| table.remove(*id)).collect();
         let mut finished: HashMap<SocketAddr, usize> = HashMap::new();
         for p in removed.iter().filter(|p| p.slot) {
             *finished.entry(p.servers[0]).or_default() += 1;
@@ -839,12 +730,12 @@ impl Exchange {
             .collect();
         let mut sends = Vec::with_capacity(retry.len());
         for id in retry {
-            if let Some(pending) = table.lookups.get_mut(&id) {
+            if let Some(pending) = table.get_mut(id) {
                 sends.push(self.next_attempt(pending, now));
                 table.schedule(id);
             }
         }
-        let empty = table.lookups.is_empty();
+        let empty = table.is_empty();
         let next = table.next_due();
         drop(table);
         for send in sends {
@@ -956,86 +847,9 @@ fn deliver(reply: Reply, result: Result<Answer, Error>) {
     let _ = catch_unwind(AssertUnwindSafe(move || reply(result)));
 }
 
-/// An answer is ours when it comes from one of the servers asked and
-/// answers our query (see `wire::is_answer`).
-fn matches_query(pending: &Pending, message: &Message, raw: &[u8], server: SocketAddr) -> bool {
-    pending.servers.contains(&server) && wire::is_answer(&pending.packet, message, raw)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_resolver::proto::op::{OpCode, Query};
-    use hickory_resolver::proto::rr::Name;
-    use std::str::FromStr;
-
-    fn name(text: &str) -> Name {
-        Name::from_str(text).expect("test name")
-    }
-
-    fn pending_for(server: SocketAddr, packet: Vec<u8>) -> Pending {
-        Pending {
-            name: "app.test.".into(),
-            kind: Kind::Srv,
-            packet,
-            servers: vec![server].into(),
-            next_server: 0,
-            attempts_left: 1,
-            queued: false,
-            slot: false,
-            tcp: false,
-            switched: false,
-            resent: 0,
-            attempt_deadline: Instant::now(),
-            deadline: Instant::now(),
-            settings: Settings::new(Nameservers::Explicit(vec![server]), 100, 1, Protocol::Udp)
-                .expect("settings"),
-            reply: Box::new(|_| {}),
-        }
-    }
-
-    #[test]
-    fn due_lookups_come_out_earliest_first_and_stale_entries_are_skipped() {
-        let server: SocketAddr = "127.0.0.1:53".parse().expect("address");
-        let t0 = Instant::now();
-        let at = |ms| t0 + Duration::from_millis(ms);
-        let mut table = Table::default();
-        for (id, ms) in [(3, 30), (1, 10), (2, 20)] {
-            let mut p = pending_for(server, Vec::new());
-            p.attempt_deadline = at(ms);
-            table.lookups.insert(id, p);
-            table.schedule(id);
-        }
-        assert_eq!(table.next_due(), Some(at(10)));
-        assert_eq!(table.take_due(at(5)), Vec::<u16>::new());
-        assert_eq!(table.take_due(at(20)), vec![1, 2]);
-        // Lookup 1 was not removed: its entry is gone all the same.
-        assert_eq!(table.take_due(at(20)), Vec::<u16>::new());
-        // Lookup 3 gets a later deadline; its first entry goes stale.
-        if let Some(p) = table.lookups.get_mut(&3) {
-            p.attempt_deadline = at(50);
-        }
-        table.schedule(3);
-        assert_eq!(table.take_due(at(40)), Vec::<u16>::new());
-        assert_eq!(table.take_due(at(50)), vec![3]);
-        // An ended lookup is never due.
-        table.schedule(2);
-        table.lookups.remove(&2);
-        assert_eq!(table.take_due(at(100)), Vec::<u16>::new());
-        assert_eq!(table.next_due(), None);
-    }
-
-    #[test]
-    fn stale_entries_are_bounded() {
-        let server: SocketAddr = "127.0.0.1:53".parse().expect("address");
-        let mut table = Table::default();
-        table.lookups.insert(7, pending_for(server, Vec::new()));
-        for _ in 0..10_000 {
-            table.schedule(7);
-        }
-        assert!(table.due.len() <= 2 * table.lookups.len() + 1025);
-        assert_eq!(table.take_due(Instant::now()), vec![7]);
-    }
 
     pub(super) fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
@@ -1227,29 +1041,6 @@ mod tests {
             Duration::from_millis(1)
         );
         assert_eq!(recv_pause(RECV_ERRORS), RECV_PAUSE);
-    }
-
-    #[test]
-    fn answers_must_echo_the_question_in_any_case() {
-        let packet = encode(9, "app.test.", Kind::Srv).expect("encodes");
-        let server: SocketAddr = "127.0.0.1:53".parse().expect("address");
-        let pending = pending_for(server, packet.clone());
-        let answer_to = |text: &str, kind: Kind| {
-            let mut message = Message::response(9, OpCode::Query);
-            message.add_query(Query::query(name(text), kind.record_type()));
-            let raw = message.to_vec().expect("encodes");
-            (message, raw)
-        };
-        let (same, raw) = answer_to("APP.test.", Kind::Srv);
-        assert!(matches_query(&pending, &same, &raw, server));
-        let other_server: SocketAddr = "127.0.0.2:53".parse().expect("address");
-        assert!(!matches_query(&pending, &same, &raw, other_server));
-        let (other_name, raw) = answer_to("app.test2.", Kind::Srv);
-        assert!(!matches_query(&pending, &other_name, &raw, server));
-        let (other_type, raw) = answer_to("app.test.", Kind::A);
-        assert!(!matches_query(&pending, &other_type, &raw, server));
-        let query = Message::from_vec(&packet).expect("decodes");
-        assert!(!matches_query(&pending, &query, &packet, server));
     }
 }
 
