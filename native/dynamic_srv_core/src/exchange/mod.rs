@@ -36,8 +36,10 @@ use crate::hickory;
 use crate::types::{Answer, Kind};
 use crate::wire::{encode, result_of};
 
+mod big;
 mod table;
 
+use big::BigNames;
 use table::{Pending, Table};
 
 /// Called once with the result of a lookup, always on a runtime thread.
@@ -53,9 +55,6 @@ const SOCKETS_PER_SERVER: usize = 8;
 const TICK: Duration = Duration::from_millis(5);
 /// The sweeper parks after this long without anything in flight.
 const IDLE: Duration = Duration::from_secs(1);
-/// How long a name whose UDP answer was truncated goes straight to TCP.
-const BIG_FOR: Duration = Duration::from_secs(60);
-const MAX_BIG: usize = 1024;
 const RECV_BUFFER: usize = 65_535;
 /// How long opening a TCP connection to a server may take.
 const TCP_CONNECT: Duration = Duration::from_secs(2);
@@ -148,7 +147,7 @@ struct Exchange {
     sockets: Mutex<HashMap<SocketAddr, Vec<Arc<UdpSocket>>>>,
     tcp: Mutex<TcpConnections>,
     pending: Mutex<Table>,
-    big: Mutex<HashMap<(String, Kind), Instant>>,
+    big: BigNames,
     sweeping: AtomicBool,
     outbox: Mutex<Vec<Outgoing>>,
     /// Per server: queries sent and not yet ended, and those waiting.
@@ -180,7 +179,7 @@ impl Exchange {
             sockets: Mutex::new(HashMap::new()),
             tcp: Mutex::new(HashMap::new()),
             pending: Mutex::new(Table::default()),
-            big: Mutex::new(HashMap::new()),
+            big: BigNames::default(),
             sweeping: AtomicBool::new(true),
             outbox: Mutex::new(Vec::new()),
             windows: Mutex::new(HashMap::new()),
@@ -198,7 +197,7 @@ impl Exchange {
         let Nameservers::Explicit(servers) = &settings.nameservers else {
             return self.via_hickory(settings, name, kind, reply);
         };
-        let tcp = settings.protocol == Protocol::Tcp || self.is_big(&name, kind);
+        let tcp = settings.protocol == Protocol::Tcp || self.big.is_big(&name, kind);
         let servers: Arc<[SocketAddr]> = servers.clone().into();
         // Past MAX_SERVERS servers have no sockets: hickory asks them.
         if !self.has_sockets(&servers) {
@@ -651,7 +650,7 @@ impl Exchange {
             result_of(&message, pending.kind)
         };
         if pending.switched && result.is_ok() {
-            self.mark_big(&pending.name, pending.kind);
+            self.big.mark(&pending.name, pending.kind);
         }
         deliver(pending.reply, result);
     }
@@ -745,27 +744,6 @@ impl Exchange {
             self.send_now(Some(outgoing));
         }
         (expired, empty, next)
-    }
-
-    fn is_big(&self, name: &str, kind: Kind) -> bool {
-        let big = lock(&self.big);
-        if big.is_empty() {
-            return false;
-        }
-        big.get(&(name.to_ascii_lowercase(), kind))
-            .is_some_and(|until| *until > Instant::now())
-    }
-
-    fn mark_big(&self, name: &str, kind: Kind) {
-        let mut big = lock(&self.big);
-        if big.len() >= MAX_BIG {
-            let now = Instant::now();
-            big.retain(|_, until| *until > now);
-            if big.len() >= MAX_BIG {
-                big.clear();
-            }
-        }
-        big.insert((name.to_ascii_lowercase(), kind), Instant::now() + BIG_FOR);
     }
 
     /// The system configuration's path. The deadline runs from now, the
