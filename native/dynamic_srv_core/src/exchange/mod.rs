@@ -24,10 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::{Nameservers, Protocol, Settings};
@@ -38,9 +36,11 @@ use crate::wire::{encode, result_of};
 
 mod big;
 mod table;
+mod tcp;
 
 use big::BigNames;
 use table::{Pending, Table};
+use tcp::{Tcp, TCP_RESENDS};
 
 /// Called once with the result of a lookup, always on a runtime thread.
 pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
@@ -56,18 +56,8 @@ const TICK: Duration = Duration::from_millis(5);
 /// The sweeper parks after this long without anything in flight.
 const IDLE: Duration = Duration::from_secs(1);
 const RECV_BUFFER: usize = 65_535;
-/// How long opening a TCP connection to a server may take.
-const TCP_CONNECT: Duration = Duration::from_secs(2);
 /// The error of an answer cut short even over TCP.
 const TOO_BIG: &str = "the answer does not fit in one DNS message (65,535 bytes) and the server cut it short even over TCP";
-/// Times a TCP query is sent again when its connection closes.
-const TCP_RESENDS: u8 = 2;
-/// A TCP connection with no query unanswered for this long is closed.
-/// Servers serve a bounded number of TCP connections at once (dnsmasq 20
-/// by default), so a slot held by an idle client is one that another node
-/// waits for: long enough to carry a burst of lookups, short enough that a
-/// hundred nodes polling every second fit in twenty slots.
-const TCP_IDLE: Duration = Duration::from_millis(100);
 /// Lookups in flight up to which the caller's thread sends the query itself.
 const DIRECT_SENDS: usize = 1;
 /// Failed reads in a row after which a UDP socket is replaced by a new one.
@@ -88,40 +78,6 @@ const HICKORY_LOOKUPS: usize = 128;
 /// small datagrams on loopback); a lost query costs a whole attempt timeout.
 const WINDOW: usize = 96;
 
-/// Per server: the open TCP connection's number, its query queue and its
-/// progress.
-type TcpConnections = HashMap<SocketAddr, (u64, mpsc::UnboundedSender<Vec<u8>>, Arc<TcpLink>)>;
-
-/// What the sweeper needs to know of a TCP connection to tell a slow one
-/// from a dead one: queries written and not answered, and when it last
-/// read an answer.
-struct TcpLink {
-    unanswered: AtomicU64,
-    last_read: Mutex<Option<Instant>>,
-}
-
-impl TcpLink {
-    fn new() -> Self {
-        TcpLink {
-            unanswered: AtomicU64::new(0),
-            last_read: Mutex::new(None),
-        }
-    }
-
-    fn answered(&self) {
-        let _ = self
-            .unanswered
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        *lock(&self.last_read) = Some(Instant::now());
-    }
-
-    /// Whether queries wait and no answer came back since `since`.
-    fn stalled(&self, since: Instant) -> bool {
-        self.unanswered.load(Ordering::Acquire) > 0
-            && lock(&self.last_read).is_none_or(|read| read < since)
-    }
-}
-
 /// A packet to send and the socket to send it on.
 type Outgoing = (Arc<UdpSocket>, Vec<u8>);
 
@@ -131,6 +87,18 @@ type Outgoing = (Arc<UdpSocket>, Vec<u8>);
 struct Window {
     sent: usize,
     backlog: VecDeque<u16>,
+}
+
+/// What the transports hand up to the exchange that owns them. The
+/// exchange is its one implementation; the transports see nothing else of
+/// it.
+trait Upstream: Send + Sync + 'static {
+    /// A message read from `server`, over TCP when `over_tcp`.
+    fn answer(self: &Arc<Self>, packet: &[u8], server: SocketAddr, over_tcp: bool);
+    /// The TCP connection to `server`, which had been open, has closed:
+    /// the queries waiting on it are sent again, at most `TCP_RESENDS`
+    /// times each.
+    fn tcp_closed(self: &Arc<Self>, server: SocketAddr);
 }
 
 /// Locks `mutex`, also after a panic elsewhere poisoned it. The tables
@@ -145,7 +113,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Exchange {
     runtime: Handle,
     sockets: Mutex<HashMap<SocketAddr, Vec<Arc<UdpSocket>>>>,
-    tcp: Mutex<TcpConnections>,
+    tcp: Arc<Tcp>,
     pending: Mutex<Table>,
     big: BigNames,
     sweeping: AtomicBool,
@@ -154,8 +122,7 @@ struct Exchange {
     windows: Mutex<HashMap<SocketAddr, Window>>,
     draining: AtomicBool,
     wake: Notify,
-    /// The number of the next TCP connection, and the turn of the next
-    /// UDP socket.
+    /// The turn of the next UDP socket.
     counter: AtomicU64,
     /// Turns of the hickory path, `HICKORY_LOOKUPS` of them.
     hickory: Arc<Semaphore>,
@@ -175,9 +142,9 @@ pub fn start(runtime: &Handle, settings: Settings, name: String, kind: Kind, rep
 impl Exchange {
     fn new(runtime: Handle) -> Arc<Self> {
         let exchange = Arc::new(Exchange {
-            runtime,
+            runtime: runtime.clone(),
             sockets: Mutex::new(HashMap::new()),
-            tcp: Mutex::new(HashMap::new()),
+            tcp: Arc::new(Tcp::new(runtime)),
             pending: Mutex::new(Table::default()),
             big: BigNames::default(),
             sweeping: AtomicBool::new(true),
@@ -312,151 +279,11 @@ impl Exchange {
     fn next_attempt(self: &Arc<Self>, pending: &mut Pending, now: Instant) -> Option<Outgoing> {
         let server = pending.book_attempt(now);
         if pending.tcp {
-            self.tcp_send(server, &pending.packet);
+            self.tcp.send(self, server, &pending.packet);
             return None;
         }
         self.socket(server)
             .map(|socket| (socket, pending.packet.clone()))
-    }
-
-    /// Sends a query on the server's TCP connection, opening one if needed.
-    /// Never waits: the connection's task writes.
-    fn tcp_send(self: &Arc<Self>, server: SocketAddr, packet: &[u8]) {
-        let Ok(len) = u16::try_from(packet.len()) else {
-            return;
-        };
-        let mut framed = Vec::with_capacity(packet.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(packet);
-        let mut conns = lock(&self.tcp);
-        if let Some((_, sender, _)) = conns.get(&server) {
-            match sender.send(framed) {
-                Ok(()) => return,
-                Err(returned) => framed = returned.0,
-            }
-        }
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let _ = sender.send(framed);
-        let conn = self.counter.fetch_add(1, Ordering::Relaxed);
-        let link = Arc::new(TcpLink::new());
-        conns.insert(server, (conn, sender, Arc::clone(&link)));
-        let exchange = Arc::clone(self);
-        self.runtime
-            .spawn(async move { exchange.tcp_connection(server, conn, link, receiver).await });
-    }
-
-    /// Closes the server's TCP connection if it has stalled: queries wait
-    /// on it and no answer came back since `since`, when the timed-out
-    /// attempt was sent (a server that accepted the connection but does not
-    /// serve it, or a dead peer). The next query opens a new one. Called
-    /// with the table locked, before the retries are sent.
-    fn tcp_reset_stalled(&self, server: SocketAddr, since: Instant) {
-        let mut conns = lock(&self.tcp);
-        if conns
-            .get(&server)
-            .is_some_and(|(_, _, link)| link.stalled(since))
-        {
-            // Dropping the sender ends the connection's task.
-            conns.remove(&server);
-        }
-    }
-
-    /// Forgets connection `conn` if nothing waits on it: no query queued,
-    /// none unanswered. Under the lock, so no query can be queued after.
-    fn tcp_retire_idle(
-        &self,
-        server: SocketAddr,
-        conn: u64,
-        link: &TcpLink,
-        queries: &mpsc::UnboundedReceiver<Vec<u8>>,
-    ) -> bool {
-        let mut conns = lock(&self.tcp);
-        let idle = queries.is_empty() && link.unanswered.load(Ordering::Acquire) == 0;
-        if idle && conns.get(&server).is_some_and(|(c, _, _)| *c == conn) {
-            conns.remove(&server);
-        }
-        idle
-    }
-
-    /// Owns one TCP connection: writes the queries sent to it, while a
-    /// reader task hands answers to `answer`. The connection ends when the
-    /// server closes it, on an error, when it has been idle for
-    /// `TCP_IDLE`, or when the sweeper drops it as stalled.
-    async fn tcp_connection(
-        self: Arc<Self>,
-        server: SocketAddr,
-        conn: u64,
-        link: Arc<TcpLink>,
-        mut queries: mpsc::UnboundedReceiver<Vec<u8>>,
-    ) {
-        let connect = tokio::time::timeout(TCP_CONNECT, TcpStream::connect(server));
-        let Ok(Ok(stream)) = connect.await else {
-            // Its queries are retried when their attempts time out.
-            return self.tcp_closed(server, conn, false);
-        };
-        let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = stream.into_split();
-        let exchange = Arc::clone(&self);
-        let read_link = Arc::clone(&link);
-        let reading = self.runtime.spawn(async move {
-            loop {
-                let mut len = [0u8; 2];
-                if reader.read_exact(&mut len).await.is_err() {
-                    break;
-                }
-                let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                if reader.read_exact(&mut message).await.is_err() {
-                    break;
-                }
-                read_link.answered();
-                let _ = catch_unwind(AssertUnwindSafe(|| exchange.answer(&message, server, true)));
-            }
-            // Closing drops the senders, which ends the writer below.
-            exchange.tcp_closed(server, conn, true);
-        });
-        loop {
-            match tokio::time::timeout(TCP_IDLE, queries.recv()).await {
-                Ok(Some(packet)) => {
-                    link.unanswered.fetch_add(1, Ordering::AcqRel);
-                    if writer.write_all(&packet).await.is_err() {
-                        reading.abort();
-                        self.tcp_closed(server, conn, true);
-                        return;
-                    }
-                }
-                // Replaced, or dropped as stalled.
-                Ok(None) => break,
-                Err(_) if self.tcp_retire_idle(server, conn, &link, &queries) => break,
-                Err(_) => {}
-            }
-        }
-        // The reader stops here; the writer half closes when dropped.
-        reading.abort();
-    }
-
-    /// Forgets connection `conn` (unless a newer one replaced it). When it
-    /// had been open, the queries waiting on the server over TCP are sent
-    /// again on a new connection (at most `TCP_RESENDS` times each), since a
-    /// server may close an idle connection just as a query is written.
-    fn tcp_closed(self: &Arc<Self>, server: SocketAddr, conn: u64, was_open: bool) {
-        let current = {
-            let mut conns = lock(&self.tcp);
-            let current = conns.get(&server).is_some_and(|(c, _, _)| *c == conn);
-            if current {
-                conns.remove(&server);
-            }
-            current
-        };
-        if !(current && was_open) {
-            return;
-        }
-        let mut table = lock(&self.pending);
-        for pending in table.lookups_mut() {
-            if pending.tcp && pending.servers.contains(&server) && pending.resent < TCP_RESENDS {
-                pending.resent += 1;
-                self.tcp_send(server, &pending.packet);
-            }
-        }
     }
 
     /// Sends without waiting; a full socket buffer hands the packet to the
@@ -598,63 +425,6 @@ impl Exchange {
         Some(fresh)
     }
 
-    fn answer(self: &Arc<Self>, packet: &[u8], server: SocketAddr, over_tcp: bool) {
-        let Ok(message) = Message::from_vec(packet) else {
-            return;
-        };
-        let id = message.metadata.id;
-        let pending = {
-            let mut table = lock(&self.pending);
-            match table.get_mut(id) {
-                Some(p) if p.tcp != over_tcp => None,
-                // Cut short over UDP: ask the same server again over TCP.
-                Some(p)
-                    if p.is_answered_by(&message, packet, server)
-                        && message.metadata.truncation
-                        && !over_tcp =>
-                {
-                    p.tcp = true;
-                    p.switched = true;
-                    p.attempt_deadline =
-                        (Instant::now() + p.settings.attempt_timeout()).min(p.deadline);
-                    let packet = p.packet.clone();
-                    table.schedule(id);
-                    self.tcp_send(server, &packet);
-                    None
-                }
-                Some(p) if p.is_answered_by(&message, packet, server) => {
-                    let window = p.slot.then(|| p.servers[0]);
-                    let done = table.remove(id);
-                    let send = match window {
-                        Some(server) => self.finished(&mut table, server, 1),
-                        None => Vec::new(),
-                    };
-                    drop(table);
-                    for outgoing in send {
-                        self.send_later(Some(outgoing));
-                    }
-                    done
-                }
-                _ => None,
-            }
-        };
-        let Some(pending) = pending else {
-            return;
-        };
-        let result = if over_tcp && message.metadata.truncation {
-            // A TCP answer holds at most 65,535 bytes: a server cuts a
-            // larger one short (BIND sends the records that fit, with TC).
-            // Taken as it is, it would drop every node that did not fit.
-            Err(Error::Other(TOO_BIG.into()))
-        } else {
-            result_of(&message, pending.kind)
-        };
-        if pending.switched && result.is_ok() {
-            self.big.mark(&pending.name, pending.kind);
-        }
-        deliver(pending.reply, result);
-    }
-
     async fn sweep(self: Arc<Self>) {
         let mut idle_since = Instant::now();
         // The earliest deadline as of the last sweep.
@@ -714,7 +484,7 @@ impl Exchange {
         for id in done.iter().chain(&retry) {
             if let Some(p) = table.get(*id).filter(|p| p.tcp && !p.queued) {
                 let (last, sent) = p.last_attempt();
-                self.tcp_reset_stalled(last, sent);
+                self.tcp.reset_stalled(last, sent);
             }
         }
         let removed: Vec<Pending> = done.iter().filter_map(|id| table.remove(*id)).collect();
@@ -768,6 +538,75 @@ impl Exchange {
     fn fail(&self, reply: Reply, error: Error) {
         self.runtime
             .spawn(async move { deliver(reply, Err(error)) });
+    }
+}
+
+impl Upstream for Exchange {
+    fn answer(self: &Arc<Self>, packet: &[u8], server: SocketAddr, over_tcp: bool) {
+        let Ok(message) = Message::from_vec(packet) else {
+            return;
+        };
+        let id = message.metadata.id;
+        let pending = {
+            let mut table = lock(&self.pending);
+            match table.get_mut(id) {
+                Some(p) if p.tcp != over_tcp => None,
+                // Cut short over UDP: ask the same server again over TCP.
+                Some(p)
+                    if p.is_answered_by(&message, packet, server)
+                        && message.metadata.truncation
+                        && !over_tcp =>
+                {
+                    p.tcp = true;
+                    p.switched = true;
+                    p.attempt_deadline =
+                        (Instant::now() + p.settings.attempt_timeout()).min(p.deadline);
+                    let packet = p.packet.clone();
+                    table.schedule(id);
+                    self.tcp.send(self, server, &packet);
+                    None
+                }
+                Some(p) if p.is_answered_by(&message, packet, server) => {
+                    let window = p.slot.then(|| p.servers[0]);
+                    let done = table.remove(id);
+                    let send = match window {
+                        Some(server) => self.finished(&mut table, server, 1),
+                        None => Vec::new(),
+                    };
+                    drop(table);
+                    for outgoing in send {
+                        self.send_later(Some(outgoing));
+                    }
+                    done
+                }
+                _ => None,
+            }
+        };
+        let Some(pending) = pending else {
+            return;
+        };
+        let result = if over_tcp && message.metadata.truncation {
+            // A TCP answer holds at most 65,535 bytes: a server cuts a
+            // larger one short (BIND sends the records that fit, with TC).
+            // Taken as it is, it would drop every node that did not fit.
+            Err(Error::Other(TOO_BIG.into()))
+        } else {
+            result_of(&message, pending.kind)
+        };
+        if pending.switched && result.is_ok() {
+            self.big.mark(&pending.name, pending.kind);
+        }
+        deliver(pending.reply, result);
+    }
+
+    fn tcp_closed(self: &Arc<Self>, server: SocketAddr) {
+        let mut table = lock(&self.pending);
+        for pending in table.lookups_mut() {
+            if pending.tcp && pending.servers.contains(&server) && pending.resent < TCP_RESENDS {
+                pending.resent += 1;
+                self.tcp.send(self, server, &pending.packet);
+            }
+        }
     }
 }
 
@@ -1021,6 +860,3 @@ mod tests {
         assert_eq!(recv_pause(RECV_ERRORS), RECV_PAUSE);
     }
 }
-
-#[cfg(test)]
-mod tcp_tests;
