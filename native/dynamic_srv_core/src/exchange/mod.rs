@@ -14,13 +14,21 @@
 //!
 //! Against a local DNS server this saves hickory's per-query socket and
 //! its internal task hops: see the README's benchmark table.
+//!
+//! One part per module, below this one: `table` (the lookups in flight,
+//! their deadline heap, their query IDs), `udp` (socket pools and their
+//! receivers, the outbox, the per-server windows), `tcp` (connections,
+//! resends, idle and stalled ones closed), `big` (the names that need
+//! TCP) and `sweep` (timeouts and retries). This module wires them: it
+//! starts lookups, takes the answers the transports hand up (`Upstream`)
+//! and owns the locks, whose order is written on `Exchange`. The query
+//! bytes and the reading of answers are `wire`'s.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hickory_resolver::proto::op::Message;
 use tokio::runtime::Handle;
@@ -33,6 +41,7 @@ use crate::types::{Answer, Kind};
 use crate::wire::{encode, result_of};
 
 mod big;
+mod sweep;
 mod table;
 mod tcp;
 mod udp;
@@ -45,12 +54,6 @@ use udp::{Outgoing, Udp, Windows};
 /// Called once with the result of a lookup, always on a runtime thread.
 pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
 
-/// The sweeper sleeps until the next attempt deadline, and at most this
-/// long, so that a lookup started meanwhile with an earlier deadline is
-/// late by at most this much. (Tokio's timers have a 1 ms resolution.)
-const TICK: Duration = Duration::from_millis(5);
-/// The sweeper parks after this long without anything in flight.
-const IDLE: Duration = Duration::from_secs(1);
 /// The error of an answer cut short even over TCP.
 const TOO_BIG: &str = "the answer does not fit in one DNS message (65,535 bytes) and the server cut it short even over TCP";
 /// Lookups in flight up to which the caller's thread sends the query itself.
@@ -61,6 +64,7 @@ const DIRECT_SENDS: usize = 1;
 /// the system path against a stopped server ended up to 1.1 s past their
 /// deadline (20,000 ran out of descriptors: "no connections available").
 const HICKORY_LOOKUPS: usize = 128;
+
 /// What the transports hand up to the exchange that owns them. The
 /// exchange is its one implementation; the transports see nothing else of
 /// it.
@@ -82,18 +86,52 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The lookups in flight and the transports that carry them.
+///
+/// # Lock order
+///
+/// The exchange's mutexes are taken in this order only: a thread holding
+/// one of them takes only those further down, and every one is taken
+/// through `lock`, which also takes a poisoned one.
+///
+/// 1. `Exchange::lookups`: the table of lookups in flight and the UDP
+///    windows. Taken first, or alone.
+/// 2. `Udp::pools` or `Tcp::connections`, never both at once: under
+///    `lookups` to send an attempt (`next_attempt`, and the resends of
+///    `tcp_closed`) or to close a stalled connection (`expire`); alone
+///    to open, replace or retire sockets and connections.
+/// 3. `TcpLink::last_read`: under `Tcp::connections` (`reset_stalled`),
+///    or alone (the reader).
+///
+/// Two are leaves, taken with no other lock held and holding none:
+/// `Udp::outbox` (a packet is queued once `lookups` is released) and
+/// `BigNames::until` (read before `lookups` is taken, written after it is
+/// released). hickory's resolver table (`hickory::RESOLVERS`) is taken
+/// alone, on the hickory path.
 struct Exchange {
     runtime: Handle,
+    /// Lock 1.
+    lookups: Mutex<Lookups>,
+    /// Lock 2 (`pools`), and the leaf `outbox`.
     udp: Arc<Udp>,
+    /// Lock 2 (`connections`), then lock 3 (`last_read`).
     tcp: Arc<Tcp>,
-    pending: Mutex<Table>,
+    /// A leaf lock.
     big: BigNames,
+    /// The sweeper is awake (or about to be); else it waits for `wake`.
     sweeping: AtomicBool,
-    /// Per server: queries sent and not yet ended, and those waiting.
-    windows: Mutex<Windows>,
     wake: Notify,
     /// Turns of the hickory path, `HICKORY_LOOKUPS` of them.
     hickory: Arc<Semaphore>,
+}
+
+/// What the lookups lock guards: the lookups in flight and the UDP
+/// windows, which change together (a lookup takes, waits for or frees a
+/// slot of a window as it enters or leaves the table).
+#[derive(Default)]
+struct Lookups {
+    table: Table,
+    windows: Windows,
 }
 
 static EXCHANGE: OnceLock<Arc<Exchange>> = OnceLock::new();
@@ -113,10 +151,9 @@ impl Exchange {
             runtime: runtime.clone(),
             udp: Arc::new(Udp::new(runtime.clone())),
             tcp: Arc::new(Tcp::new(runtime)),
-            pending: Mutex::new(Table::default()),
+            lookups: Mutex::new(Lookups::default()),
             big: BigNames::default(),
             sweeping: AtomicBool::new(true),
-            windows: Mutex::new(Windows::default()),
             wake: Notify::new(),
             hickory: Arc::new(Semaphore::new(HICKORY_LOOKUPS)),
         });
@@ -154,9 +191,9 @@ impl Exchange {
             settings,
             reply,
         };
-        let mut table = lock(&self.pending);
-        let Some(id) = table.free_id() else {
-            drop(table);
+        let mut lookups = lock(&self.lookups);
+        let Some(id) = lookups.table.free_id() else {
+            drop(lookups);
             return self.fail(
                 pending.reply,
                 Error::Other("too many lookups in flight".into()),
@@ -165,7 +202,7 @@ impl Exchange {
         match encode(id, &pending.name, kind) {
             Ok(packet) => pending.packet = packet,
             Err(e) => {
-                drop(table);
+                drop(lookups);
                 return self.fail(pending.reply, e);
             }
         }
@@ -173,7 +210,7 @@ impl Exchange {
         // Otherwise it goes out when the window of its first server has
         // room, and waits in the window's backlog until then.
         let room = pending.tcp || {
-            pending.slot = lock(&self.windows).enter(pending.servers[0], id);
+            pending.slot = lookups.windows.enter(pending.servers[0], id);
             pending.slot
         };
         let send = if room {
@@ -183,9 +220,9 @@ impl Exchange {
             pending.attempt_deadline = pending.deadline;
             None
         };
-        table.insert(id, pending);
-        let in_flight = table.len();
-        drop(table);
+        lookups.table.insert(id, pending);
+        let in_flight = lookups.table.len();
+        drop(lookups);
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
@@ -200,16 +237,18 @@ impl Exchange {
     }
 
     /// `count` lookups holding a slot of `server`'s window have ended: make
-    /// room in it and send as many queued ones. Called with the table locked.
+    /// room in it and send as many queued ones. Called with the lookups
+    /// locked.
     fn finished(
         self: &Arc<Self>,
-        table: &mut Table,
+        lookups: &mut Lookups,
         server: SocketAddr,
         count: usize,
     ) -> Vec<Outgoing> {
+        let Lookups { table, windows } = lookups;
         let mut out = Vec::new();
         let now = Instant::now();
-        lock(&self.windows).release(server, count, |id| {
+        windows.release(server, count, |id| {
             let Some(pending) = table.get_mut(id).filter(|p| p.queued) else {
                 return false;
             };
@@ -234,97 +273,6 @@ impl Exchange {
         self.udp
             .socket(server)
             .map(|socket| (socket, pending.packet.clone()))
-    }
-
-    async fn sweep(self: Arc<Self>) {
-        let mut idle_since = Instant::now();
-        // The earliest deadline as of the last sweep.
-        let mut next: Option<Instant> = None;
-        loop {
-            let wake_at = tokio::time::Instant::now() + TICK;
-            let wake_at = match next {
-                Some(due) => wake_at.min(tokio::time::Instant::from_std(due)),
-                None => wake_at,
-            };
-            tokio::time::sleep_until(wake_at).await;
-            let now = Instant::now();
-            // A panic here must not end the sweeper: nothing else ends
-            // lookups at their deadline.
-            let (expired, empty, due) = catch_unwind(AssertUnwindSafe(|| self.expire(now)))
-                .unwrap_or((Vec::new(), false, None));
-            next = due;
-            for reply in expired {
-                deliver(reply, Err(Error::Timeout));
-            }
-            if !empty {
-                idle_since = now;
-                continue;
-            }
-            if now.duration_since(idle_since) < IDLE {
-                continue;
-            }
-            self.sweeping.store(false, Ordering::Release);
-            // Re-check: a lookup may have started just before the flag fell.
-            let empty_now = lock(&self.pending).is_empty();
-            if empty_now {
-                self.wake.notified().await;
-            }
-            self.sweeping.store(true, Ordering::Release);
-            idle_since = Instant::now();
-        }
-    }
-
-    /// Ends the lookups past their deadline (or out of attempts) and
-    /// resends those past their attempt deadline, earliest first. Returns
-    /// the replies of the ended ones, whether the table is now empty, and
-    /// the next deadline.
-    fn expire(self: &Arc<Self>, now: Instant) -> (Vec<Reply>, bool, Option<Instant>) {
-        let mut table = lock(&self.pending);
-        let mut done = Vec::new();
-        let mut retry = Vec::new();
-        for id in table.take_due(now) {
-            match table.get(id) {
-                Some(p) if now >= p.deadline || p.attempts_left == 0 => done.push(id),
-                Some(_) => retry.push(id),
-                None => {}
-            }
-        }
-        // A TCP query whose attempt timed out on a connection that answers
-        // nothing: that connection is closed, so neither its retry nor the
-        // next lookup is sent on it.
-        for id in done.iter().chain(&retry) {
-            if let Some(p) = table.get(*id).filter(|p| p.tcp && !p.queued) {
-                let (last, sent) = p.last_attempt();
-                self.tcp.reset_stalled(last, sent);
-            }
-        }
-        let removed: Vec<Pending> = done.iter().filter_map(|id| table.remove(*id)).collect();
-        let mut finished: HashMap<SocketAddr, usize> = HashMap::new();
-        for p in removed.iter().filter(|p| p.slot) {
-            *finished.entry(p.servers[0]).or_default() += 1;
-        }
-        let expired = removed.into_iter().map(|p| p.reply).collect();
-        let released: Vec<Outgoing> = finished
-            .into_iter()
-            .flat_map(|(server, count)| self.finished(&mut table, server, count))
-            .collect();
-        let mut sends = Vec::with_capacity(retry.len());
-        for id in retry {
-            if let Some(pending) = table.get_mut(id) {
-                sends.push(self.next_attempt(pending, now));
-                table.schedule(id);
-            }
-        }
-        let empty = table.is_empty();
-        let next = table.next_due();
-        drop(table);
-        for send in sends {
-            self.udp.send_now(send);
-        }
-        for outgoing in released {
-            self.udp.send_now(Some(outgoing));
-        }
-        (expired, empty, next)
     }
 
     /// The system configuration's path. The deadline runs from now, the
@@ -359,8 +307,8 @@ impl Upstream for Exchange {
         };
         let id = message.metadata.id;
         let pending = {
-            let mut table = lock(&self.pending);
-            match table.get_mut(id) {
+            let mut lookups = lock(&self.lookups);
+            match lookups.table.get_mut(id) {
                 Some(p) if p.tcp != over_tcp => None,
                 // Cut short over UDP: ask the same server again over TCP.
                 Some(p)
@@ -373,18 +321,18 @@ impl Upstream for Exchange {
                     p.attempt_deadline =
                         (Instant::now() + p.settings.attempt_timeout()).min(p.deadline);
                     let packet = p.packet.clone();
-                    table.schedule(id);
+                    lookups.table.schedule(id);
                     self.tcp.send(self, server, &packet);
                     None
                 }
                 Some(p) if p.is_answered_by(&message, packet, server) => {
                     let window = p.slot.then(|| p.servers[0]);
-                    let done = table.remove(id);
+                    let done = lookups.table.remove(id);
                     let send = match window {
-                        Some(server) => self.finished(&mut table, server, 1),
+                        Some(server) => self.finished(&mut lookups, server, 1),
                         None => Vec::new(),
                     };
-                    drop(table);
+                    drop(lookups);
                     for outgoing in send {
                         self.udp.send_later(Some(outgoing));
                     }
@@ -411,8 +359,8 @@ impl Upstream for Exchange {
     }
 
     fn tcp_closed(self: &Arc<Self>, server: SocketAddr) {
-        let mut table = lock(&self.pending);
-        for pending in table.lookups_mut() {
+        let mut lookups = lock(&self.lookups);
+        for pending in lookups.table.lookups_mut() {
             if pending.tcp && pending.servers.contains(&server) && pending.resent < TCP_RESENDS {
                 pending.resent += 1;
                 self.tcp.send(self, server, &pending.packet);
@@ -429,6 +377,7 @@ fn deliver(reply: Reply, result: Result<Answer, Error>) {
 mod tests {
     use super::udp::WINDOW;
     use super::*;
+    use std::time::Duration;
 
     pub(super) fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
@@ -556,11 +505,11 @@ mod tests {
         // A thread panics while it holds the table.
         let holder = Arc::clone(&exchange);
         let poisoner = std::thread::spawn(move || {
-            let _table = holder.pending.lock();
+            let _lookups = holder.lookups.lock();
             panic!("a panic while the lookup table is locked (expected by this test)");
         });
         assert!(poisoner.join().is_err());
-        assert!(exchange.pending.is_poisoned());
+        assert!(exchange.lookups.is_poisoned());
         let reply = replies.recv_timeout(Duration::from_secs(3));
         assert_eq!(reply, Ok(Err(Error::Timeout)));
         // Lookups started afterwards work as before.
