@@ -1,7 +1,26 @@
 //! The Erlang-independent core of libcluster_dynamic_srv: resolver settings
-//! (`config`), DNS lookups on hickory-resolver (`resolver`), SRV target and
-//! query name checks (`parse`), the check command's transport probe
-//! (`probe`) and their one error type (`error`).
+//! (`config`), DNS lookups, the naming rule (`naming`: SRV targets to node
+//! names, node names, DNS names, labels, release helpers), the check
+//! command's transport probe (`probe`) and their one error type (`error`).
+//!
+//! The lookups are built in layers, each using only those below it:
+//!
+//! 1. `types`: what a lookup gives back (`Kind`, `Answer`) and the
+//!    conversion of DNS records into it.
+//! 2. `wire`: the DNS messages: the query written by hand, the match of a
+//!    reply to its query, and the one mapping of DNS outcomes (response
+//!    code, records) to a result or an `Error`.
+//! 3. The two paths, both reading outcomes through `wire`: `hickory`, the
+//!    slow path on hickory-resolver (the system configuration, or more
+//!    servers than the exchange keeps sockets for), and `exchange`, the
+//!    fast path for explicit nameservers: the table of lookups in flight
+//!    (`exchange::table`), the UDP and TCP transports (`exchange::udp`,
+//!    `exchange::tcp`), the names that need TCP (`exchange::big`) and the
+//!    sweeper of deadlines (`exchange::sweep`), wired together with their
+//!    lock order by `exchange`. `exchange::start` is the entry point of
+//!    every lookup; it hands the system configuration to `hickory`.
+//!
+//! `probe` asks one server once, with `wire`'s query and reading.
 //!
 //! The NIF crate (`dynamic_srv_nif`) only converts terms to and from these
 //! types, so everything here is tested with plain `cargo test`.
@@ -9,6 +28,8 @@
 pub mod config;
 pub mod error;
 pub mod exchange;
+pub mod hickory;
 pub mod naming;
 pub mod probe;
-pub mod resolver;
+pub mod types;
+pub mod wire;

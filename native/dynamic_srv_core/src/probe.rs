@@ -3,7 +3,7 @@
 //! cut it short, the records it holds) and, when cut short, how many
 //! records the same query gets over TCP. The query bytes, the matching of
 //! the reply and the reading of its records are the lookups' own
-//! (`exchange`); only the one-off sockets are the probe's.
+//! (`wire`); only the one-off sockets are the probe's.
 
 use std::net::SocketAddr;
 
@@ -14,8 +14,8 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use crate::config::{Nameservers, Settings};
 use crate::error::Error;
-use crate::exchange::{encode, question, result_of, HEADER};
-use crate::resolver::{Answer, Kind};
+use crate::types::{Answer, Kind};
+use crate::wire::{encode, is_raw_answer, result_of};
 
 /// The ID of probe queries (a fresh socket receives nothing else).
 const ID: u16 = 0x4242;
@@ -84,7 +84,7 @@ async fn ask(server: SocketAddr, packet: &[u8], kind: Kind) -> Result<Probe, Err
     let mut buffer = vec![0u8; 65_535];
     let reply = loop {
         let len = socket.recv(&mut buffer).await.map_err(udp)?;
-        if answers(packet, &buffer[..len]) {
+        if is_raw_answer(packet, &buffer[..len]) {
             break &buffer[..len];
         }
     };
@@ -116,21 +116,10 @@ async fn ask_tcp(server: SocketAddr, packet: &[u8], kind: Kind) -> Result<usize,
         stream.read_exact(&mut len).await.map_err(tcp)?;
         let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
         stream.read_exact(&mut reply).await.map_err(tcp)?;
-        if answers(packet, &reply) {
+        if is_raw_answer(packet, &reply) {
             return Ok(records(&reply, kind));
         }
     }
-}
-
-/// A reply to `query`: a response with its ID echoing its question.
-fn answers(query: &[u8], reply: &[u8]) -> bool {
-    let asked = question(query);
-    reply.len() >= HEADER
-        && reply[..2] == query[..2]
-        && reply[2] & 0x80 != 0
-        && reply
-            .get(HEADER..HEADER + asked.len())
-            .is_some_and(|echoed| echoed.eq_ignore_ascii_case(asked))
 }
 
 /// Records of the asked type in a reply; none when it does not decode.
@@ -195,17 +184,5 @@ mod tests {
         let server = silent.local_addr().expect("address");
         let result = runtime().block_on(probe(&settings(server, 100), "app.test.", Kind::Srv));
         assert_eq!(result, Err(Error::Timeout));
-    }
-
-    #[test]
-    fn only_responses_to_the_query_count() {
-        let query = encode(ID, "app.test.", Kind::Srv).expect("encodes");
-        let mut reply = query.clone();
-        assert!(!answers(&query, &reply), "a query is no response");
-        reply[2] |= 0x80;
-        assert!(answers(&query, &reply));
-        reply[1] ^= 1;
-        assert!(!answers(&query, &reply), "another ID");
-        assert!(!answers(&query, &reply[..5]), "too short");
     }
 }

@@ -23,7 +23,7 @@ use rustler::{Binary, Encoder, Env, NifMap, Term};
 use dynamic_srv_core::config::{self, Nameservers, Settings, MAX_ATTEMPTS, MAX_NAMESERVERS};
 use dynamic_srv_core::naming::{self, TargetParser};
 use dynamic_srv_core::probe::{self, Probe};
-use dynamic_srv_core::resolver::{Answer, Kind};
+use dynamic_srv_core::types::{Answer, Kind};
 use dynamic_srv_core::{error::Error, exchange};
 
 use reason::{Reason, Reply};

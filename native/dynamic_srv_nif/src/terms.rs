@@ -10,7 +10,7 @@ use rustler::{Encoder, Env, NifTuple, NifUnitEnum, Term};
 
 use dynamic_srv_core::config::{Nameservers, Protocol, Settings};
 use dynamic_srv_core::probe::Probe;
-use dynamic_srv_core::resolver::{Answer, Kind};
+use dynamic_srv_core::types::{Answer, Kind};
 
 use crate::reason::{bad_settings, Reason};
 

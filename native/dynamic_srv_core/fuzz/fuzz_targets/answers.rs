@@ -2,8 +2,8 @@
 //! results must never panic, whatever a hostile server sends.
 #![no_main]
 
-use dynamic_srv_core::exchange::result_of;
-use dynamic_srv_core::resolver::Kind;
+use dynamic_srv_core::types::Kind;
+use dynamic_srv_core::wire::result_of;
 use hickory_resolver::proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 

@@ -1,29 +1,10 @@
-//! DNS lookups on hickory-resolver: one resolver per distinct settings,
-//! answers converted to plain Rust values, errors sorted into `Error`.
+//! The values a lookup gives back, whichever path answered it: the kinds
+//! of records asked for (`Kind`), the answer (`Answer`, `SrvRecord`), and
+//! the conversion of DNS records into it (`convert`).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::Duration;
 
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
-use hickory_resolver::{system_conf, TokioResolver};
-
-use crate::config::{Nameservers, Protocol, Settings, EDNS_PAYLOAD};
-use crate::error::Error;
-
-/// Resolvers kept for reuse (each holds its connections and cache). Callers
-/// use a handful of settings; past this many the cache starts over.
-const MAX_RESOLVERS: usize = 32;
-/// Answers cached per resolver. TTL-0 records and negative answers never
-/// stay in it.
-const CACHE_SIZE: u64 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -60,31 +41,12 @@ pub enum Answer {
     Ip(Vec<(IpAddr, u32)>),
 }
 
-static RESOLVERS: Mutex<Option<HashMap<Settings, TokioResolver>>> = Mutex::new(None);
-
-/// Looks up `name` (already checked by `parse::query_name`), never taking
-/// longer than the settings' deadline.
-pub async fn lookup(settings: &Settings, name: &str, kind: Kind) -> Result<Answer, Error> {
-    let resolver = resolver_for(settings)?;
-    let query = resolver.lookup(name, kind.record_type());
-    match tokio::time::timeout(settings.timeout, query).await {
-        Err(_elapsed) => Err(Error::Timeout),
-        Ok(Err(e)) => Err(classify(&e)),
-        Ok(Ok(lookup)) => {
-            let answer = convert(kind, lookup.answers(), lookup.additionals());
-            if is_empty(&answer) {
-                Err(Error::NoData)
-            } else {
-                Ok(answer)
-            }
+impl Answer {
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            Answer::Srv(records) => records.is_empty(),
+            Answer::Ip(addresses) => addresses.is_empty(),
         }
-    }
-}
-
-pub(crate) fn is_empty(answer: &Answer) -> bool {
-    match answer {
-        Answer::Srv(records) => records.is_empty(),
-        Answer::Ip(addresses) => addresses.is_empty(),
     }
 }
 
@@ -135,103 +97,6 @@ fn addresses_of(target: &hickory_resolver::proto::rr::Name, additionals: &[Recor
 
 fn presentation(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_owned()
-}
-
-fn classify(error: &NetError) -> Error {
-    match error {
-        NetError::Timeout => Error::Timeout,
-        NetError::Dns(DnsError::NoRecordsFound(no))
-            if no.response_code == ResponseCode::NXDomain =>
-        {
-            Error::NxDomain
-        }
-        NetError::Dns(DnsError::NoRecordsFound(_)) => Error::NoData,
-        NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused)) => Error::Refused,
-        NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => Error::ServFail,
-        NetError::Dns(DnsError::ResponseCode(ResponseCode::NXDomain)) => Error::NxDomain,
-        other => Error::Other(other.to_string()),
-    }
-}
-
-fn resolver_for(settings: &Settings) -> Result<TokioResolver, Error> {
-    let mut guard = RESOLVERS
-        .lock()
-        .map_err(|_| Error::Other("the resolver table is poisoned".into()))?;
-    let table = guard.get_or_insert_with(HashMap::new);
-    if let Some(resolver) = table.get(settings) {
-        return Ok(resolver.clone());
-    }
-    if table.len() >= MAX_RESOLVERS {
-        table.clear();
-    }
-    let resolver = build(settings)?;
-    table.insert(settings.clone(), resolver.clone());
-    Ok(resolver)
-}
-
-fn build(settings: &Settings) -> Result<TokioResolver, Error> {
-    let (config, mut opts) = match &settings.nameservers {
-        Nameservers::System => system_conf::read_system_conf().map_err(|e| {
-            Error::BadSettings(format!(
-                "cannot read the system resolver configuration: {e}"
-            ))
-        })?,
-        Nameservers::Explicit(addrs) => {
-            let servers = addrs
-                .iter()
-                .map(|addr| {
-                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                    for connection in &mut server.connections {
-                        connection.port = addr.port();
-                    }
-                    server
-                })
-                .collect();
-            (
-                ResolverConfig::from_name_servers(servers),
-                ResolverOpts::default(),
-            )
-        }
-    };
-    let config = match settings.protocol {
-        Protocol::Udp => config,
-        Protocol::Tcp => tcp_only(config),
-    };
-    opts.timeout = settings.attempt_timeout();
-    opts.attempts = settings.attempts;
-    opts.edns0 = true;
-    opts.edns_payload_len = EDNS_PAYLOAD;
-    opts.cache_size = CACHE_SIZE;
-    opts.positive_min_ttl = None;
-    opts.negative_min_ttl = None;
-    opts.negative_max_ttl = Some(Duration::ZERO);
-    opts.use_hosts_file = ResolveHosts::Never;
-    let mut builder =
-        hickory_resolver::Resolver::builder_with_config(config, TokioRuntimeProvider::default());
-    *builder.options_mut() = opts;
-    builder
-        .build()
-        .map_err(|e| Error::BadSettings(format!("cannot build a resolver: {e}")))
-}
-
-fn tcp_only(config: ResolverConfig) -> ResolverConfig {
-    let (domain, search, servers) = config.into_parts();
-    let servers = servers
-        .into_iter()
-        .map(|mut server| {
-            let port = server.connections.first().map_or(53, |c| c.port);
-            let mut tcp = ConnectionConfig::tcp();
-            tcp.port = port;
-            server
-                .connections
-                .retain(|c| matches!(c.protocol, ProtocolConfig::Tcp));
-            if server.connections.is_empty() {
-                server.connections.push(tcp);
-            }
-            server
-        })
-        .collect();
-    ResolverConfig::from_parts(domain, search, servers)
 }
 
 #[cfg(test)]
@@ -317,27 +182,6 @@ mod tests {
             convert(Kind::Aaaa, &answers, &[]),
             Answer::Ip(vec![(IpAddr::from([0, 0, 0, 0, 0, 0, 0, 1]), 7)])
         );
-    }
-
-    #[test]
-    fn errors_are_sorted() {
-        assert_eq!(classify(&NetError::Timeout), Error::Timeout);
-        assert_eq!(
-            classify(&NetError::Dns(DnsError::ResponseCode(
-                ResponseCode::Refused
-            ))),
-            Error::Refused
-        );
-        assert_eq!(
-            classify(&NetError::Dns(DnsError::ResponseCode(
-                ResponseCode::ServFail
-            ))),
-            Error::ServFail
-        );
-        assert!(matches!(
-            classify(&NetError::Msg("boom".into())),
-            Error::Other(m) if m == "boom"
-        ));
     }
 
     proptest! {

@@ -1,0 +1,521 @@
+//! The path for explicit nameservers: a few connected UDP sockets per
+//! server, kept for the life of the VM, at most one TCP connection per
+//! server, open only while it is used, and a table of the queries in
+//! flight.
+//!
+//! `start` runs on the caller's thread (a BEAM scheduler), so it only
+//! encodes the query, registers it and hands it to the runtime; a lone
+//! query is sent at once with a non-blocking `try_send`. Answers are
+//! matched on the runtime by ID, server and echoed question. One sweeper
+//! task, sleeping until the earliest deadline in a heap, drives per-attempt
+//! timeouts and retries. A truncated answer is asked again over TCP, and
+//! that name goes to TCP for a while. The system configuration (and more
+//! than `MAX_SERVERS` servers) goes to `hickory::lookup`.
+//!
+//! Against a local DNS server this saves hickory's per-query socket and
+//! its internal task hops: see the README's benchmark table.
+//!
+//! One part per module, below this one: `table` (the lookups in flight,
+//! their deadline heap, their query IDs), `udp` (socket pools and their
+//! receivers, the outbox, the per-server windows), `tcp` (connections,
+//! resends, idle and stalled ones closed), `big` (the names that need
+//! TCP) and `sweep` (timeouts and retries). This module wires them: it
+//! starts lookups, takes the answers the transports hand up (`Upstream`)
+//! and owns the locks, whose order is written on `Exchange`. The query
+//! bytes and the reading of answers are `wire`'s.
+
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
+
+use hickory_resolver::proto::op::Message;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::{Nameservers, Protocol, Settings};
+use crate::error::Error;
+use crate::hickory;
+use crate::types::{Answer, Kind};
+use crate::wire::{encode, result_of};
+
+mod big;
+mod sweep;
+mod table;
+mod tcp;
+mod udp;
+
+use big::BigNames;
+use table::{Pending, Table};
+use tcp::{Tcp, TCP_RESENDS};
+use udp::{Outgoing, Udp, Windows};
+
+/// Called once with the result of a lookup, always on a runtime thread.
+pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
+
+/// The error of an answer cut short even over TCP.
+const TOO_BIG: &str = "the answer does not fit in one DNS message (65,535 bytes) and the server cut it short even over TCP";
+/// Lookups in flight up to which the caller's thread sends the query itself.
+const DIRECT_SENDS: usize = 1;
+/// Lookups the hickory path runs at once; the others wait for their turn
+/// and end at their deadline if it does not come. hickory opens a socket
+/// per query and does its work on the runtime: 5,000 lookups at once on
+/// the system path against a stopped server ended up to 1.1 s past their
+/// deadline (20,000 ran out of descriptors: "no connections available").
+const HICKORY_LOOKUPS: usize = 128;
+
+/// What the transports hand up to the exchange that owns them. The
+/// exchange is its one implementation; the transports see nothing else of
+/// it.
+trait Upstream: Send + Sync + 'static {
+    /// A message read from `server`, over TCP when `over_tcp`.
+    fn answer(self: &Arc<Self>, packet: &[u8], server: SocketAddr, over_tcp: bool);
+    /// The TCP connection to `server`, which had been open, has closed:
+    /// the queries waiting on it are sent again, at most `TCP_RESENDS`
+    /// times each.
+    fn tcp_closed(self: &Arc<Self>, server: SocketAddr);
+}
+
+/// Locks `mutex`, also after a panic elsewhere poisoned it. The tables
+/// behind these locks stay usable when a holder panics (std's collections
+/// stay consistent on unwinding; at worst a window count is off by one),
+/// while refusing them would leave the lookups in flight without a
+/// deadline: the sweeper must always get in.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The lookups in flight and the transports that carry them.
+///
+/// # Lock order
+///
+/// The exchange's mutexes are taken in this order only: a thread holding
+/// one of them takes only those further down, and every one is taken
+/// through `lock`, which also takes a poisoned one.
+///
+/// 1. `Exchange::lookups`: the table of lookups in flight and the UDP
+///    windows. Taken first, or alone.
+/// 2. `Udp::pools` or `Tcp::connections`, never both at once: under
+///    `lookups` to send an attempt (`next_attempt`, and the resends of
+///    `tcp_closed`) or to close a stalled connection (`expire`); alone
+///    to open, replace or retire sockets and connections.
+/// 3. `TcpLink::last_read`: under `Tcp::connections` (`reset_stalled`),
+///    or alone (the reader).
+///
+/// Two are leaves, taken with no other lock held and holding none:
+/// `Udp::outbox` (a packet is queued once `lookups` is released) and
+/// `BigNames::until` (read before `lookups` is taken, written after it is
+/// released). hickory's resolver table (`hickory::RESOLVERS`) is taken
+/// alone, on the hickory path.
+struct Exchange {
+    runtime: Handle,
+    /// Lock 1.
+    lookups: Mutex<Lookups>,
+    /// Lock 2 (`pools`), and the leaf `outbox`.
+    udp: Arc<Udp>,
+    /// Lock 2 (`connections`), then lock 3 (`last_read`).
+    tcp: Arc<Tcp>,
+    /// A leaf lock.
+    big: BigNames,
+    /// The sweeper is awake (or about to be); else it waits for `wake`.
+    sweeping: AtomicBool,
+    wake: Notify,
+    /// Turns of the hickory path, `HICKORY_LOOKUPS` of them.
+    hickory: Arc<Semaphore>,
+}
+
+/// What the lookups lock guards: the lookups in flight and the UDP
+/// windows, which change together (a lookup takes, waits for or frees a
+/// slot of a window as it enters or leaves the table).
+#[derive(Default)]
+struct Lookups {
+    table: Table,
+    windows: Windows,
+}
+
+static EXCHANGE: OnceLock<Arc<Exchange>> = OnceLock::new();
+
+/// Starts a lookup. Returns at once; `reply` runs later on `runtime`.
+/// `name` must have been checked by `naming::query_name`. Explicit
+/// nameservers take the fast path; the system configuration goes to
+/// hickory-resolver.
+pub fn start(runtime: &Handle, settings: Settings, name: String, kind: Kind, reply: Reply) {
+    let exchange = EXCHANGE.get_or_init(|| Exchange::new(runtime.clone()));
+    exchange.start(settings, name, kind, reply);
+}
+
+impl Exchange {
+    fn new(runtime: Handle) -> Arc<Self> {
+        let exchange = Arc::new(Exchange {
+            runtime: runtime.clone(),
+            udp: Arc::new(Udp::new(runtime.clone())),
+            tcp: Arc::new(Tcp::new(runtime)),
+            lookups: Mutex::new(Lookups::default()),
+            big: BigNames::default(),
+            sweeping: AtomicBool::new(true),
+            wake: Notify::new(),
+            hickory: Arc::new(Semaphore::new(HICKORY_LOOKUPS)),
+        });
+        let sweeper = Arc::clone(&exchange);
+        exchange.runtime.spawn(async move { sweeper.sweep().await });
+        exchange
+    }
+
+    fn start(self: &Arc<Self>, settings: Settings, name: String, kind: Kind, reply: Reply) {
+        let Nameservers::Explicit(servers) = &settings.nameservers else {
+            return self.via_hickory(settings, name, kind, reply);
+        };
+        let tcp = settings.protocol == Protocol::Tcp || self.big.is_big(&name, kind);
+        let servers: Arc<[SocketAddr]> = servers.clone().into();
+        // Past MAX_SERVERS servers have no sockets: hickory asks them.
+        if !self.udp.has_sockets(self, &servers) {
+            return self.via_hickory(settings, name, kind, reply);
+        }
+
+        let now = Instant::now();
+        let mut pending = Pending {
+            name,
+            kind,
+            packet: Vec::new(),
+            servers,
+            next_server: 0,
+            attempts_left: settings.attempts,
+            queued: false,
+            slot: false,
+            tcp,
+            switched: false,
+            resent: 0,
+            attempt_deadline: now,
+            deadline: now + settings.timeout,
+            settings,
+            reply,
+        };
+        let mut lookups = lock(&self.lookups);
+        let Some(id) = lookups.table.free_id() else {
+            drop(lookups);
+            return self.fail(
+                pending.reply,
+                Error::Other("too many lookups in flight".into()),
+            );
+        };
+        match encode(id, &pending.name, kind) {
+            Ok(packet) => pending.packet = packet,
+            Err(e) => {
+                drop(lookups);
+                return self.fail(pending.reply, e);
+            }
+        }
+        // Over TCP a lookup neither takes nor waits for a slot.
+        // Otherwise it goes out when the window of its first server has
+        // room, and waits in the window's backlog until then.
+        let room = pending.tcp || {
+            pending.slot = lookups.windows.enter(pending.servers[0], id);
+            pending.slot
+        };
+        let send = if room {
+            self.next_attempt(&mut pending, now)
+        } else {
+            pending.queued = true;
+            pending.attempt_deadline = pending.deadline;
+            None
+        };
+        lookups.table.insert(id, pending);
+        let in_flight = lookups.table.len();
+        drop(lookups);
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+        // A lone lookup is sent right here, which saves a thread hop; in a
+        // burst the runtime sends, so that schedulers do not spend their
+        // time in sendto.
+        if in_flight <= DIRECT_SENDS {
+            self.udp.send_now(send);
+        } else {
+            self.udp.send_later(send);
+        }
+    }
+
+    /// `count` lookups holding a slot of `server`'s window have ended: make
+    /// room in it and send as many queued ones. Called with the lookups
+    /// locked.
+    fn finished(
+        self: &Arc<Self>,
+        lookups: &mut Lookups,
+        server: SocketAddr,
+        count: usize,
+    ) -> Vec<Outgoing> {
+        let Lookups { table, windows } = lookups;
+        let mut out = Vec::new();
+        let now = Instant::now();
+        windows.release(server, count, |id| {
+            let Some(pending) = table.get_mut(id).filter(|p| p.queued) else {
+                return false;
+            };
+            pending.queued = false;
+            pending.slot = true;
+            if let Some(outgoing) = self.next_attempt(pending, now) {
+                out.push(outgoing);
+            }
+            table.schedule(id);
+            true
+        });
+        out
+    }
+
+    /// Books the next attempt (server, deadline) and says what to send.
+    fn next_attempt(self: &Arc<Self>, pending: &mut Pending, now: Instant) -> Option<Outgoing> {
+        let server = pending.book_attempt(now);
+        if pending.tcp {
+            self.tcp.send(self, server, &pending.packet);
+            return None;
+        }
+        self.udp
+            .socket(server)
+            .map(|socket| (socket, pending.packet.clone()))
+    }
+
+    /// The system configuration's path. The deadline runs from now, the
+    /// wait for a turn included, so every lookup ends by it.
+    fn via_hickory(&self, settings: Settings, name: String, kind: Kind, reply: Reply) {
+        let deadline = tokio::time::Instant::now() + settings.timeout;
+        let turns = Arc::clone(&self.hickory);
+        self.runtime.spawn(async move {
+            let lookup = async {
+                // The semaphore is never closed.
+                let _turn = turns.acquire().await;
+                hickory::lookup(&settings, &name, kind).await
+            };
+            let result = tokio::time::timeout_at(deadline, lookup)
+                .await
+                .unwrap_or(Err(Error::Timeout));
+            deliver(reply, result);
+        });
+    }
+
+    /// Replies with an error from the runtime, never from the caller's thread.
+    fn fail(&self, reply: Reply, error: Error) {
+        self.runtime
+            .spawn(async move { deliver(reply, Err(error)) });
+    }
+}
+
+impl Upstream for Exchange {
+    fn answer(self: &Arc<Self>, packet: &[u8], server: SocketAddr, over_tcp: bool) {
+        let Ok(message) = Message::from_vec(packet) else {
+            return;
+        };
+        let id = message.metadata.id;
+        let pending = {
+            let mut lookups = lock(&self.lookups);
+            match lookups.table.get_mut(id) {
+                Some(p) if p.tcp != over_tcp => None,
+                // Cut short over UDP: ask the same server again over TCP.
+                Some(p)
+                    if p.is_answered_by(&message, packet, server)
+                        && message.metadata.truncation
+                        && !over_tcp =>
+                {
+                    p.tcp = true;
+                    p.switched = true;
+                    p.attempt_deadline =
+                        (Instant::now() + p.settings.attempt_timeout()).min(p.deadline);
+                    let packet = p.packet.clone();
+                    lookups.table.schedule(id);
+                    self.tcp.send(self, server, &packet);
+                    None
+                }
+                Some(p) if p.is_answered_by(&message, packet, server) => {
+                    let window = p.slot.then(|| p.servers[0]);
+                    let done = lookups.table.remove(id);
+                    let send = match window {
+                        Some(server) => self.finished(&mut lookups, server, 1),
+                        None => Vec::new(),
+                    };
+                    drop(lookups);
+                    for outgoing in send {
+                        self.udp.send_later(Some(outgoing));
+                    }
+                    done
+                }
+                _ => None,
+            }
+        };
+        let Some(pending) = pending else {
+            return;
+        };
+        let result = if over_tcp && message.metadata.truncation {
+            // A TCP answer holds at most 65,535 bytes: a server cuts a
+            // larger one short (BIND sends the records that fit, with TC).
+            // Taken as it is, it would drop every node that did not fit.
+            Err(Error::Other(TOO_BIG.into()))
+        } else {
+            result_of(&message, pending.kind)
+        };
+        if pending.switched && result.is_ok() {
+            self.big.mark(&pending.name, pending.kind);
+        }
+        deliver(pending.reply, result);
+    }
+
+    fn tcp_closed(self: &Arc<Self>, server: SocketAddr) {
+        let mut lookups = lock(&self.lookups);
+        for pending in lookups.table.lookups_mut() {
+            if pending.tcp && pending.servers.contains(&server) && pending.resent < TCP_RESENDS {
+                pending.resent += 1;
+                self.tcp.send(self, server, &pending.packet);
+            }
+        }
+    }
+}
+
+fn deliver(reply: Reply, result: Result<Answer, Error>) {
+    let _ = catch_unwind(AssertUnwindSafe(move || reply(result)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::udp::WINDOW;
+    use super::*;
+    use std::time::Duration;
+
+    pub(super) fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    }
+
+    fn one_server(server: SocketAddr, timeout_ms: i64, protocol: Protocol) -> Settings {
+        Settings::new(Nameservers::Explicit(vec![server]), timeout_ms, 1, protocol)
+            .expect("settings")
+    }
+
+    /// A UDP socket on loopback that reads nothing and answers nothing;
+    /// nothing listens on TCP at its port.
+    fn silent_server() -> (std::net::UdpSocket, SocketAddr) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = socket.local_addr().expect("address");
+        (socket, addr)
+    }
+
+    type Replies = std::sync::mpsc::Receiver<Result<Answer, Error>>;
+
+    /// An exchange of its own on a runtime of its own, a silent server, and
+    /// where the replies of its lookups go.
+    struct Bench {
+        /// Kept for as long as the test runs.
+        _runtime: tokio::runtime::Runtime,
+        exchange: Arc<Exchange>,
+        silent: std::net::UdpSocket,
+        server: SocketAddr,
+        sender: std::sync::mpsc::Sender<Result<Answer, Error>>,
+        replies: Replies,
+    }
+
+    fn bench() -> Bench {
+        let runtime = runtime();
+        let (silent, server) = silent_server();
+        let exchange = Exchange::new(runtime.handle().clone());
+        let (sender, replies) = std::sync::mpsc::channel();
+        Bench {
+            _runtime: runtime,
+            exchange,
+            silent,
+            server,
+            sender,
+            replies,
+        }
+    }
+
+    fn reply_to(sender: &std::sync::mpsc::Sender<Result<Answer, Error>>) -> Reply {
+        let sender = sender.clone();
+        Box::new(move |result| {
+            let _ = sender.send(result);
+        })
+    }
+
+    /// The datagrams arriving on `socket`: waits (up to 5 s each) for
+    /// `expected` of them, then counts those that follow until none comes
+    /// for `quiet`.
+    fn datagrams(socket: &std::net::UdpSocket, expected: usize, quiet: Duration) -> usize {
+        let mut buffer = [0u8; 512];
+        let mut count = 0;
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        while count < expected && socket.recv(&mut buffer).is_ok() {
+            count += 1;
+        }
+        socket.set_read_timeout(Some(quiet)).expect("timeout");
+        while socket.recv(&mut buffer).is_ok() {
+            count += 1;
+        }
+        count
+    }
+
+    #[test]
+    fn lookups_over_tcp_leave_the_udp_window_alone() {
+        let Bench {
+            _runtime,
+            exchange,
+            silent,
+            server,
+            sender,
+            replies,
+        } = bench();
+        let start = |count: usize, timeout_ms: i64, protocol: Protocol| {
+            for i in 0..count {
+                let settings = one_server(server, timeout_ms, protocol);
+                let name = format!("{protocol:?}-{i}.app.test.");
+                exchange.start(settings, name, Kind::Srv, reply_to(&sender));
+            }
+        };
+        // A full window of UDP queries that stay unanswered, and ten more
+        // waiting for room in it.
+        start(WINDOW + 10, 10_000, Protocol::Udp);
+        // Ten lookups over TCP (nothing listens there) that end at their
+        // deadline, long before the UDP ones.
+        start(10, 50, Protocol::Tcp);
+        for _ in 0..10 {
+            let reply = replies.recv_timeout(Duration::from_secs(5));
+            assert_eq!(reply, Ok(Err(Error::Timeout)), "a TCP lookup ends");
+        }
+        // The TCP lookups took no room in the UDP window, so their end
+        // makes none: the server still has exactly one window of queries.
+        assert_eq!(
+            datagrams(&silent, WINDOW, Duration::from_millis(300)),
+            WINDOW
+        );
+    }
+
+    #[test]
+    fn a_poisoned_table_still_ends_lookups_at_their_deadline() {
+        let Bench {
+            _runtime,
+            exchange,
+            silent: _silent,
+            server,
+            sender,
+            replies,
+        } = bench();
+        let settings = one_server(server, 200, Protocol::Udp);
+        exchange.start(settings, "app.test.".into(), Kind::Srv, reply_to(&sender));
+        // A thread panics while it holds the table.
+        let holder = Arc::clone(&exchange);
+        let poisoner = std::thread::spawn(move || {
+            let _lookups = holder.lookups.lock();
+            panic!("a panic while the lookup table is locked (expected by this test)");
+        });
+        assert!(poisoner.join().is_err());
+        assert!(exchange.lookups.is_poisoned());
+        let reply = replies.recv_timeout(Duration::from_secs(3));
+        assert_eq!(reply, Ok(Err(Error::Timeout)));
+        // Lookups started afterwards work as before.
+        let settings = one_server(server, 100, Protocol::Udp);
+        exchange.start(settings, "app.test.".into(), Kind::Srv, reply_to(&sender));
+        let reply = replies.recv_timeout(Duration::from_secs(3));
+        assert_eq!(reply, Ok(Err(Error::Timeout)));
+    }
+}
