@@ -49,7 +49,9 @@ defmodule DynamicSrv.Native do
   # Errors have one shape, {:error, reason}: reason is an atom (:nxdomain,
   # :no_data, :timeout, :servfail, :refused) or {atom, message}
   # ({:invalid_name, _}, {:bad_settings, _}, {:other, _}).
-  @nifs [
+  # Not named @nifs: Elixir 1.20 reads that attribute as the list of NIFs
+  # and checks it against functions defined before it.
+  @stubs [
     lookup: 3,
     probe: 3,
     node_names: 2,
@@ -61,7 +63,7 @@ defmodule DynamicSrv.Native do
     limits: 0
   ]
 
-  for {fun, arity} <- @nifs do
+  for {fun, arity} <- @stubs do
     args = Macro.generate_arguments(arity, __MODULE__)
 
     @doc false
