@@ -95,6 +95,21 @@ pub(crate) fn is_raw_answer(query: &[u8], reply: &[u8]) -> bool {
         && echoes_question(query, reply)
 }
 
+/// Whether a UDP answer that does not say it was truncated was likely cut
+/// short all the same: some servers (Consul by default) drop records until
+/// the message fits the payload size the query advertised and leave the TC
+/// bit clear. Such an answer fills that size, the smaller of ours and the
+/// server's own (512 bytes without EDNS), to within two of its records.
+/// Asked again over TCP, it comes whole.
+pub(crate) fn looks_trimmed(message: &Message, len: usize) -> bool {
+    let records = message.answers.len() + message.additionals.len();
+    if records == 0 {
+        return false;
+    }
+    let limit = usize::from(EDNS_PAYLOAD.min(message.max_payload()));
+    len <= limit && len + 2 * (len / records) > limit
+}
+
 /// The result a response gives, by its code and records.
 pub fn result_of(message: &Message, kind: Kind) -> Result<Answer, Error> {
     outcome(
@@ -150,6 +165,55 @@ mod tests {
 
     fn name(text: &str) -> Name {
         Name::from_str(text).expect("test name")
+    }
+
+    fn srv_answer(records: usize, payload: Option<u16>) -> (Message, usize) {
+        let mut message = response(ResponseCode::NoError, Vec::new());
+        for i in 0..records {
+            let target = name(&format!("node-{i}.my-service.service.consul."));
+            message.answers.push(Record::from_rdata(
+                name("my-service.service.consul."),
+                0,
+                RData::SRV(SRV::new(0, 1, 4000, target)),
+            ));
+        }
+        if let Some(size) = payload {
+            let mut edns = hickory_resolver::proto::op::Edns::new();
+            edns.set_max_payload(size);
+            message.edns = Some(edns);
+        }
+        let len = message.to_vec().map(|bytes| bytes.len()).unwrap_or(0);
+        (message, len)
+    }
+
+    /// The largest SRV answer that fits in `limit` bytes.
+    fn fullest(limit: usize, payload: Option<u16>) -> (Message, usize, usize) {
+        let mut n = 1;
+        while srv_answer(n + 1, payload).1 <= limit {
+            n += 1;
+        }
+        let (message, len) = srv_answer(n, payload);
+        (message, len, n)
+    }
+
+    #[test]
+    fn an_answer_that_fills_the_payload_looks_trimmed() {
+        for (limit, payload) in [(4096, Some(4096)), (1232, Some(1232)), (512, None)] {
+            let (full, len, n) = fullest(limit, payload);
+            assert!(looks_trimmed(&full, len), "{n} records, {len} bytes");
+            // Three records fewer is not cut to fit.
+            let (roomy, len) = srv_answer(n - 3, payload);
+            assert!(
+                !looks_trimmed(&roomy, len),
+                "{} records, {len} bytes",
+                n - 3
+            );
+        }
+        // Larger than 512 bytes without EDNS: not cut to 512.
+        let (large, len) = srv_answer(30, None);
+        assert!(len > 512 && !looks_trimmed(&large, len));
+        let (empty, len) = srv_answer(0, None);
+        assert!(!looks_trimmed(&empty, len));
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::config::{Nameservers, Protocol, Settings};
 use crate::error::Error;
 use crate::hickory;
 use crate::types::{Answer, Kind};
-use crate::wire::{encode, result_of};
+use crate::wire::{self, encode, result_of};
 
 mod big;
 mod sweep;
@@ -310,11 +310,14 @@ impl Upstream for Exchange {
             let mut lookups = lock(&self.lookups);
             match lookups.table.get_mut(id) {
                 Some(p) if p.tcp != over_tcp => None,
-                // Cut short over UDP: ask the same server again over TCP.
+                // Cut short over UDP, said (TC) or not (an SRV answer that
+                // fills the payload): ask the same server again over TCP.
                 Some(p)
-                    if p.is_answered_by(&message, packet, server)
-                        && message.metadata.truncation
-                        && !over_tcp =>
+                    if !over_tcp
+                        && p.is_answered_by(&message, packet, server)
+                        && (message.metadata.truncation
+                            || (p.kind == Kind::Srv
+                                && wire::looks_trimmed(&message, packet.len()))) =>
                 {
                     p.tcp = true;
                     p.switched = true;
