@@ -66,6 +66,7 @@ defmodule Cluster.Strategy.DynamicSrv do
         DynamicSrv.Membership.start_link(
           topology: topology,
           poll: fn -> DynamicSrv.Srv.poll(srv) end,
+          confirm: &DynamicSrv.Srv.confirm(srv, &1),
           interval: config.polling_interval,
           disconnect_removed: config.disconnect_on_deregister,
           fence: fence?(config),

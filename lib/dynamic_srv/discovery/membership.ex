@@ -11,57 +11,82 @@ defmodule DynamicSrv.Membership do
   | option | meaning | default |
   | --- | --- | --- |
   | `:poll` | `(-> {:ok, [node()]} \\| {:error, reason})`, the provider | required |
+  | `:confirm` | `(node() -> :present \\| :absent \\| {:error, reason})`: asks the source about one node by its own name (see the rules) | none |
   | `:topology` | a name for logs and libcluster | `:dynamic_srv` |
   | `:interval` | ms between polls (a jitter of up to 10% is added) | `5000` |
   | `:disconnect_removed` | disconnect nodes that left the answer | `true` |
   | `:members` | nodes already known (a list or a MapSet), counted as members from the start, so that the rules below drop one the answers leave out | `[]` |
-  | `:fence` | fence the local node when answers that listed it stop listing it (see the rules) | `false` |
+  | `:fence` | fence the local node when the source says it is gone (see the rules) | `false` |
   | `:connect` / `:disconnect` / `:list_nodes` | MFAs, the node appended as last argument | `:net_kernel.connect_node/1`, `:erlang.disconnect_node/1`, `:erlang.nodes(:connected)` |
-  | `:connect_timeout` | how long one round of connects may take, in ms | `min(interval, 10_000)` |
-  | `:poll_timeout` | how long the provider may take, in ms | `30_000` |
+  | `:connect_timeout` | how long one connection setup may take before it counts as failed, in ms | `net_setuptime` + 1 s (8 s) |
+  | `:poll_timeout` | how long the provider (and the confirmations) may take, in ms | `30_000` |
   | `:log_results` | log each connect and disconnect at info level | `true` |
   | `:name` | the process name | none |
 
   ## Rules
 
   * The first poll runs at start, then every `:interval`.
-  * Every listed node that is not connected is connected on every poll, in
-    parallel and within `:connect_timeout`, so a dead peer cannot stall the
-    loop. The local node is never connected.
-  * A node is disconnected only when successful answers stop listing it:
-    it must be missing from two consecutive answers (a grace against an
-    answer that flaps). The answer that first misses a node brings the next
-    poll forward to a quarter of `:interval`, so a node that really left is
-    dropped within about 1.25 intervals, not 2. With `disconnect_removed: false` it is never
-    disconnected, and forgotten once its connection is gone.
+  * Every node an answer lists (and every member confirmed by its own
+    name) that is not connected is dialled, at a pace that adapts to how
+    the setups go: at most a window of setups is in flight, which grows
+    while they succeed and halves when one times out or takes long, as
+    TCP's congestion window does (from 8, at most 64). Each pair of nodes
+    is dialled from one side: the node whose name sorts first dials at
+    once, the other only once the peer has stayed unconnected for two
+    polling intervals. A node connected meanwhile by someone else
+    (`global`'s transitive connects) is not dialled. A node whose setup
+    failed is dialled again on the next poll; its failure is logged when
+    it starts and when it ends, at debug level in between. The local node
+    is never dialled.
+  * **An answer is not trusted to list everyone.** DNS servers often
+    answer with a subset of the records (Consul trims UDP answers without
+    setting TC, Route 53 returns at most 8 records at random). With a
+    `:confirm` function (the SRV strategy and provider have one), a member
+    an answer leaves out is asked about by its own name at once, in the
+    same poll, concurrently: confirmed `:present`, it stays a member and
+    stays connected (and is dialled if its connection dropped); `:absent`,
+    it is dropped at once; an error (the lookup failed) keeps it while its
+    connection is up, and nobody is disconnected on it. Only members the
+    answer leaves out cost a query; an answer that lists everyone costs
+    none. Where the source's per-node names turn out not to exist (the
+    first answer that lists the local node also asks about the local node:
+    absent, the names are missing), an `:absent` counts as an error: a
+    member stays while its connection is up, and nobody is fenced.
+  * Without `:confirm` (providers whose answers are whole: a list, UDP
+    announcements, A records), a node is disconnected only when two
+    successful answers in a row leave it out (a grace against an answer
+    that flaps); the answer that first misses a node brings the next poll
+    forward to a quarter of `:interval`, so a node that really left is
+    dropped within about 1.25 intervals. With `disconnect_removed: false`
+    a node that left is never disconnected, and forgotten once its
+    connection is gone.
   * A node dropped that way while its connection is up is asked to leave
     the cluster itself (`:global.disconnect/0` run on it), and disconnected
     as usual if it has not gone within 1 s. `global`'s
     `prevent_overlapping_partitions` (on by default since OTP 25) would
     drop it from every node anyway; when it alone leaves, in one step, the
-    nodes that stay lose no link between them, where one node disconnecting
-    it while others still held it made `global` cut some. Only with the
-    default disconnect MFA and while that option (and `connect_all`) is on.
+    nodes that stay lose no link between them. Only with the default
+    disconnect MFA and while that option (and `connect_all`) is on.
   * A failed poll (timeout, SERVFAIL, refused, network, a crashed provider)
     changes nothing: the last membership stands and the nodes the last
     answer listed are still reconnected (a node that answer left out is
     kept, not dialled again). The failure is logged when it starts and
     when it ends.
-  * With `fence: true`, the engine watches the local node in the answers
-    (before leaving it out of what it dials). Once a successful answer has
-    listed it and two successful answers in a row have then left it out, the
-    node has been removed while it runs: it disconnects every node it
-    manages (its members, and any node an answer lists) and dials none,
-    and cuts any such connection made to it, until an answer lists it again.
-    The first connections go in one step through `:global.disconnect/0`
-    (OTP 25.1+) when the disconnect MFA is the default one and `global`
-    knows no node outside the topology, so that `global` on the other nodes
-    cuts no link between two of them; otherwise one by one through the
-    disconnect MFA. A node not listed yet (booting before its registration
-    shows up) dials as usual; failed polls neither start nor end a fence,
-    nor cut anything.
-    The fence is logged once when it starts (a warning) and once when it
-    ends.
+  * With `fence: true`, the engine watches the local node in the answers.
+    Once a successful answer has listed it, the source saying it is gone
+    (with `:confirm`: an answer leaves it out and its own name is absent;
+    without: two successful answers in a row leave it out) means it has
+    been removed while it runs: it disconnects every node it manages (its
+    members, and any node an answer lists) and dials none, and cuts any
+    such connection made to it, until an answer lists it again. The first
+    connections go in one step through `:global.disconnect/0` (OTP 25.1+)
+    when the disconnect MFA is the default one and `global` knows no node
+    outside the topology, so that `global` on the other nodes cuts no link
+    between two of them; otherwise one by one through the disconnect MFA.
+    A node not listed yet (booting before its registration shows up) dials
+    as usual; failed polls and failed confirmations neither start nor end
+    a fence, nor cut anything. The fence is logged once when it starts (a
+    warning) and once when it ends.
   * When libcluster's `Cluster.Strategy` is loaded, connects and disconnects
     go through `Cluster.Strategy.connect_nodes/4` and `disconnect_nodes/4`,
     so libcluster logs and emits telemetry as for its own strategies.
@@ -84,14 +109,20 @@ defmodule DynamicSrv.Membership do
   require Logger
 
   alias DynamicSrv.Defaults
+  alias DynamicSrv.Membership.Dialer
 
   @libcluster Cluster.Strategy
   @removal_grace 2
   @leave_wait 1_000
   @jitter 0.1
+  # Confirmations asked at once, at most.
+  @confirm_concurrency 16
+  # The other side of a pair dials after this many polling intervals.
+  @other_side_polls 2
 
   defstruct [
     :poll,
+    :confirm,
     :topology,
     :interval,
     :disconnect_removed,
@@ -105,12 +136,17 @@ defmodule DynamicSrv.Membership do
     # looked up once at start rather than on every connect.
     :libcluster,
     :telemetry,
+    :dialer,
     fence: false,
     members: MapSet.new(),
-    missing: %{},
-    failing: nil,
-    confirm: false,
-    polls: 0,
+    # Members the last answers left out (without :confirm): answers in a row.
+    left_out: %{},
+    # The failing source: its first reason and how many polls have failed.
+    source_failure: nil,
+    # Without :confirm, the next poll comes early after a first miss.
+    recheck: false,
+    # Whether the source's per-node names exist: :unchecked, :exist, :missing.
+    node_names: :unchecked,
     # The local node's own place in the answers: whether a successful
     # answer has listed it, how many successful answers in a row have left
     # it out since, and, while fenced, the nodes cut off.
@@ -140,25 +176,33 @@ defmodule DynamicSrv.Membership do
 
     state = %__MODULE__{
       poll: Keyword.fetch!(opts, :poll),
+      confirm: Keyword.get(opts, :confirm),
       topology: Keyword.get(opts, :topology, :dynamic_srv),
       interval: interval,
       disconnect_removed: Keyword.get(opts, :disconnect_removed, true),
       connect: Keyword.get(opts, :connect, Defaults.connect()),
       disconnect: Keyword.get(opts, :disconnect, Defaults.disconnect()),
       list_nodes: Keyword.get(opts, :list_nodes, Defaults.list_nodes()),
-      connect_timeout: Keyword.get(opts, :connect_timeout, min(interval, 10_000)),
+      connect_timeout: Keyword.get(opts, :connect_timeout, default_connect_timeout()),
       poll_timeout: Keyword.get(opts, :poll_timeout, 30_000),
       log_results: Keyword.get(opts, :log_results, true),
       fence: Keyword.get(opts, :fence, false),
       members: opts |> Keyword.get(:members, []) |> known_nodes(),
       libcluster:
         Code.ensure_loaded?(@libcluster) and function_exported?(@libcluster, :connect_nodes, 4),
-      telemetry: Code.ensure_loaded?(:telemetry)
+      telemetry: Code.ensure_loaded?(:telemetry),
+      # One side per pair only between distributed nodes: a VM without
+      # distribution (tests with stand-in MFAs) dials everything at once.
+      dialer: Dialer.new(one_side: Node.alive?(), grace: @other_side_polls * interval)
     }
 
     Logger.metadata(topology: state.topology)
     {:ok, state, {:continue, :poll}}
   end
+
+  # A handshake is given up by net_kernel after net_setuptime seconds.
+  defp default_connect_timeout,
+    do: (Application.get_env(:kernel, :net_setuptime, 7) + 1) * 1_000
 
   # Nodes given as already known (a MapSet or a list), less anything that
   # is not a node name and the local node.
@@ -175,7 +219,28 @@ defmodule DynamicSrv.Membership do
   @impl true
   def handle_info(:poll, state), do: {:noreply, poll_and_schedule(state)}
 
-  def handle_info(_other, state), do: {:noreply, state}
+  def handle_info({:DOWN, ref, :process, _pid, reason} = message, state) do
+    case Dialer.in_flight(state.dialer, ref) do
+      {:ok, {node, _pid, _started}} -> {:noreply, state |> dialled(ref, node, reason) |> pump()}
+      :error -> handle_other(message, state)
+    end
+  end
+
+  def handle_info({:dial_timeout, ref}, state) do
+    case Dialer.in_flight(state.dialer, ref) do
+      {:ok, {node, pid, _started}} ->
+        Process.demonitor(ref, [:flush])
+        Process.exit(pid, :kill)
+        {:noreply, state |> dialled(ref, node, :timeout) |> pump()}
+
+      :error ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info(message, state), do: handle_other(message, state)
+
+  defp handle_other(_message, state), do: {:noreply, state}
 
   @impl true
   def handle_call(:members, _from, state), do: {:reply, MapSet.to_list(state.members), state}
@@ -186,13 +251,12 @@ defmodule DynamicSrv.Membership do
   def handle_cast(_request, state), do: {:noreply, state}
 
   defp poll_and_schedule(state) do
-    state = state |> poll() |> Map.update!(:polls, &(&1 + 1))
-
+    state = poll(state)
     Process.send_after(self(), :poll, next_delay(state))
     state
   end
 
-  defp next_delay(%{confirm: true, interval: interval}), do: max(div(interval, 4), 1)
+  defp next_delay(%{recheck: true, interval: interval}), do: max(div(interval, 4), 1)
 
   defp next_delay(%{interval: interval}),
     do: interval + :rand.uniform(max(round(interval * @jitter), 1))
@@ -201,15 +265,21 @@ defmodule DynamicSrv.Membership do
     started = System.monotonic_time()
     result = run_provider(state)
     emit_poll(state, result, System.monotonic_time() - started)
+    state = %{state | dialer: Dialer.retry(state.dialer)}
 
     case result do
       {:ok, nodes} ->
         answer = MapSet.new(nodes)
+        self_in? = MapSet.member?(answer, node())
+        listed = MapSet.delete(answer, node())
+        verdicts = confirm_left_out(state, listed, self_in?)
 
         state
         |> recovered()
-        |> watch_self(MapSet.member?(answer, node()))
-        |> apply_answer(MapSet.delete(answer, node()))
+        |> check_node_names(self_in?, verdicts)
+        |> watch_self(self_in?, verdicts)
+        |> apply_answer(listed, verdicts)
+        |> pump()
 
       {:error, reason} ->
         state = failed(state, reason)
@@ -217,21 +287,115 @@ defmodule DynamicSrv.Membership do
         # Members the last answer left out are kept but not dialled again:
         # the source has already said they are leaving. A fenced node
         # (no members) dials none, and cuts nothing until an answer comes.
-        connect(state, Enum.reject(state.members, &Map.has_key?(state.missing, &1)))
-        %{state | confirm: false}
+        wanted = Enum.reject(state.members, &Map.has_key?(state.left_out, &1))
+        want(%{state | recheck: false}, wanted) |> pump()
     end
   end
 
-  # Fencing: a node that successful answers listed and then left out twice
-  # in a row has been removed from the cluster while it still runs. It
-  # drops the nodes it manages and dials none until an answer lists it
-  # again. A node never listed yet (booting before its registration shows
-  # up) is not fenced: it dials the listed nodes as usual.
-  defp watch_self(%{fence: false} = state, _listed?), do: state
+  ## Confirmations
 
-  defp watch_self(%{fenced: nil} = state, true), do: %{state | self_listed: true, self_missing: 0}
+  # Asks the source about each member the answer leaves out, and about the
+  # local node when it matters (fencing, or the first check that per-node
+  # names exist). Returns %{node => :present | :absent | :unknown}.
+  defp confirm_left_out(%{confirm: nil}, _listed, _self_in?), do: %{}
 
-  defp watch_self(state, true) do
+  defp confirm_left_out(state, listed, self_in?) do
+    others =
+      if state.disconnect_removed,
+        do: MapSet.difference(state.members, listed) |> MapSet.to_list(),
+        else: []
+
+    self =
+      cond do
+        self_in? and state.node_names == :unchecked -> [node()]
+        not self_in? and state.fence and state.self_listed and state.fenced == nil -> [node()]
+        true -> []
+      end
+
+    ask(state, self ++ others)
+  end
+
+  defp ask(_state, []), do: %{}
+
+  defp ask(state, nodes) do
+    confirm = state.confirm
+    metadata = Logger.metadata()
+
+    nodes
+    |> Task.async_stream(
+      fn node ->
+        Logger.metadata(metadata)
+        {node, confirm_one(confirm, node)}
+      end,
+      max_concurrency: @confirm_concurrency,
+      timeout: state.poll_timeout,
+      on_timeout: :kill_task,
+      ordered: false
+    )
+    |> Enum.reduce(%{}, fn
+      {:ok, {node, verdict}}, acc -> Map.put(acc, node, verdict)
+      {:exit, _reason}, acc -> acc
+    end)
+  end
+
+  defp confirm_one(confirm, node) do
+    case confirm.(node) do
+      :present -> :present
+      :absent -> :absent
+      _error -> :unknown
+    end
+  catch
+    _kind, _reason -> :unknown
+  end
+
+  # What the source says of `node`, with :absent read as :unknown where the
+  # source's per-node names are missing.
+  defp verdict(%{node_names: :missing}, verdicts, node) do
+    case Map.get(verdicts, node, :unknown) do
+      :absent -> :unknown
+      other -> other
+    end
+  end
+
+  defp verdict(_state, verdicts, node), do: Map.get(verdicts, node, :unknown)
+
+  # The first answer that lists the local node also asks about it by name:
+  # absent while listed, the source has no per-node names.
+  defp check_node_names(%{node_names: :unchecked} = state, true, verdicts) do
+    case Map.get(verdicts, node()) do
+      :present ->
+        %{state | node_names: :exist}
+
+      :absent ->
+        Logger.warning(
+          "#{node()} is listed, but its own name has no SRV or address record: " <>
+            "a member an answer leaves out cannot be confirmed, so it stays while its connection is up " <>
+            "(register <label>.<service> for each node to let the engine drop departed nodes at once)"
+        )
+
+        %{state | node_names: :missing}
+
+      nil ->
+        state
+    end
+  end
+
+  defp check_node_names(state, _self_in?, _verdicts), do: state
+
+  ## Fencing
+
+  # Fencing: a node that successful answers listed and that the source
+  # then says is gone has been removed from the cluster while it still
+  # runs. It drops the nodes it manages and dials none until an answer
+  # lists it again. A node never listed yet (booting before its
+  # registration shows up) is not fenced: it dials the listed nodes as
+  # usual.
+  defp watch_self(%{fence: false} = state, _listed?, _verdicts), do: state
+
+  defp watch_self(%{fenced: nil} = state, true, _verdicts),
+    do: %{state | self_listed: true, self_missing: 0}
+
+  defp watch_self(state, true, _verdicts) do
     Logger.info(
       "#{node()} is listed again after #{state.fenced.polls} answer(s) without it: fence lifted, dialling the listed nodes"
     )
@@ -239,54 +403,90 @@ defmodule DynamicSrv.Membership do
     %{state | self_listed: true, self_missing: 0, fenced: nil}
   end
 
-  defp watch_self(%{self_listed: false} = state, false), do: state
+  defp watch_self(%{self_listed: false} = state, false, _verdicts), do: state
 
-  defp watch_self(%{fenced: nil} = state, false) do
+  defp watch_self(%{fenced: nil, confirm: nil} = state, false, _verdicts) do
     missing = state.self_missing + 1
 
     if missing >= @removal_grace,
-      do: %{
-        state
-        | self_missing: missing,
-          fenced: %{nodes: state.members, polls: missing, logged: false}
-      },
+      do: fence(%{state | self_missing: missing}, missing),
       else: %{state | self_missing: missing}
   end
 
-  defp watch_self(state, false), do: update_in(state.fenced.polls, &(&1 + 1))
+  defp watch_self(%{fenced: nil} = state, false, verdicts) do
+    case verdict(state, verdicts, node()) do
+      :absent -> fence(state, 1)
+      _present_or_unknown -> state
+    end
+  end
 
-  defp apply_answer(%{fenced: %{}} = state, listed), do: cut_off(state, listed)
+  defp watch_self(state, false, _verdicts), do: update_in(state.fenced.polls, &(&1 + 1))
 
-  defp apply_answer(state, listed) do
+  defp fence(state, polls),
+    do: %{state | fenced: %{nodes: state.members, polls: polls, logged: false}}
+
+  ## Answers
+
+  defp apply_answer(%{fenced: %{}} = state, listed, _verdicts), do: cut_off(state, listed)
+
+  defp apply_answer(%{confirm: confirm, disconnect_removed: true} = state, listed, verdicts)
+       when confirm != nil do
     connected = MapSet.new(list_nodes(state))
     gone = MapSet.difference(state.members, listed)
 
-    {removed, missing} =
-      Enum.reduce(gone, {[], %{}}, fn node, {removed, missing} ->
-        count = Map.get(state.missing, node, 0) + 1
+    {removed, present, kept} =
+      Enum.reduce(gone, {[], [], []}, fn node, {removed, present, kept} ->
+        case verdict(state, verdicts, node) do
+          :absent ->
+            {[node | removed], present, kept}
+
+          :present ->
+            {removed, [node | present], kept}
+
+          # Unconfirmed: kept while its connection is up, never cut for it.
+          :unknown ->
+            if node in connected,
+              do: {removed, present, [node | kept]},
+              else: {removed, present, kept}
+        end
+      end)
+
+    disconnect(state, removed, :departed)
+    wanted = MapSet.union(listed, MapSet.new(present))
+
+    %{state | members: MapSet.union(wanted, MapSet.new(kept)), left_out: %{}, recheck: false}
+    |> want(wanted)
+  end
+
+  defp apply_answer(state, listed, _verdicts) do
+    connected = MapSet.new(list_nodes(state))
+    gone = MapSet.difference(state.members, listed)
+
+    {removed, left_out} =
+      Enum.reduce(gone, {[], %{}}, fn node, {removed, left_out} ->
+        count = Map.get(state.left_out, node, 0) + 1
 
         cond do
           not state.disconnect_removed and not MapSet.member?(connected, node) ->
-            {[node | removed], missing}
+            {[node | removed], left_out}
 
           not state.disconnect_removed ->
-            {removed, Map.put(missing, node, count)}
+            {removed, Map.put(left_out, node, count)}
 
           count >= @removal_grace ->
-            {[node | removed], missing}
+            {[node | removed], left_out}
 
           true ->
-            {removed, Map.put(missing, node, count)}
+            {removed, Map.put(left_out, node, count)}
         end
       end)
 
     if state.disconnect_removed, do: disconnect(state, removed, :departed)
-    members = MapSet.union(listed, MapSet.new(Map.keys(missing)))
-    connect(state, listed)
+    members = MapSet.union(listed, MapSet.new(Map.keys(left_out)))
 
     first_miss? =
-      Enum.any?(missing, fn {node, count} ->
-        count == 1 and not Map.has_key?(state.missing, node)
+      Enum.any?(left_out, fn {node, count} ->
+        count == 1 and not Map.has_key?(state.left_out, node)
       end)
 
     # The answer that first leaves out the local node (after it was
@@ -297,9 +497,10 @@ defmodule DynamicSrv.Membership do
     %{
       state
       | members: members,
-        missing: missing,
-        confirm: (state.disconnect_removed and first_miss?) or self_first_miss?
+        left_out: left_out,
+        recheck: (state.disconnect_removed and first_miss?) or self_first_miss?
     }
+    |> want(listed)
   end
 
   # While fenced: the nodes managed when the fence started, and any node an
@@ -313,7 +514,7 @@ defmodule DynamicSrv.Membership do
 
     if not state.fenced.logged do
       Logger.warning(
-        "fencing #{node()}: successful answers listed it before and two in a row have left it out; " <>
+        "fencing #{node()}: successful answers listed it before and the source now says it is gone; " <>
           "#{cut(method, connected)}, and dialling none until an answer lists it",
         nodes: inspect(connected, limit: 20)
       )
@@ -322,10 +523,11 @@ defmodule DynamicSrv.Membership do
     %{
       state
       | members: MapSet.new(),
-        missing: %{},
-        confirm: false,
+        left_out: %{},
+        recheck: false,
         fenced: %{state.fenced | nodes: managed, logged: true}
     }
+    |> want([])
   end
 
   defp cut(:none, _), do: "no node of the topology was connected"
@@ -373,23 +575,28 @@ defmodule DynamicSrv.Membership do
       Enum.all?(Node.list(), &MapSet.member?(managed, &1))
   end
 
-  defp recovered(%{failing: nil} = state), do: state
+  ## The source's failures
+
+  defp recovered(%{source_failure: nil} = state), do: state
 
   defp recovered(state) do
-    Logger.info("membership source answers again after #{state.failing.polls} failed poll(s)")
-    %{state | failing: nil}
+    Logger.info(
+      "membership source answers again after #{state.source_failure.polls} failed poll(s)"
+    )
+
+    %{state | source_failure: nil}
   end
 
-  defp failed(%{failing: nil} = state, reason) do
+  defp failed(%{source_failure: nil} = state, reason) do
     Logger.warning(
       "membership source failed: #{format_reason(reason)}; keeping the #{MapSet.size(state.members)} known member(s) until it answers again",
       reason: inspect(reason)
     )
 
-    %{state | failing: %{reason: reason, polls: 1}}
+    %{state | source_failure: %{reason: reason, polls: 1}}
   end
 
-  defp failed(state, _reason), do: update_in(state.failing.polls, &(&1 + 1))
+  defp failed(state, _reason), do: update_in(state.source_failure.polls, &(&1 + 1))
 
   # The published package's words, which existing log alerts match.
   defp format_reason({:unexpected_response, response}),
@@ -429,26 +636,85 @@ defmodule DynamicSrv.Membership do
     end
   end
 
-  defp connect(state, nodes) do
-    connected = MapSet.new(list_nodes(state))
-    todo = nodes |> Enum.reject(&(&1 == node() or MapSet.member?(connected, &1)))
+  ## Connection setups, paced by the dialer
 
-    todo
-    |> Task.async_stream(&connect_one(state, &1),
-      timeout: state.connect_timeout,
-      on_timeout: :kill_task,
-      max_concurrency: 64,
-      ordered: false
-    )
-    |> Stream.run()
+  defp want(state, nodes),
+    do: %{state | dialer: Dialer.want(state.dialer, nodes, now())}
+
+  # Starts the setups the dialer's window allows now.
+  defp pump(state) do
+    {nodes, dialer} = Dialer.next(state.dialer, list_nodes(state), now())
+    state = %{state | dialer: dialer}
+    Enum.reduce(nodes, state, &start_dial/2)
   end
 
-  defp connect_one(state, node) do
-    started = System.monotonic_time()
-    result = do_connect(state, node)
+  defp start_dial(node, state) do
+    metadata = Logger.metadata()
+    dial = Map.take(state, [:connect, :list_nodes, :libcluster, :topology, :telemetry])
 
-    emit(state, :connect, %{duration: System.monotonic_time() - started}, %{
-      topology: state.topology,
+    {pid, ref} =
+      spawn_monitor(fn ->
+        Logger.metadata(metadata)
+        exit({:dialled, connect_one(dial, node)})
+      end)
+
+    Process.send_after(self(), {:dial_timeout, ref}, state.connect_timeout)
+    %{state | dialer: Dialer.started(state.dialer, node, ref, pid, now())}
+  end
+
+  # A setup ended with `reason` (its process's exit, or :timeout). The node
+  # counts as connected whoever made the connection.
+  defp dialled(state, ref, node, reason) do
+    result =
+      case reason do
+        {:dialled, result} -> result
+        other -> {:exit, other}
+      end
+
+    outcome = if success?(result) or node in list_nodes(state), do: :ok, else: :failed
+
+    {dialer, event} = Dialer.finished(state.dialer, ref, outcome, now())
+    log_dial(state, node, event, result)
+    %{state | dialer: dialer}
+  end
+
+  defp success?(true), do: true
+  defp success?(:ok), do: true
+  defp success?(_), do: false
+
+  # libcluster logs its own connects; without it, a node that cannot be
+  # reached is logged when its failures start and when it connects again,
+  # at debug level in between.
+  defp log_dial(%{libcluster: true}, _node, _event, _result), do: :ok
+  defp log_dial(%{log_results: false}, _node, _event, _result), do: :ok
+
+  defp log_dial(_state, node, :first_failure, result),
+    do:
+      Logger.warning(
+        "unable to connect to #{node}: #{inspect(result)}; retrying on each poll (logged at debug level until it connects)",
+        node: node
+      )
+
+  defp log_dial(_state, node, :recovered, _result),
+    do: Logger.info("connected to #{node} after failed attempts", node: node)
+
+  defp log_dial(_state, node, nil, true), do: Logger.info("connected to #{node}", node: node)
+
+  defp log_dial(_state, node, nil, result),
+    do: Logger.debug("still unable to connect to #{node}: #{inspect(result)}", node: node)
+
+  defp connect_one(dial, node) do
+    started = System.monotonic_time()
+
+    result =
+      try do
+        do_connect(dial, node)
+      catch
+        kind, reason -> {:error, Exception.format_banner(kind, reason)}
+      end
+
+    emit(dial, :connect, %{duration: System.monotonic_time() - started}, %{
+      topology: dial.topology,
       node: node,
       result: result
     })
@@ -456,19 +722,10 @@ defmodule DynamicSrv.Membership do
     result
   end
 
-  defp do_connect(%{connect: connect} = state, node) do
-    if state.libcluster do
-      apply(@libcluster, :connect_nodes, [state.topology, connect, state.list_nodes, [node]])
-    else
-      {m, f, a} = connect
-      result = apply(m, f, a ++ [node])
-      if state.log_results, do: log_connect(node, result)
-      result
-    end
-  catch
-    kind, reason ->
-      Logger.warning("connecting #{node} failed: #{Exception.format_banner(kind, reason)}")
-  end
+  defp do_connect(%{libcluster: true} = dial, node),
+    do: apply(@libcluster, :connect_nodes, [dial.topology, dial.connect, dial.list_nodes, [node]])
+
+  defp do_connect(%{connect: {m, f, a}}, node), do: apply(m, f, a ++ [node])
 
   defp disconnect(state, nodes, why \\ :fenced)
 
@@ -533,12 +790,9 @@ defmodule DynamicSrv.Membership do
     end
   end
 
-  defp log_connect(node, true), do: Logger.info("connected to #{node}", node: node)
-
-  defp log_connect(node, result),
-    do: Logger.warning("unable to connect to #{node}: #{inspect(result)}", node: node)
-
   defp list_nodes(%{list_nodes: {m, f, a}}), do: apply(m, f, a)
+
+  defp now, do: System.monotonic_time(:millisecond)
 
   defp emit_poll(state, {:ok, nodes}, duration),
     do:

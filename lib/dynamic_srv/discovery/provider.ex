@@ -20,6 +20,14 @@ defmodule DynamicSrv.Provider do
   that one). A provider process that cannot start is retried with a
   backoff and never stops the application (see `DynamicSrv.Runner`).
 
+  A provider whose answers may leave live nodes out (DNS servers that
+  trim or sample their answers) implements `confirm/2`: given a node an
+  answer left out and the configuration, it asks its source about that
+  node alone and returns `:present`, `:absent` or `{:error, reason}`. The
+  engine then drops a node only when it is confirmed absent (see
+  `DynamicSrv.Membership`); without `confirm/2`, answers are taken as
+  whole, and a node two answers in a row leave out is dropped.
+
       defmodule MyApp.Inventory do
         @behaviour DynamicSrv.Provider
         @impl true
@@ -41,7 +49,8 @@ defmodule DynamicSrv.Provider do
   @callback poll(config :: map()) :: result()
   @callback poll() :: result()
   @callback schema() :: DynamicSrv.Config.schema()
-  @optional_callbacks poll: 0, poll: 1, schema: 0
+  @callback confirm(node(), config :: map()) :: :present | :absent | {:error, term()}
+  @optional_callbacks poll: 0, poll: 1, schema: 0, confirm: 2
 
   @doc "The runner's resolved configuration, for providers with only `poll/0`."
   @spec config() :: keyword()

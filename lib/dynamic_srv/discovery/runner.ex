@@ -154,6 +154,7 @@ defmodule DynamicSrv.Runner do
     engine_opts = [
       topology: via,
       poll: fn -> DynamicSrv.Provider.poll(via, :persistent_term.get(@config_key, config)) end,
+      confirm: confirm(via),
       interval: config.interval * 1_000,
       disconnect_removed: config.disconnect_removed,
       fence: fence?(config),
@@ -217,6 +218,12 @@ defmodule DynamicSrv.Runner do
     do: disconnect and via == DynamicSrv.Via.Srv
 
   defp fence?(%{fence: fence}), do: fence
+
+  # A provider whose answers may leave nodes out asks about one by name.
+  defp confirm(via) do
+    if function_exported?(via, :confirm, 2),
+      do: &via.confirm(&1, :persistent_term.get(@config_key))
+  end
 
   defp provider_schema(via) do
     if function_exported?(via, :schema, 0), do: via.schema(), else: []

@@ -92,6 +92,75 @@ defmodule DynamicSrv.Srv do
     end
   end
 
+  @doc """
+  Asks DNS about one node by its own name, `<label>.<service>`: `:present`
+  when that name has an SRV record with a port or an address record,
+  `:absent` when the name does not exist or has neither (and for a node
+  that is not of this service), `{:error, reason}` when the lookups fail.
+  With a `resolver` function, it is asked that name: `:present` when its
+  records name the node, `:absent` when they do not or the name does not
+  exist.
+  """
+  @spec confirm(t(), node()) :: :present | :absent | {:error, term()}
+  def confirm(%__MODULE__{} = config, node) do
+    case String.split(Atom.to_string(node), "@") do
+      [label, service] when service == config.service ->
+        ask_by_name(label <> "." <> service, Atom.to_string(node), config)
+
+      _other ->
+        :absent
+    end
+  end
+
+  defp ask_by_name(name, node_name, %{resolver: resolver} = config)
+       when is_function(resolver, 1) do
+    case lookup(name, config) do
+      {:ok, records} ->
+        targets = for %{port: port, target: target} <- records, port != 0, do: target
+
+        case DynamicSrv.Naming.node_names(targets, config.service) do
+          {:ok, names} -> if {:ok, node_name} in names, do: :present, else: :absent
+          {:error, _} = error -> error
+        end
+
+      {:error, :nxdomain} ->
+        :absent
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  defp ask_by_name(name, _node_name, config) do
+    case Resolver.lookup_srv(name, config.resolver_opts) do
+      {:ok, records} ->
+        if Enum.any?(records, &(&1.port != 0)),
+          do: :present,
+          else: address_of(name, config, [:inet, :inet6])
+
+      {:error, :nxdomain} ->
+        :absent
+
+      {:error, :no_data} ->
+        address_of(name, config, [:inet, :inet6])
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  defp address_of(_name, _config, []), do: :absent
+
+  defp address_of(name, config, [family | rest]) do
+    case Resolver.lookup_ip(name, family, config.resolver_opts) do
+      {:ok, [_ | _]} -> :present
+      {:ok, []} -> address_of(name, config, rest)
+      {:error, :no_data} -> address_of(name, config, rest)
+      {:error, :nxdomain} -> :absent
+      {:error, _} = error -> error
+    end
+  end
+
   defp lookup(query, %{resolver: resolver}) when is_function(resolver, 1) do
     case resolver.(String.to_charlist(query)) do
       records when is_list(records) ->

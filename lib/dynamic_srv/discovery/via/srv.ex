@@ -26,8 +26,11 @@ defmodule DynamicSrv.Via.Srv do
   def schema, do: DynamicSrv.Srv.schema()
 
   @impl true
-  def poll(config) do
-    book_ttl = DynamicSrv.Defaults.book_ttl(config.interval * 1_000)
-    DynamicSrv.Srv.poll(DynamicSrv.Srv.new(config, book_ttl))
-  end
+  def poll(config), do: DynamicSrv.Srv.poll(settings(config))
+
+  @impl true
+  def confirm(node, config), do: DynamicSrv.Srv.confirm(settings(config), node)
+
+  defp settings(config),
+    do: DynamicSrv.Srv.new(config, DynamicSrv.Defaults.book_ttl(config.interval * 1_000))
 end

@@ -1,0 +1,151 @@
+defmodule DynamicSrv.Membership.Dialer do
+  @moduledoc false
+  # How many connection setups the engine has in flight, and which: a
+  # window that adapts to how they go, as TCP's congestion window does. It
+  # starts at `@initial_window`, grows by one for each setup that succeeds
+  # (by 1/window past the threshold), and halves when a setup fails slowly
+  # (a handshake that timed out or took long: the host, the peer or the
+  # network is loaded). A quick failure (nothing listens on the port yet)
+  # says nothing about load and leaves the window as it is.
+  #
+  # Each pair of nodes is dialled from one side: the node whose name sorts
+  # first dials at once; the other dials only once the peer has stayed
+  # unconnected for `:grace` ms (a peer that does not run this engine, or
+  # whose engine is behind). A node connected meanwhile by someone else
+  # (`global`'s transitive connects, the peer's own dial) is not dialled:
+  # its connection is progress, not a race. A node whose setup failed is
+  # not dialled again before the next poll (`retry/1`).
+  #
+  # This module only decides; the engine starts and watches the setups.
+
+  @initial_window 8
+  @threshold 32
+  @max_window 64
+  # A failure that took at least this long counts as a sign of load.
+  @slow_ms 500
+
+  defstruct window: @initial_window,
+            threshold: @threshold,
+            wanted: MapSet.new(),
+            # node => when it was first wanted while not connected (ms)
+            waiting: %{},
+            # ref => {node, pid, started_ms}
+            in_flight: %{},
+            # nodes whose last setup failed, not dialled before the next poll
+            held: MapSet.new(),
+            # nodes whose setups keep failing (logged once, when it starts)
+            failing: MapSet.new(),
+            one_side: true,
+            grace: 2_000
+
+  @type t :: %__MODULE__{}
+
+  @doc false
+  @spec new(keyword()) :: t()
+  def new(opts), do: struct!(__MODULE__, opts)
+
+  @doc false
+  # The nodes to keep connected from now on; those no longer wanted are
+  # forgotten (a setup in flight for one of them runs to its end).
+  @spec want(t(), Enumerable.t(), integer()) :: t()
+  def want(dialer, nodes, now) do
+    wanted = MapSet.new(nodes)
+    waiting = Map.new(wanted, &{&1, Map.get(dialer.waiting, &1, now)})
+
+    %{
+      dialer
+      | wanted: wanted,
+        waiting: waiting,
+        failing: MapSet.intersection(dialer.failing, wanted)
+    }
+  end
+
+  @doc false
+  # A new poll: nodes held after a failure may be dialled again.
+  @spec retry(t()) :: t()
+  def retry(dialer), do: %{dialer | held: MapSet.new()}
+
+  @doc false
+  # The nodes to dial now, given the nodes connected, and the dialer with
+  # the waiting times of connected nodes reset.
+  @spec next(t(), [node()], integer()) :: {[node()], t()}
+  def next(dialer, connected, now) do
+    connected = MapSet.new(connected)
+    busy = for {_ref, {node, _pid, _at}} <- dialer.in_flight, into: MapSet.new(), do: node
+
+    # A connected node waits again from now if its connection drops.
+    waiting =
+      Map.new(dialer.waiting, fn {node, since} ->
+        if MapSet.member?(connected, node), do: {node, now}, else: {node, since}
+      end)
+
+    dialer = %{dialer | waiting: waiting}
+    free = trunc(dialer.window) - map_size(dialer.in_flight)
+
+    candidates =
+      for node <- dialer.wanted,
+          node != node(),
+          not MapSet.member?(connected, node),
+          not MapSet.member?(busy, node),
+          not MapSet.member?(dialer.held, node),
+          my_turn?(dialer, node, now),
+          do: node
+
+    {candidates |> Enum.shuffle() |> Enum.take(max(free, 0)), dialer}
+  end
+
+  defp my_turn?(%{one_side: false}, _node, _now), do: true
+
+  defp my_turn?(dialer, node, now),
+    do: node() < node or now - Map.get(dialer.waiting, node, now) >= dialer.grace
+
+  @doc false
+  @spec started(t(), node(), reference(), pid(), integer()) :: t()
+  def started(dialer, node, ref, pid, now),
+    do: %{dialer | in_flight: Map.put(dialer.in_flight, ref, {node, pid, now})}
+
+  @doc false
+  @spec in_flight(t(), reference()) :: {:ok, {node(), pid(), integer()}} | :error
+  def in_flight(dialer, ref), do: Map.fetch(dialer.in_flight, ref)
+
+  @doc false
+  # A setup ended: `:ok` (the node is connected, whoever made the
+  # connection) or `:failed`. Returns the dialer and, for a failure,
+  # whether it is the first of a run (to log once).
+  @spec finished(t(), reference(), :ok | :failed, integer()) :: {t(), :first_failure | nil}
+  def finished(dialer, ref, outcome, now) do
+    case Map.pop(dialer.in_flight, ref) do
+      {nil, _} ->
+        {dialer, nil}
+
+      {{node, _pid, started}, in_flight} ->
+        dialer = %{dialer | in_flight: in_flight}
+        settle(dialer, node, outcome, now - started)
+    end
+  end
+
+  defp settle(dialer, node, :ok, _took) do
+    growth = if dialer.window < dialer.threshold, do: 1, else: 1 / dialer.window
+    window = min(dialer.window + growth, @max_window)
+    event = if MapSet.member?(dialer.failing, node), do: :recovered
+    {%{dialer | window: window, failing: MapSet.delete(dialer.failing, node)}, event}
+  end
+
+  defp settle(dialer, node, :failed, took) do
+    dialer =
+      if took >= @slow_ms do
+        half = max(dialer.window / 2, 1)
+        %{dialer | window: half, threshold: half}
+      else
+        dialer
+      end
+
+    first = if MapSet.member?(dialer.failing, node), do: nil, else: :first_failure
+
+    {%{
+       dialer
+       | held: MapSet.put(dialer.held, node),
+         failing: MapSet.put(dialer.failing, node)
+     }, first}
+  end
+end
