@@ -48,7 +48,9 @@ defmodule Cluster.Strategy.DynamicSrvTest do
     assert_receive {:resolved, ~c"my-service.service.consul"}, @first_poll
   end
 
-  test "disconnects a node once two answers in a row leave it out", %{recorder: rec} do
+  test "disconnects a node an answer leaves out once its own name says it is gone", %{
+    recorder: rec
+  } do
     {fun, set} = resolver(srv(["node-a", "node-b"]))
     pid = start([service: @svc, polling_interval: @interval, resolver: fun], rec)
     assert_receive {:connect, :"node-b@my-service.service.consul"}, @first_poll
@@ -290,6 +292,71 @@ defmodule Cluster.Strategy.DynamicSrvTest do
     on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
     assert_receive {:disconnect, ^known}, 5 * @interval
     assert DynamicSrv.Membership.members(pid) == [listed]
+  end
+
+  # The published package's own suite: meta holds a, b and c, the resolver
+  # always answers a and c (also when asked about b by name), and b must
+  # be disconnected within 100 ms of that answer.
+  test "meta a, b, c and answers of a and c: b is disconnected within 100 ms", %{recorder: rec} do
+    [a, b, c] = for l <- ~w(a b c), do: :"node-#{l}@#{@svc}"
+    for node <- [a, b, c], do: Recorder.connect(rec.agent, self(), node)
+    {fun, _} = resolver(srv(["node-a", "node-c"]))
+
+    state =
+      struct(
+        State,
+        [
+          topology: :dyn_srv,
+          config: [service: @svc, polling_interval: 5_000, resolver: fun],
+          meta: MapSet.new([a, b, c])
+        ] ++ Recorder.mfas(rec)
+      )
+
+    assert {:ok, pid} = Strategy.start_link([state])
+    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+    assert_receive {:resolved, ~c"my-service.service.consul"}, @first_poll
+    assert_receive {:disconnect, ^b}, 100
+    refute_received {:disconnect, _}
+    assert_received {:resolved, ~c"node-b.my-service.service.consul"}
+    assert Enum.sort(DynamicSrv.Membership.members(pid)) == [a, c]
+  end
+
+  test "a member an answer leaves out but its own name lists stays connected", %{recorder: rec} do
+    [a, b] = for l <- ~w(a b), do: :"node-#{l}@#{@svc}"
+    test = self()
+
+    # The service's answer lists only a; b's own name still lists b.
+    fun = fn query ->
+      send(test, {:resolved, query})
+
+      case query do
+        ~c"node-b." ++ _ -> srv(["node-b"])
+        _ -> srv(["node-a"])
+      end
+    end
+
+    state =
+      struct(
+        State,
+        [
+          topology: :dyn_srv,
+          config: [service: @svc, polling_interval: @interval, resolver: fun],
+          meta: [a, b]
+        ] ++ Recorder.mfas(rec)
+      )
+
+    assert {:ok, pid} = Strategy.start_link([state])
+    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+    assert_receive {:connect, ^b}, @first_poll
+
+    for _ <- 1..5,
+        do: assert_receive({:resolved, ~c"node-b.my-service.service.consul"}, @first_poll)
+
+    refute_received {:disconnect, _}
+    assert Enum.sort(DynamicSrv.Membership.members(pid)) == [a, b]
+    # Its connection drops: it is dialled again, as a listed node is.
+    Recorder.drop(rec, b)
+    assert_receive {:connect, ^b}, @first_poll
   end
 
   test "nodes known in meta (a list) are kept while DNS fails", %{recorder: rec} do

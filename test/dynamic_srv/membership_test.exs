@@ -353,4 +353,100 @@ defmodule DynamicSrv.MembershipTest do
       assert length(String.split(log, "listed again")) == 2
     end
   end
+
+  describe "with confirm (answers that may leave live nodes out)" do
+    # The provider answers what the test sets; confirm answers per node
+    # from a map the test sets (a missing node: a failed lookup).
+    defp confirming_engine(answer, verdicts, opts \\ []) do
+      parent = self()
+      rec = Recorder.start(parent)
+      {:ok, agent} = Agent.start_link(fn -> {answer, verdicts} end)
+
+      poll = fn ->
+        send(parent, :polled)
+        agent |> Agent.get(& &1) |> elem(0)
+      end
+
+      confirm = fn node ->
+        send(parent, {:confirm, node})
+        agent |> Agent.get(& &1) |> elem(1) |> Map.get(node, {:error, :timeout})
+      end
+
+      opts =
+        [poll: poll, confirm: confirm, interval: 50, log_results: false] ++
+          Recorder.mfas(rec) ++ opts
+
+      {:ok, pid} = Membership.start_link(opts)
+      on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+      set = fn answer, verdicts -> Agent.update(agent, fn _ -> {answer, verdicts} end) end
+      %{pid: pid, rec: rec, set: set}
+    end
+
+    test "present: stays and is redialled; absent: dropped at the first answer without it" do
+      e = confirming_engine({:ok, [:a@host, :b@host]}, %{})
+      assert_receive {:connect, :b@host}, 2_000
+
+      e.set.({:ok, [:a@host]}, %{b@host: :present})
+      for _ <- 1..3, do: assert_receive({:confirm, :b@host}, 2_000)
+      refute_received {:disconnect, _}
+      Recorder.drop(e.rec, :b@host)
+      assert_receive {:connect, :b@host}, 2_000
+
+      e.set.({:ok, [:a@host]}, %{b@host: :absent})
+      assert_receive {:disconnect, :b@host}, 2_000
+      assert Membership.members(e.pid) == [:a@host]
+    end
+
+    test "a failed confirmation disconnects nobody; a member stays while connected" do
+      e = confirming_engine({:ok, [:a@host, :b@host]}, %{})
+      assert_receive {:connect, :b@host}, 2_000
+      e.set.({:ok, [:a@host]}, %{})
+      for _ <- 1..4, do: assert_receive({:confirm, :b@host}, 2_000)
+      refute_received {:disconnect, _}
+      assert Enum.sort(Membership.members(e.pid)) == [:a@host, :b@host]
+
+      # Its connection gone, and unconfirmed: forgotten, not dialled.
+      Recorder.drop(e.rec, :b@host)
+
+      assert {:ok, _} =
+               DynamicSrv.Test.Wait.until(fn -> Membership.members(e.pid) == [:a@host] end, 2_000)
+
+      refute_received {:connect, :b@host}
+    end
+
+    test "where the local node's own name is missing, absent counts as unknown" do
+      log =
+        capture_log(fn ->
+          e =
+            confirming_engine({:ok, [node(), :a@host, :b@host]}, %{node() => :absent}, fence: true)
+
+          assert_receive {:confirm, n}, 2_000
+          assert n == node()
+          assert_receive {:connect, :b@host}, 2_000
+
+          e.set.({:ok, [:a@host]}, %{node() => :absent, b@host: :absent})
+          for _ <- 1..4, do: assert_receive({:confirm, :b@host}, 2_000)
+          refute_received {:disconnect, _}
+        end)
+
+      assert log =~ "its own name has no SRV or address record"
+      refute log =~ "fencing"
+    end
+
+    test "fences at the first answer without the local node once its own name is gone" do
+      log =
+        capture_log(fn ->
+          e = confirming_engine({:ok, [node(), :a@host]}, %{node() => :present}, fence: true)
+          assert_receive {:connect, :a@host}, 2_000
+          e.set.({:ok, [:a@host]}, %{node() => :present, a@host: :present})
+          for _ <- 1..3, do: assert_receive({:confirm, :nonode@nohost}, 2_000)
+          refute_received {:disconnect, _}
+
+          e.set.({:ok, [:a@host]}, %{node() => :absent})
+          assert_receive {:disconnect, :a@host}, 2_000
+        end)
+
+      assert log =~ "fencing"
+    end
+  end
 end

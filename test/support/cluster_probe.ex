@@ -21,7 +21,7 @@ defmodule DynamicSrv.Test.ClusterProbe do
     pid =
       spawn(fn ->
         :ets.new(@table, [:named_table, :public, :set])
-        :ets.insert(@table, [{:peers, peers}, {:overlap, 0}, {:failed, 0}, {:downs, 0}])
+        :ets.insert(@table, [{:peers, peers} | Enum.map(counters(), &{&1, 0})])
         :ok = :net_kernel.monitor_nodes(true, [:nodedown_reason])
         send(parent, :probing)
         loop()
@@ -62,10 +62,38 @@ defmodule DynamicSrv.Test.ClusterProbe do
       wait = div(at_us - System.os_time(:microsecond), 1000)
       if wait > 0, do: Process.sleep(wait)
       :ets.delete(@table, :mesh_at)
-      :ets.insert(@table, [{:overlap, 0}, {:failed, 0}, {:downs, 0}])
+      :ets.insert(@table, Enum.map(counters(), &{&1, 0}))
       fun.()
     end)
 
+    :ok
+  end
+
+  defp counters, do: [:overlap, :failed, :downs, :fences, :disconnects, :samples, :full_samples]
+
+  @doc """
+  Samples every `every_ms` whether the node sees all its peers (the
+  `samples` and `full_samples` counters), from now on; counters reset by
+  `reset_at/2` restart the count.
+  """
+  @spec sample(pos_integer()) :: :ok
+  def sample(every_ms) do
+    spawn(fn -> sample_loop(every_ms) end)
+    :ok
+  end
+
+  defp sample_loop(every_ms) do
+    [{:peers, peers}] = :ets.lookup(@table, :peers)
+    :ets.update_counter(@table, :samples, 1)
+    if length(Node.list()) >= peers, do: :ets.update_counter(@table, :full_samples, 1)
+    Process.sleep(every_ms)
+    sample_loop(every_ms)
+  end
+
+  @doc "Forgets the counters now (the mesh time stays)."
+  @spec reset() :: :ok
+  def reset do
+    :ets.insert(@table, Enum.map(counters(), &{&1, 0}))
     :ok
   end
 
@@ -86,6 +114,10 @@ defmodule DynamicSrv.Test.ClusterProbe do
       overlap: get.(:overlap, 0),
       failed: get.(:failed, 0),
       downs: get.(:downs, 0),
+      fences: get.(:fences, 0),
+      disconnects: get.(:disconnects, 0),
+      samples: get.(:samples, 0),
+      full_samples: get.(:full_samples, 0),
       first_overlap: get.(:first_overlap, nil),
       first_failed: get.(:first_failed, nil),
       reasons: Map.new(:ets.match(@table, {{:reason, :"$1"}, :"$2"}), &List.to_tuple/1)
@@ -105,6 +137,13 @@ defmodule DynamicSrv.Test.ClusterProbe do
       String.contains?(text, "failed to connect to") ->
         :ets.insert_new(@table, {:first_failed, System.os_time(:microsecond)})
         :ets.update_counter(@table, :failed, 1)
+
+      # The strategy's own lines: a fence starts, a node is disconnected.
+      String.starts_with?(text, "fencing ") ->
+        :ets.update_counter(@table, :fences, 1)
+
+      String.starts_with?(text, "disconnected from ") ->
+        :ets.update_counter(@table, :disconnects, 1)
 
       true ->
         :ok

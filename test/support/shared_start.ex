@@ -14,27 +14,23 @@ defmodule DynamicSrv.Test.SharedStart do
   `global`'s warnings.
   """
 
-  alias DynamicSrv.Test.{DnsServer, Node, QueryLog}
+  alias DynamicSrv.Test.{DnsServer, Node, QueryLog, SubsetDns}
 
   defstruct [:n, :svc, :dns, :log, :nodes, :at, :interval]
 
   @doc """
   Boots `n` nodes listed under `svc` and waits until all are up. Options:
-  `:interval` (the strategy's polling interval, ms, default 1000).
+  `:interval` (the strategy's polling interval, ms, default 1000); `:dns`,
+  `:dnsmasq` (default, logging its queries) or `{:subset, mode}`, a
+  `DynamicSrv.Test.SubsetDns` answering the service in `mode`.
   """
   @spec boot(pos_integer(), String.t(), keyword()) :: %__MODULE__{}
   def boot(n, svc, opts \\ []) do
     members = Enum.zip(1..n, ports(n))
 
-    records =
-      Enum.flat_map(members, fn {i, port} ->
-        target = "node-#{i}.#{svc}"
-        [{:srv, svc, target, port}, {:a, target, {127, 0, 0, 1}}]
-      end)
+    records = Enum.flat_map(members, fn {i, port} -> records(svc, i, port) end)
 
-    dns = DnsServer.start(records, log_queries: true)
-    log = QueryLog.start(Path.join(dns.dir, "queries.log"))
-    env = DnsServer.node_env(dns)
+    {dns, log, env} = start_dns(Keyword.get(opts, :dns, :dnsmasq), records)
     probe = "DynamicSrv.Test.ClusterProbe.start(#{n - 1})"
 
     nodes =
@@ -59,6 +55,25 @@ defmodule DynamicSrv.Test.SharedStart do
         stop(cluster)
         raise "#{length(not_ready)} of #{n} nodes did not boot: #{inspect(not_ready, limit: 3)}"
     end
+  end
+
+  defp start_dns(:dnsmasq, records) do
+    dns = DnsServer.start(records, log_queries: true)
+    {dns, QueryLog.start(Path.join(dns.dir, "queries.log")), DnsServer.node_env(dns)}
+  end
+
+  defp start_dns({:subset, mode}, records) do
+    dns = SubsetDns.start(records, mode: mode)
+    {dns, nil, SubsetDns.node_env(dns)}
+  end
+
+  @doc "The SRV and A records of node `i` listening on `port`."
+  @spec records(%__MODULE__{} | String.t(), pos_integer(), :inet.port_number()) :: [tuple()]
+  def records(%__MODULE__{svc: svc}, i, port), do: records(svc, i, port)
+
+  def records(svc, i, port) do
+    target = "node-#{i}.#{svc}"
+    [{:srv, svc, target, port}, {:a, target, {127, 0, 0, 1}}]
   end
 
   @doc """
@@ -141,6 +156,8 @@ defmodule DynamicSrv.Test.SharedStart do
 
   @doc "DNS queries the server logged between two wall-clock instants (µs)."
   @spec queries_between(%__MODULE__{}, integer(), integer()) :: non_neg_integer()
+  def queries_between(%__MODULE__{log: nil}, _from, _to), do: nil
+
   def queries_between(%__MODULE__{log: log}, from, to) do
     log |> QueryLog.lines() |> Enum.count(fn {at, _, _} -> at >= from and at <= to end)
   end
@@ -193,8 +210,12 @@ defmodule DynamicSrv.Test.SharedStart do
   @spec stop(%__MODULE__{}) :: :ok
   def stop(%__MODULE__{nodes: nodes, dns: dns, log: log}) do
     Enum.each(nodes, &Node.stop/1)
-    QueryLog.stop(log)
-    DnsServer.stop(dns)
+    if log, do: QueryLog.stop(log)
+
+    case dns do
+      %SubsetDns{} -> SubsetDns.stop(dns)
+      _ -> DnsServer.stop(dns)
+    end
   end
 
   # A mesh seen before the instant (the one a heal starts from) does not count.
