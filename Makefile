@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ERLANG_PACKAGES := erlang-dev erlang-src
 APT_PACKAGES := elixir $(ERLANG_PACKAGES) dnsmasq-base bind9 iproute2 procps python3-yaml openssl gcc libc6-dev
 
-.PHONY: test test-stress test-matrix precompile demo bench bench-scale soak system-deps apt-packages build rust-test rust-lint elixir-test clean
+.PHONY: test test-stress test-flakes test-matrix precompile demo bench bench-scale soak system-deps apt-packages build rust-test rust-lint elixir-test clean
 
 test: system-deps rust-lint rust-test elixir-test
 
@@ -86,6 +86,12 @@ test-stress: system-deps
 	  $(MAKE) --no-print-directory test || { echo "test-stress: run $$run failed"; exit 1; }; \
 	  echo "test-stress: run $$run passed in $$(( $$(date +%s) - start )) s"; \
 	done
+
+# The ExUnit suite FLAKES_RUNS times (default 5), each with its own random
+# seed, FLAKES_LOAD=1 under two CPU hogs and an unrelated epmd; prints a
+# table of every test that failed in any run (see .ci/test-flakes).
+test-flakes: system-deps
+	.ci/test-flakes
 
 # The Debian packages `make test` needs (.ci/test-matrix puts them in its chroots).
 apt-packages:

@@ -254,6 +254,9 @@ defmodule DynamicSrv.MembershipTest do
           serve(e, {:ok, [node(), :a@host]}, 1)
           e.set.({:ok, [:a@host]})
           assert_receive {:disconnect, :a@host}, 2_000
+          # The poll that disconnects logs the fence after it: a call to the
+          # engine returns once that poll is over.
+          Membership.members(e.pid)
         end)
 
       assert log =~ "fencing"
@@ -444,6 +447,7 @@ defmodule DynamicSrv.MembershipTest do
 
           e.set.({:ok, [:a@host]}, %{node() => :absent})
           assert_receive {:disconnect, :a@host}, 2_000
+          Membership.members(e.pid)
         end)
 
       assert log =~ "fencing"
