@@ -6,10 +6,11 @@
 #   MIX_ENV=dev mix run --no-start bench/run.exs
 #
 # Parts: A, the NIF resolver against :inet_res; B, clusters started at one
-# instant; C, SRV answers of 1,000 and 5,000 records.
-# Environment: BENCH_PARTS ("a,b,c" by default; e.g. "b" runs one part),
+# instant; C, SRV answers of 1,000 and 5,000 records; D, clusters whose DNS
+# answers list only some nodes.
+# Environment: BENCH_PARTS ("a,b,c,d" by default; e.g. "b" runs one part),
 # BENCH_RUNS (cluster starts per size, default 5), BENCH_SIZES (cluster
-# sizes, default "5,10,20").
+# sizes, default "5,10,20"), BENCH_SUBSET_SIZES (part D, default "8,20").
 #
 # The tables are printed and written to bench/results/latest.txt.
 
@@ -19,24 +20,30 @@ for file <- ~w(stats.exs report.exs resolver_bench.exs),
 
 Code.require_file("cluster_start.exs", __DIR__)
 Code.require_file("large_answers.exs", __DIR__)
+Code.require_file("subset_answers.exs", __DIR__)
 
-alias Bench.{ClusterStart, LargeAnswers, Report, ResolverBench}
+alias Bench.{ClusterStart, LargeAnswers, Report, ResolverBench, SubsetAnswers}
 
 parts =
-  (System.get_env("BENCH_PARTS") || "a,b,c")
+  (System.get_env("BENCH_PARTS") || "a,b,c,d")
   |> String.split(",", trim: true)
   |> Enum.map(&String.trim/1)
 
 runs = String.to_integer(System.get_env("BENCH_RUNS") || "5")
 
-sizes =
-  (System.get_env("BENCH_SIZES") || "5,10,20")
+int_list = fn var, default ->
+  (System.get_env(var) || default)
   |> String.split(",", trim: true)
   |> Enum.map(&String.to_integer(String.trim(&1)))
+end
+
+sizes = int_list.("BENCH_SIZES", "5,10,20")
+subset_sizes = int_list.("BENCH_SUBSET_SIZES", "8,20")
 
 started = System.monotonic_time(:millisecond)
 Report.header()
 if "a" in parts, do: Report.part("A", &ResolverBench.run/0)
 if "b" in parts, do: Report.part("B", fn -> ClusterStart.run(sizes, runs) end)
 if "c" in parts, do: Report.part("C", &LargeAnswers.run/0)
+if "d" in parts, do: Report.part("D", fn -> SubsetAnswers.run(subset_sizes) end)
 Report.finish(div(System.monotonic_time(:millisecond) - started, 1000))

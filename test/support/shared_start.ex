@@ -22,7 +22,9 @@ defmodule DynamicSrv.Test.SharedStart do
   Boots `n` nodes listed under `svc` and waits until all are up. Options:
   `:interval` (the strategy's polling interval, ms, default 1000); `:dns`,
   `:dnsmasq` (default, logging its queries) or `{:subset, mode}`, a
-  `DynamicSrv.Test.SubsetDns` answering the service in `mode`.
+  `DynamicSrv.Test.SubsetDns` answering the service in `mode`;
+  `:logger_level` of the nodes (default `:info`, where users run them and
+  where the strategy writes its connect and disconnect lines).
   """
   @spec boot(pos_integer(), String.t(), keyword()) :: %__MODULE__{}
   def boot(n, svc, opts \\ []) do
@@ -32,10 +34,17 @@ defmodule DynamicSrv.Test.SharedStart do
 
     {dns, log, env} = start_dns(Keyword.get(opts, :dns, :dnsmasq), records)
     probe = "DynamicSrv.Test.ClusterProbe.start(#{n - 1})"
+    level = "-kernel logger_level #{Keyword.get(opts, :logger_level, :info)}"
 
     nodes =
       for {i, port} <- members do
-        Node.start("node-#{i}@#{svc}", dist_port: port, env: env, eval: probe, wait: false)
+        Node.start("node-#{i}@#{svc}",
+          dist_port: port,
+          env: env,
+          eval: probe,
+          erl: level,
+          wait: false
+        )
       end
 
     cluster = %__MODULE__{

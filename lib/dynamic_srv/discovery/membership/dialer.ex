@@ -36,7 +36,10 @@ defmodule DynamicSrv.Membership.Dialer do
             # nodes whose setups keep failing (logged once, when it starts)
             failing: MapSet.new(),
             one_side: true,
-            grace: 2_000
+            grace: 2_000,
+            # setups started and failed since start, for benchmarks
+            started: 0,
+            failed: 0
 
   @type t :: %__MODULE__{}
 
@@ -102,7 +105,11 @@ defmodule DynamicSrv.Membership.Dialer do
   @doc false
   @spec started(t(), node(), reference(), pid(), integer()) :: t()
   def started(dialer, node, ref, pid, now),
-    do: %{dialer | in_flight: Map.put(dialer.in_flight, ref, {node, pid, now})}
+    do: %{
+      dialer
+      | in_flight: Map.put(dialer.in_flight, ref, {node, pid, now}),
+        started: dialer.started + 1
+    }
 
   @doc false
   @spec in_flight(t(), reference()) :: {:ok, {node(), pid(), integer()}} | :error
@@ -145,7 +152,8 @@ defmodule DynamicSrv.Membership.Dialer do
     {%{
        dialer
        | held: MapSet.put(dialer.held, node),
-         failing: MapSet.put(dialer.failing, node)
+         failing: MapSet.put(dialer.failing, node),
+         failed: dialer.failed + 1
      }, first}
   end
 end
