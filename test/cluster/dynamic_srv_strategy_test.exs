@@ -102,9 +102,27 @@ defmodule Cluster.Strategy.DynamicSrvTest do
       end)
 
     # The published package's words, which existing log alerts match.
-    assert log =~ "Unexpected response from resolver"
+    assert log =~ "Unexpected response from resolver: :not_a_list"
     # Logged when the failure starts, not on every poll.
     assert length(String.split(log, "Unexpected response from resolver")) == 2
+  end
+
+  test "a resolver's {:error, reason} is an unexpected response too, and changes nothing", %{
+    recorder: rec
+  } do
+    {fun, set} = resolver(srv(["node-a"]))
+
+    log =
+      capture_log(fn ->
+        pid = start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+        assert_receive {:connect, _}, @first_poll
+        set.({:error, :nxdomain})
+        for _ <- 1..4, do: assert_receive({:resolved, _}, 5 * @interval)
+        refute_received {:disconnect, _}
+        assert DynamicSrv.Membership.members(pid) == [:"node-a@#{@svc}"]
+      end)
+
+    assert log =~ "Unexpected response from resolver: {:error, :nxdomain}"
   end
 
   test "a failing lookup keeps every member and logs once at start and once at the end", %{

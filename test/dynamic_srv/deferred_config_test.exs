@@ -65,4 +65,18 @@ defmodule DynamicSrv.DeferredConfigTest do
     assert {:error, message} = DeferredConfig.resolve(x: {:apply, {String, :to_integer, ["x"]}})
     assert message =~ "x: {:apply, {String, :to_integer"
   end
+
+  test "DeferredConfig's {:system, VAR, {M, F}} converts; a tuple default stays a default" do
+    System.put_env("DSRV_T_PORT", "8600")
+
+    assert DeferredConfig.resolve(
+             port: {:system, "DSRV_T_PORT", {String, :to_integer}},
+             pair: {:system, "DSRV_T_MISSING", {:ok, :fallback}}
+           ) == {:ok, [port: 8600, pair: {:ok, :fallback}]}
+
+    assert {:error, message} =
+             DeferredConfig.resolve(port: {:system, "DSRV_T_MISSING", {String, :to_integer}})
+
+    assert message =~ "DSRV_T_MISSING is not set"
+  end
 end

@@ -173,6 +173,21 @@ defmodule DynamicSrv.RunnerTest do
     assert Application.get_env(@app, :node_list) == [:x@h1, :y@h2]
   end
 
+  test "Peerage's sync_offset is accepted, named once as having no effect", %{recorder: rec} do
+    log =
+      capture_log(fn ->
+        start_runner(
+          [via: DynamicSrv.Via.List, interval: 1, node_list: [:x@h1], sync_offset: 3],
+          rec
+        )
+
+        assert_receive {:connect, :x@h1}, @first_poll
+        refute_receive {:connect, _}, 1_500
+      end)
+
+    assert length(String.split(log, ":sync_offset is Peerage's and has no effect")) == 2
+  end
+
   test "a bad or missing value stops the runner with one message; nothing else stops" do
     cases = [
       {[interval: 1], ":via key is required"},

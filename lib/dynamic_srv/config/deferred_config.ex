@@ -10,6 +10,7 @@ defmodule DynamicSrv.DeferredConfig do
   | --- | --- |
   | `{:system, "VAR"}` | the OS environment variable; an error when it is unset |
   | `{:system, "VAR", default}` | the variable, or `default` when it is unset |
+  | `{:system, "VAR", {module, function}}` | the variable passed through `module.function/1` (DeferredConfig's form, as Peerage uses it); an error when it is unset |
   | `{:system, "VAR", default, convert}` | the variable passed through `convert` (a 1-arity function or `{module, function}`), or `default` |
   | `{:apply, {module, function, args}}` | the result of the call |
 
@@ -38,6 +39,15 @@ defmodule DynamicSrv.DeferredConfig do
 
       value ->
         {:ok, value}
+    end
+  end
+
+  defp walk({:system, var, {m, f} = convert} = form, path)
+       when is_binary(var) and is_atom(m) and is_atom(f) do
+    if converter?(m, f) do
+      with {:ok, value} <- walk({:system, var}, path), do: convert(value, convert, var, path)
+    else
+      walk({:system, var, form |> elem(2), nil}, path)
     end
   end
 
@@ -105,6 +115,10 @@ defmodule DynamicSrv.DeferredConfig do
 
   defp path_key({key, _}, _index) when is_atom(key), do: key
   defp path_key(_item, index), do: index
+
+  # A {module, function} third element is a converter when the function
+  # exists (DeferredConfig's form), otherwise a default that is a tuple.
+  defp converter?(m, f), do: Code.ensure_loaded?(m) and function_exported?(m, f, 1)
 
   defp convert(value, nil, _var, _path), do: {:ok, value}
 

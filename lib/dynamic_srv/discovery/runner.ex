@@ -21,7 +21,9 @@ defmodule DynamicSrv.Runner do
   | `fence` | when the provider stops listing this node after it had listed it, disconnect and dial nobody until listed again (see `DynamicSrv.Membership`) | `true` with `DynamicSrv.Via.Srv` and `disconnect_removed`, else `false` |
   | `connect` / `disconnect` / `list_nodes` | MFAs used to connect, disconnect and list nodes (the node is appended to the arguments), as in libcluster | `:net_kernel.connect_node/1`, `:erlang.disconnect_node/1`, `:erlang.nodes([:connected])` |
 
-  plus the provider's own keys. Every value may be deferred to start time
+  plus the provider's own keys. Peerage's `sync_offset` is accepted and
+  has no effect (polls here are spread by a jitter of up to 10% of the
+  interval); it is named in one warning at start. Every value may be deferred to start time
   (`{:system, "VAR"}` and the other forms of `DynamicSrv.DeferredConfig`).
   A bad value is logged as one error naming the key and the value, and the
   runner does not start; the application and the VM keep running.
@@ -75,6 +77,9 @@ defmodule DynamicSrv.Runner do
     disconnect: {:mfa, Defaults.disconnect()},
     list_nodes: {:mfa, Defaults.list_nodes()}
   ]
+
+  # Peerage's keys accepted for compatibility, with no effect here.
+  @ignored [:sync_offset]
 
   @doc "Starts the runner with `config` (by default the application environment)."
   @spec start_link(keyword()) :: GenServer.on_start() | :ignore
@@ -147,6 +152,13 @@ defmodule DynamicSrv.Runner do
   @impl true
   def init(config) do
     Process.flag(:trap_exit, true)
+
+    for key <- @ignored, Map.has_key?(config, key) do
+      Logger.warning(
+        "#{inspect(key)} is Peerage's and has no effect here (polls are spread by a jitter of up to 10% of the interval); remove it"
+      )
+    end
+
     :persistent_term.put(@config_key, config)
     via = config.via
     Logger.metadata(topology: via)

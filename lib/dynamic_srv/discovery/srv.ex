@@ -81,7 +81,7 @@ defmodule DynamicSrv.Srv do
   def poll(%__MODULE__{} = config) do
     query = config.query || config.service
 
-    with {:ok, records} <- lookup(query, config),
+    with {:ok, records} <- service_lookup(query, config),
          {records, port_zero} = Enum.split_with(records, &(&1.port != 0)),
          {:ok, pairs, ignored} <-
            Target.to_nodes(Enum.map(records, & &1.target), config.service, config.max_nodes) do
@@ -91,6 +91,18 @@ defmodule DynamicSrv.Srv do
       {:ok, Enum.map(pairs, &elem(&1, 1))}
     end
   end
+
+  # A resolver function's error is an unexpected response, as in the
+  # published package (logged with its words); it changes no membership.
+  defp service_lookup(query, %{resolver: resolver} = config) when is_function(resolver, 1) do
+    case lookup(query, config) do
+      {:error, {kind, _}} = error when kind in [:unexpected_response, :resolver_crashed] -> error
+      {:error, _} = error -> {:error, {:unexpected_response, error}}
+      ok -> ok
+    end
+  end
+
+  defp service_lookup(query, config), do: lookup(query, config)
 
   @doc """
   Asks DNS about one node by its own name, `<label>.<service>`: `:present`

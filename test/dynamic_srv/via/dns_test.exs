@@ -38,6 +38,11 @@ defmodule DynamicSrv.Via.DnsTest do
     assert Enum.sort(nodes) == [:"app@127.0.0.1", :"app@127.0.0.2", :"app@fd00::7"]
   end
 
+  test "Peerage's defaults: dns_name localhost, app_name nonode" do
+    assert {:ok, %{dns_name: "localhost", app_name: "nonode"}} =
+             DynamicSrv.Runner.prepare(via: Dns)
+  end
+
   test "Peerage's example (localhost, myapp) never dials myapp@::1" do
     recorder = Recorder.start(self())
 

@@ -12,8 +12,8 @@ defmodule DynamicSrv.Via.Dns do
 
   | key | meaning | default |
   | --- | --- | --- |
-  | `dns_name` | the name to look up | required |
-  | `app_name` | the name part of every node | required |
+  | `dns_name` | the name to look up | `"localhost"` (Peerage's default) |
+  | `app_name` | the name part of every node | `"nonode"` (Peerage's default) |
   | `families` | `:auto`, `[:inet]` (A), `[:inet6]` (AAAA) or both | `:auto` |
   | `nameservers` / `timeout` / `protocol` | options of `DynamicSrv.Resolver` | see there |
   | `max_nodes` | the most node names (hence atoms) taken from one answer | `#{DynamicSrv.Defaults.max_nodes()}` |
@@ -41,8 +41,8 @@ defmodule DynamicSrv.Via.Dns do
   @impl true
   def schema do
     [
-      dns_name: {:string, :required},
-      app_name: {{:label, 200}, :required},
+      dns_name: {:string, "localhost"},
+      app_name: {{:label, 200}, "nonode"},
       families: {{:in, [:auto, [:inet], [:inet6], [:inet, :inet6], [:inet6, :inet]]}, :auto},
       nameservers: {:nameservers, nil},
       timeout: {:pos_integer, nil},
