@@ -431,11 +431,20 @@ defmodule Cluster.Strategy.DynamicSrvTest do
         :ok
       end
     end
+
+    defmodule Cluster.Logger do
+      for level <- [:debug, :info, :warn, :error] do
+        def unquote(level)(topology, message),
+          do: send(:dynamic_srv_libcluster_sink, {:cluster_logger, unquote(level), topology, message})
+      end
+    end
     """)
 
     on_exit(fn ->
-      :code.purge(Cluster.Strategy)
-      :code.delete(Cluster.Strategy)
+      for module <- [Cluster.Strategy, Cluster.Logger] do
+        :code.purge(module)
+        :code.delete(module)
+      end
     end)
 
     {fun, set} = resolver(srv(["node-a", "node-b"]))
@@ -455,5 +464,29 @@ defmodule Cluster.Strategy.DynamicSrvTest do
                    2_000
 
     assert_receive {:disconnect, :"node-b@my-service.service.consul"}, @first_poll
+
+    # The strategy's own lines go through libcluster's logger.
+    set.(:boom)
+
+    assert_receive {:cluster_logger, :warn, :dyn_srv,
+                    "membership source failed: Unexpected response from resolver: :boom" <> _},
+                   2_000
+  end
+
+  test "without libcluster, the strategy's lines carry libcluster's prefix", %{recorder: rec} do
+    {fun, set} = resolver(srv(["node-a"]))
+
+    log =
+      capture_log(fn ->
+        pid = start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+        assert_receive {:connect, _}, @first_poll
+        set.(:boom)
+        for _ <- 1..2, do: assert_receive({:resolved, _}, 5 * @interval)
+        # Returns once the poll that failed has logged.
+        DynamicSrv.Membership.members(pid)
+      end)
+
+    assert log =~ "[libcluster:dyn_srv] connected to node-a@my-service.service.consul"
+    assert log =~ "[libcluster:dyn_srv] membership source failed: Unexpected response"
   end
 end

@@ -139,10 +139,10 @@ defmodule DynamicSrv.Test.ClusterProbe do
         :ets.update_counter(@table, :failed, 1)
 
       # The strategy's own lines: a fence starts, a node is disconnected.
-      String.starts_with?(text, "fencing ") ->
+      String.contains?(text, "fencing ") ->
         :ets.update_counter(@table, :fences, 1)
 
-      String.starts_with?(text, "disconnected from ") ->
+      String.contains?(text, "disconnected from ") ->
         :ets.update_counter(@table, :disconnects, 1)
 
       true ->

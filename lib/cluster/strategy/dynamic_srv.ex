@@ -67,6 +67,7 @@ defmodule Cluster.Strategy.DynamicSrv do
           topology: topology,
           poll: fn -> DynamicSrv.Srv.poll(srv) end,
           confirm: &DynamicSrv.Srv.confirm(srv, &1),
+          log_as: :libcluster,
           interval: config.polling_interval,
           disconnect_removed: config.disconnect_on_deregister,
           fence: fence?(config),

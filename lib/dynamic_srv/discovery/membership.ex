@@ -21,6 +21,7 @@ defmodule DynamicSrv.Membership do
   | `:connect_timeout` | how long one connection setup may take before it counts as failed, in ms | `net_setuptime` + 1 s (8 s) |
   | `:poll_timeout` | how long the provider (and the confirmations) may take, in ms | `30_000` |
   | `:log_results` | log each connect and disconnect at info level | `true` |
+  | `:log_as` | `:libcluster`: every line goes through libcluster's `Cluster.Logger` when it is loaded (`[libcluster:<topology>]` and its `debug: true` switch), else carries the same prefix; `:plain`: Logger as is | `:plain` |
   | `:name` | the process name | none |
 
   ## Rules
@@ -137,6 +138,8 @@ defmodule DynamicSrv.Membership do
     :libcluster,
     :telemetry,
     :dialer,
+    # :cluster_logger (libcluster's), :prefix (libcluster's, without it) or :plain
+    :log_as,
     fence: false,
     members: MapSet.new(),
     # Members the last answers left out (without :confirm): answers in a row.
@@ -190,6 +193,7 @@ defmodule DynamicSrv.Membership do
       members: opts |> Keyword.get(:members, []) |> known_nodes(),
       libcluster:
         Code.ensure_loaded?(@libcluster) and function_exported?(@libcluster, :connect_nodes, 4),
+      log_as: log_as(Keyword.get(opts, :log_as, :plain)),
       telemetry: Code.ensure_loaded?(:telemetry),
       # One side per pair only between distributed nodes: a VM without
       # distribution (tests with stand-in MFAs) dials everything at once.
@@ -199,6 +203,11 @@ defmodule DynamicSrv.Membership do
     Logger.metadata(topology: state.topology)
     {:ok, state, {:continue, :poll}}
   end
+
+  defp log_as(:libcluster),
+    do: if(Code.ensure_loaded?(Cluster.Logger), do: :cluster_logger, else: :prefix)
+
+  defp log_as(:plain), do: :plain
 
   # A handshake is given up by net_kernel after net_setuptime seconds.
   defp default_connect_timeout,
@@ -367,7 +376,9 @@ defmodule DynamicSrv.Membership do
         %{state | node_names: :exist}
 
       :absent ->
-        Logger.warning(
+        log(
+          state,
+          :warning,
           "#{node()} is listed, but its own name has no SRV or address record: " <>
             "a member an answer leaves out cannot be confirmed, so it stays while its connection is up " <>
             "(register <label>.<service> for each node to let the engine drop departed nodes at once)"
@@ -396,7 +407,9 @@ defmodule DynamicSrv.Membership do
     do: %{state | self_listed: true, self_missing: 0}
 
   defp watch_self(state, true, _verdicts) do
-    Logger.info(
+    log(
+      state,
+      :info,
       "#{node()} is listed again after #{state.fenced.polls} answer(s) without it: fence lifted, dialling the listed nodes"
     )
 
@@ -513,7 +526,9 @@ defmodule DynamicSrv.Membership do
     method = if connected == [], do: :none, else: drop_all(state, managed, connected)
 
     if not state.fenced.logged do
-      Logger.warning(
+      log(
+        state,
+        :warning,
         "fencing #{node()}: successful answers listed it before and the source now says it is gone; " <>
           "#{cut(method, connected)}, and dialling none until an answer lists it",
         nodes: inspect(connected, limit: 20)
@@ -553,6 +568,7 @@ defmodule DynamicSrv.Membership do
         })
 
         :global.disconnect()
+        report_cut(state, connected)
         :global
       else
         :each
@@ -568,6 +584,22 @@ defmodule DynamicSrv.Membership do
       :each
   end
 
+  # Nodes cut in one step are reported as libcluster reports its own
+  # disconnects: a line each and, with libcluster, its disconnect_node event.
+  defp report_cut(state, nodes) do
+    for node <- nodes do
+      if state.log_results,
+        do: log(state, :info, "disconnected from #{inspect(node)}", node: node)
+
+      if state.libcluster,
+        do:
+          emit_event(state, [:libcluster, :disconnect_node, :ok], %{duration: 0}, %{
+            node: node,
+            topology: state.topology
+          })
+    end
+  end
+
   defp global_disconnect?(state, managed) do
     state.disconnect == Defaults.disconnect() and
       function_exported?(:global, :disconnect, 0) and
@@ -580,7 +612,9 @@ defmodule DynamicSrv.Membership do
   defp recovered(%{source_failure: nil} = state), do: state
 
   defp recovered(state) do
-    Logger.info(
+    log(
+      state,
+      :info,
       "membership source answers again after #{state.source_failure.polls} failed poll(s)"
     )
 
@@ -588,7 +622,9 @@ defmodule DynamicSrv.Membership do
   end
 
   defp failed(%{source_failure: nil} = state, reason) do
-    Logger.warning(
+    log(
+      state,
+      :warning,
       "membership source failed: #{format_reason(reason)}; keeping the #{MapSet.size(state.members)} known member(s) until it answers again",
       reason: inspect(reason)
     )
@@ -688,20 +724,22 @@ defmodule DynamicSrv.Membership do
   defp log_dial(%{libcluster: true}, _node, _event, _result), do: :ok
   defp log_dial(%{log_results: false}, _node, _event, _result), do: :ok
 
-  defp log_dial(_state, node, :first_failure, result),
+  defp log_dial(state, node, :first_failure, result),
     do:
-      Logger.warning(
+      log(
+        state,
+        :warning,
         "unable to connect to #{node}: #{inspect(result)}; retrying on each poll (logged at debug level until it connects)",
         node: node
       )
 
-  defp log_dial(_state, node, :recovered, _result),
-    do: Logger.info("connected to #{node} after failed attempts", node: node)
+  defp log_dial(state, node, :recovered, _result),
+    do: log(state, :info, "connected to #{node} after failed attempts", node: node)
 
-  defp log_dial(_state, node, nil, true), do: Logger.info("connected to #{node}", node: node)
+  defp log_dial(state, node, nil, true), do: log(state, :info, "connected to #{node}", node: node)
 
-  defp log_dial(_state, node, nil, result),
-    do: Logger.debug("still unable to connect to #{node}: #{inspect(result)}", node: node)
+  defp log_dial(state, node, nil, result),
+    do: log(state, :debug, "still unable to connect to #{node}: #{inspect(result)}", node: node)
 
   defp connect_one(dial, node) do
     started = System.monotonic_time()
@@ -745,7 +783,7 @@ defmodule DynamicSrv.Membership do
         result = apply(m, f, a ++ [node])
 
         if state.log_results,
-          do: Logger.info("disconnected from #{node} (#{inspect(result)})", node: node)
+          do: log(state, :info, "disconnected from #{node} (#{inspect(result)})", node: node)
       end
     end
   end
@@ -792,6 +830,25 @@ defmodule DynamicSrv.Membership do
 
   defp list_nodes(%{list_nodes: {m, f, a}}), do: apply(m, f, a)
 
+  # The strategy's lines read as libcluster's own: through its logger when
+  # it is loaded (its `debug: true` switch applies), else with the same
+  # prefix. The runner's lines are plain.
+  defp log(state, level, message, metadata \\ [])
+
+  defp log(%{log_as: :cluster_logger} = state, level, message, _metadata) do
+    logger = Cluster.Logger
+
+    fun =
+      if level == :warning and not function_exported?(logger, :warning, 2), do: :warn, else: level
+
+    apply(logger, fun, [state.topology, message])
+  end
+
+  defp log(%{log_as: :prefix} = state, level, message, metadata),
+    do: Logger.log(level, "[libcluster:#{state.topology}] #{message}", metadata)
+
+  defp log(_state, level, message, metadata), do: Logger.log(level, message, metadata)
+
   defp now, do: System.monotonic_time(:millisecond)
 
   defp emit_poll(state, {:ok, nodes}, duration),
@@ -812,8 +869,13 @@ defmodule DynamicSrv.Membership do
   # :telemetry is optional: called through apply/3 only when it is loaded.
   defp emit(%{telemetry: false}, _event, _measurements, _metadata), do: :ok
 
-  defp emit(_state, event, measurements, metadata) do
-    apply(:telemetry, :execute, [[:libcluster_dynamic_srv, event], measurements, metadata])
+  defp emit(state, event, measurements, metadata),
+    do: emit_event(state, [:libcluster_dynamic_srv, event], measurements, metadata)
+
+  defp emit_event(%{telemetry: false}, _name, _measurements, _metadata), do: :ok
+
+  defp emit_event(_state, name, measurements, metadata) do
+    apply(:telemetry, :execute, [name, measurements, metadata])
     :ok
   catch
     _, _ -> :ok
