@@ -294,6 +294,11 @@ defmodule DynamicSrv.RunnerTest do
     {:ok, runner} = DynamicSrv.Runner.start_link(config ++ Recorder.mfas(rec))
     assert_receive {:connect, :c1@h}, @first_poll
     children = for name <- [DynamicSrv.Runner.Membership, Custom], do: Process.whereis(name)
+    # The children the runner keeps, each started once: a restart (or a
+    # name still held by an earlier test's process) would show here.
+    kept = :sys.get_state(runner)
+    assert children == [kept.engine.pid, kept.provider.pid], inspect({children, kept})
+    assert kept.provider.failures == 0 and kept.engine.failures == 0, inspect(kept)
     refs = for pid <- children, do: Process.monitor(pid)
 
     Process.exit(runner, :shutdown)
@@ -301,8 +306,8 @@ defmodule DynamicSrv.RunnerTest do
 
     # The engine first, then the provider.
     for ref <- refs do
-      assert_receive {:DOWN, first, _, _, :shutdown}
-      assert first == ref
+      assert_receive {:DOWN, first, _, _, reason}, 5_000
+      assert {first, reason} == {ref, :shutdown}
     end
 
     assert Process.whereis(DynamicSrv.Runner) == nil

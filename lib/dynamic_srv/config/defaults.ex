@@ -8,7 +8,7 @@ defmodule DynamicSrv.Defaults do
   | default | value |
   | --- | --- |
   | `max_nodes/0` | the most node names (hence atoms) taken from one answer: `1024` |
-  | `book_ttl/1` | how long the port book keeps what a poll found: three polling intervals |
+  | `book_ttl/1` | how long the port book keeps what a poll found: three polling intervals, at least 30 s |
   | `polling_interval/0` | the strategy's ms between polls: `5000` |
   | `timeout/0` | the deadline of one DNS lookup: `3000` ms |
   | `attempts/0` | tries per nameserver within that deadline: `2` |
@@ -19,9 +19,14 @@ defmodule DynamicSrv.Defaults do
   @spec max_nodes() :: pos_integer()
   def max_nodes, do: 1024
 
-  @doc "Three polling intervals: a poll that fails twice leaves the book still valid."
+  @doc """
+  Three polling intervals, at least 30 s: while polls fail (a DNS server
+  overloaded as a large cluster starts), connection setups keep using the
+  ports found last instead of each asking DNS; a successful poll replaces
+  them at once.
+  """
   @spec book_ttl(pos_integer()) :: pos_integer()
-  def book_ttl(interval_ms), do: 3 * interval_ms
+  def book_ttl(interval_ms), do: max(3 * interval_ms, 30_000)
 
   @spec polling_interval() :: pos_integer()
   def polling_interval, do: 5_000

@@ -50,9 +50,10 @@ defmodule DynamicSrv.Membership do
     connection is up, and nobody is disconnected on it. Only members the
     answer leaves out cost a query; an answer that lists everyone costs
     none. Where the source's per-node names turn out not to exist (the
-    first answer that lists the local node also asks about the local node:
-    absent, the names are missing), an `:absent` counts as an error: a
-    member stays while its connection is up, and nobody is fenced.
+    first answer that lists the local node and leaves a member out also
+    asks about the local node: absent, the names are missing), an
+    `:absent` counts as an error: a member stays while its connection is
+    up, and nobody is fenced.
   * Without `:confirm` (providers whose answers are whole: a list, UDP
     announcements, A records), a node is disconnected only when two
     successful answers in a row leave it out (a grace against an answer
@@ -116,6 +117,9 @@ defmodule DynamicSrv.Membership do
   @removal_grace 2
   @leave_wait 1_000
   @jitter 0.1
+  # What a poll's process needs of the engine's state.
+  @poll_keys [:poll, :confirm, :members, :disconnect_removed, :fence, :poll_timeout] ++
+               [:self_listed, :fenced, :node_names]
   # Confirmations asked at once, at most.
   @confirm_concurrency 16
   # The other side of a pair dials after this many polling intervals.
@@ -140,6 +144,8 @@ defmodule DynamicSrv.Membership do
     :dialer,
     # :cluster_logger (libcluster's), :prefix (libcluster's, without it) or :plain
     :log_as,
+    # The poll in flight: %{pid, ref, started}, or nil.
+    :polling,
     fence: false,
     members: MapSet.new(),
     # Members the last answers left out (without :confirm): answers in a row.
@@ -223,10 +229,19 @@ defmodule DynamicSrv.Membership do
   defp known_nodes(_other), do: MapSet.new()
 
   @impl true
-  def handle_continue(:poll, state), do: {:noreply, poll_and_schedule(state)}
+  def handle_continue(:poll, state), do: {:noreply, start_poll(state)}
 
   @impl true
-  def handle_info(:poll, state), do: {:noreply, poll_and_schedule(state)}
+  def handle_info(:poll, state), do: {:noreply, start_poll(state)}
+
+  def handle_info({:DOWN, ref, :process, _pid, reason}, %{polling: %{ref: ref}} = state),
+    do: {:noreply, poll_done(state, poll_result(reason))}
+
+  def handle_info({:poll_timeout, ref}, %{polling: %{ref: ref, pid: pid}} = state) do
+    Process.demonitor(ref, [:flush])
+    Process.exit(pid, :kill)
+    {:noreply, poll_done(state, {:error, :poll_timeout})}
+  end
 
   def handle_info({:DOWN, ref, :process, _pid, reason} = message, state) do
     case Dialer.in_flight(state.dialer, ref) do
@@ -259,46 +274,85 @@ defmodule DynamicSrv.Membership do
   @impl true
   def handle_cast(_request, state), do: {:noreply, state}
 
-  defp poll_and_schedule(state) do
-    state = poll(state)
+  # A poll runs in a process of its own (the provider, then the
+  # confirmations), so that the engine keeps handling connection setups and
+  # calls meanwhile, and a hung or crashing provider costs at most
+  # :poll_timeout.
+  defp start_poll(%{polling: %{}} = state), do: state
+
+  defp start_poll(state) do
+    metadata = Logger.metadata()
+    snapshot = Map.take(state, @poll_keys)
+
+    {pid, ref} =
+      spawn_monitor(fn ->
+        Logger.metadata(metadata)
+        exit({:poll_result, run_poll(snapshot)})
+      end)
+
+    Process.send_after(self(), {:poll_timeout, ref}, state.poll_timeout)
+    %{state | polling: %{pid: pid, ref: ref, started: System.monotonic_time()}}
+  end
+
+  defp run_poll(snapshot) do
+    case snapshot.poll.() do
+      {:ok, nodes} when is_list(nodes) ->
+        answer = MapSet.new(nodes)
+        self_in? = MapSet.member?(answer, node())
+        listed = MapSet.delete(answer, node())
+        {:ok, nodes, confirm_left_out(snapshot, listed, self_in?)}
+
+      {:error, _} = error ->
+        error
+
+      other ->
+        {:error, {:unexpected_response, other}}
+    end
+  end
+
+  defp poll_result({:poll_result, result}), do: result
+  defp poll_result(reason), do: {:error, {:provider_crashed, reason}}
+
+  defp poll_done(state, result) do
+    emit_poll(state, result, System.monotonic_time() - state.polling.started)
+    state = poll(%{state | polling: nil, dialer: Dialer.retry(state.dialer)}, result)
     Process.send_after(self(), :poll, next_delay(state))
     state
   end
 
   defp next_delay(%{recheck: true, interval: interval}), do: max(div(interval, 4), 1)
 
+  # After a failed poll, the next comes at a random point of the second
+  # half of the interval: polls that failed together (a DNS server
+  # overloaded by a whole cluster starting at once) do not come back
+  # together.
+  defp next_delay(%{source_failure: %{}, interval: interval}),
+    do: div(interval, 2) + :rand.uniform(max(div(interval, 2), 1))
+
   defp next_delay(%{interval: interval}),
     do: interval + :rand.uniform(max(round(interval * @jitter), 1))
 
-  defp poll(state) do
-    started = System.monotonic_time()
-    result = run_provider(state)
-    emit_poll(state, result, System.monotonic_time() - started)
-    state = %{state | dialer: Dialer.retry(state.dialer)}
+  defp poll(state, {:ok, nodes, verdicts}) do
+    answer = MapSet.new(nodes)
+    self_in? = MapSet.member?(answer, node())
+    listed = MapSet.delete(answer, node())
 
-    case result do
-      {:ok, nodes} ->
-        answer = MapSet.new(nodes)
-        self_in? = MapSet.member?(answer, node())
-        listed = MapSet.delete(answer, node())
-        verdicts = confirm_left_out(state, listed, self_in?)
+    state
+    |> recovered()
+    |> check_node_names(self_in?, verdicts)
+    |> watch_self(self_in?, verdicts)
+    |> apply_answer(listed, verdicts)
+    |> pump()
+  end
 
-        state
-        |> recovered()
-        |> check_node_names(self_in?, verdicts)
-        |> watch_self(self_in?, verdicts)
-        |> apply_answer(listed, verdicts)
-        |> pump()
+  defp poll(state, {:error, reason}) do
+    state = failed(state, reason)
 
-      {:error, reason} ->
-        state = failed(state, reason)
-
-        # Members the last answer left out are kept but not dialled again:
-        # the source has already said they are leaving. A fenced node
-        # (no members) dials none, and cuts nothing until an answer comes.
-        wanted = Enum.reject(state.members, &Map.has_key?(state.left_out, &1))
-        want(%{state | recheck: false}, wanted) |> pump()
-    end
+    # Members the last answer left out are kept but not dialled again:
+    # the source has already said they are leaving. A fenced node
+    # (no members) dials none, and cuts nothing until an answer comes.
+    wanted = Enum.reject(state.members, &Map.has_key?(state.left_out, &1))
+    want(%{state | recheck: false}, wanted) |> pump()
   end
 
   ## Confirmations
@@ -314,9 +368,11 @@ defmodule DynamicSrv.Membership do
         do: MapSet.difference(state.members, listed) |> MapSet.to_list(),
         else: []
 
+    # Whether per-node names exist is checked on the local node, listed in
+    # the answer, only when it matters: when others are to be confirmed.
     self =
       cond do
-        self_in? and state.node_names == :unchecked -> [node()]
+        self_in? and state.node_names == :unchecked and others != [] -> [node()]
         not self_in? and state.fence and state.self_listed and state.fenced == nil -> [node()]
         true -> []
       end
@@ -368,8 +424,9 @@ defmodule DynamicSrv.Membership do
 
   defp verdict(_state, verdicts, node), do: Map.get(verdicts, node, :unknown)
 
-  # The first answer that lists the local node also asks about it by name:
-  # absent while listed, the source has no per-node names.
+  # The first answer that lists the local node and leaves a member out
+  # also asks about the local node by name: absent while listed, the
+  # source has no per-node names.
   defp check_node_names(%{node_names: :unchecked} = state, true, verdicts) do
     case Map.get(verdicts, node()) do
       :present ->
@@ -386,7 +443,8 @@ defmodule DynamicSrv.Membership do
 
         %{state | node_names: :missing}
 
-      nil ->
+      # Not asked, or the lookup failed: asked again on the next answer.
+      _unknown ->
         state
     end
   end
@@ -640,38 +698,6 @@ defmodule DynamicSrv.Membership do
 
   defp format_reason(reason), do: inspect(reason)
 
-  # Runs the provider in its own process so that a hung or crashing
-  # provider costs at most :poll_timeout and never takes the engine down.
-  defp run_provider(%{poll: poll, poll_timeout: timeout}) do
-    # The provider's own log lines carry the engine's metadata (topology).
-    metadata = Logger.metadata()
-
-    {pid, ref} =
-      spawn_monitor(fn ->
-        Logger.metadata(metadata)
-        exit({:poll_result, poll.()})
-      end)
-
-    receive do
-      {:DOWN, ^ref, :process, ^pid, {:poll_result, {:ok, nodes}}} when is_list(nodes) ->
-        {:ok, nodes}
-
-      {:DOWN, ^ref, :process, ^pid, {:poll_result, {:error, _} = error}} ->
-        error
-
-      {:DOWN, ^ref, :process, ^pid, {:poll_result, other}} ->
-        {:error, {:unexpected_response, other}}
-
-      {:DOWN, ^ref, :process, ^pid, reason} ->
-        {:error, {:provider_crashed, reason}}
-    after
-      timeout ->
-        Process.exit(pid, :kill)
-        receive do: ({:DOWN, ^ref, :process, ^pid, _} -> :ok)
-        {:error, :poll_timeout}
-    end
-  end
-
   ## Connection setups, paced by the dialer
 
   defp want(state, nodes),
@@ -851,7 +877,7 @@ defmodule DynamicSrv.Membership do
 
   defp now, do: System.monotonic_time(:millisecond)
 
-  defp emit_poll(state, {:ok, nodes}, duration),
+  defp emit_poll(state, {:ok, nodes, _verdicts}, duration),
     do:
       emit(state, :poll, %{duration: duration, nodes: length(nodes)}, %{
         topology: state.topology,

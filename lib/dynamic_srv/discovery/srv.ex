@@ -12,7 +12,7 @@ defmodule DynamicSrv.Srv do
   | `:resolver` | a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped `[{priority, weight, port, target}]` (or `{:error, reason}`) instead of the built-in resolver | none |
   | `:nameservers` / `:timeout` / `:protocol` | options of `DynamicSrv.Resolver` | see there |
   | `:max_nodes` | the most node names (hence atoms) taken from one answer; a larger answer gives the same names on every poll (see `DynamicSrv.Target`) | `#{DynamicSrv.Defaults.max_nodes()}` |
-  | `:book_ttl` | how long the port book keeps what a poll found, in ms | three polling intervals (`DynamicSrv.Defaults.book_ttl/1`) |
+  | `:book_ttl` | how long the port book keeps what a poll found, in ms | three polling intervals, at least 30 s (`DynamicSrv.Defaults.book_ttl/1`) |
 
   Records with port 0 are ignored (no target). A node listed by several
   records (e.g. on its old port and its new one after a restart) gets all its

@@ -1,12 +1,16 @@
 defmodule DynamicSrv.Membership.Dialer do
   @moduledoc false
   # How many connection setups the engine has in flight, and which: a
-  # window that adapts to how they go, as TCP's congestion window does. It
-  # starts at `@initial_window`, grows by one for each setup that succeeds
-  # (by 1/window past the threshold), and halves when a setup fails slowly
-  # (a handshake that timed out or took long: the host, the peer or the
-  # network is loaded). A quick failure (nothing listens on the port yet)
-  # says nothing about load and leaves the window as it is.
+  # window that adapts to how they go, as TCP's congestion window does,
+  # steered by how long setups take as well as by their failures (a loaded
+  # host or peer makes handshakes slow well before they time out).
+  #
+  # The window starts at `@initial_window`. A setup that succeeds quickly
+  # (within `fast/1`: 4 times the quickest seen, at least 250 ms) grows it
+  # by one (by 1/window past the threshold); a slower success leaves it; a
+  # success or failure that took `slow/1` or longer (8 times the quickest,
+  # at least 1 s) halves it and lowers the threshold. A quick failure
+  # (nothing listens on the port yet) says nothing about load.
   #
   # Each pair of nodes is dialled from one side: the node whose name sorts
   # first dials at once; the other dials only once the peer has stayed
@@ -18,11 +22,11 @@ defmodule DynamicSrv.Membership.Dialer do
   #
   # This module only decides; the engine starts and watches the setups.
 
-  @initial_window 8
+  @initial_window 4
   @threshold 32
   @max_window 64
-  # A failure that took at least this long counts as a sign of load.
-  @slow_ms 500
+  @fast_ms 250
+  @slow_ms 1_000
 
   defstruct window: @initial_window,
             threshold: @threshold,
@@ -37,6 +41,8 @@ defmodule DynamicSrv.Membership.Dialer do
             failing: MapSet.new(),
             one_side: true,
             grace: 2_000,
+            # the quickest setup seen, ms
+            quickest: nil,
             # setups started and failed since start, for benchmarks
             started: 0,
             failed: 0
@@ -117,9 +123,10 @@ defmodule DynamicSrv.Membership.Dialer do
 
   @doc false
   # A setup ended: `:ok` (the node is connected, whoever made the
-  # connection) or `:failed`. Returns the dialer and, for a failure,
-  # whether it is the first of a run (to log once).
-  @spec finished(t(), reference(), :ok | :failed, integer()) :: {t(), :first_failure | nil}
+  # connection) or `:failed`. Returns the dialer and what to log: the
+  # first failure of a run, the success that ends one, else nothing.
+  @spec finished(t(), reference(), :ok | :failed, integer()) ::
+          {t(), :first_failure | :recovered | nil}
   def finished(dialer, ref, outcome, now) do
     case Map.pop(dialer.in_flight, ref) do
       {nil, _} ->
@@ -131,22 +138,20 @@ defmodule DynamicSrv.Membership.Dialer do
     end
   end
 
-  defp settle(dialer, node, :ok, _took) do
-    growth = if dialer.window < dialer.threshold, do: 1, else: 1 / dialer.window
-    window = min(dialer.window + growth, @max_window)
+  defp settle(dialer, node, :ok, took) do
+    dialer = %{dialer | quickest: min(dialer.quickest || took, took)}
     event = if MapSet.member?(dialer.failing, node), do: :recovered
-    {%{dialer | window: window, failing: MapSet.delete(dialer.failing, node)}, event}
+    dialer = %{dialer | failing: MapSet.delete(dialer.failing, node)}
+
+    cond do
+      took <= fast(dialer) -> {grow(dialer), event}
+      took >= slow(dialer) -> {shrink(dialer), event}
+      true -> {dialer, event}
+    end
   end
 
   defp settle(dialer, node, :failed, took) do
-    dialer =
-      if took >= @slow_ms do
-        half = max(dialer.window / 2, 1)
-        %{dialer | window: half, threshold: half}
-      else
-        dialer
-      end
-
+    dialer = if took >= slow(dialer), do: shrink(dialer), else: dialer
     first = if MapSet.member?(dialer.failing, node), do: nil, else: :first_failure
 
     {%{
@@ -155,5 +160,18 @@ defmodule DynamicSrv.Membership.Dialer do
          failing: MapSet.put(dialer.failing, node),
          failed: dialer.failed + 1
      }, first}
+  end
+
+  defp fast(%{quickest: quickest}), do: max(@fast_ms, 4 * (quickest || 0))
+  defp slow(%{quickest: quickest}), do: max(@slow_ms, 8 * (quickest || 0))
+
+  defp grow(dialer) do
+    growth = if dialer.window < dialer.threshold, do: 1, else: 1 / dialer.window
+    %{dialer | window: min(dialer.window + growth, @max_window)}
+  end
+
+  defp shrink(dialer) do
+    half = max(dialer.window / 2, 1)
+    %{dialer | window: half, threshold: half}
   end
 end
