@@ -24,7 +24,9 @@ defmodule DynamicSrv.Test.SharedStart do
   `:dnsmasq` (default, logging its queries) or `{:subset, mode}`, a
   `DynamicSrv.Test.SubsetDns` answering the service in `mode`;
   `:logger_level` of the nodes (default `:info`, where users run them and
-  where the strategy writes its connect and disconnect lines).
+  where the strategy writes its connect and disconnect lines);
+  `:lookup_timeout`, the nodes' DNS deadline in ms (`nil`: the package's
+  default; by default the DNS server's setting for tests, 1 s).
   """
   @spec boot(pos_integer(), String.t(), keyword()) :: %__MODULE__{}
   def boot(n, svc, opts \\ []) do
@@ -33,6 +35,21 @@ defmodule DynamicSrv.Test.SharedStart do
     records = Enum.flat_map(members, fn {i, port} -> records(svc, i, port) end)
 
     {dns, log, env} = start_dns(Keyword.get(opts, :dns, :dnsmasq), records)
+
+    env =
+      case Keyword.fetch(opts, :lookup_timeout) do
+        {:ok, ms} ->
+          List.keystore(
+            env,
+            "DYNAMIC_SRV_TIMEOUT_MS",
+            0,
+            {"DYNAMIC_SRV_TIMEOUT_MS", ms && to_string(ms)}
+          )
+
+        :error ->
+          env
+      end
+
     probe = "DynamicSrv.Test.ClusterProbe.start(#{n - 1})"
     level = "-kernel logger_level #{Keyword.get(opts, :logger_level, :info)}"
 

@@ -34,7 +34,7 @@ defmodule DynamicSrv.Membership do
     TCP's congestion window does (from 8, at most 64). Each pair of nodes
     is dialled from one side: the node whose name sorts first dials at
     once, the other only once the peer has stayed unconnected for two
-    polling intervals. A node connected meanwhile by someone else
+    polling intervals, at least 10 s. A node connected meanwhile by someone else
     (`global`'s transitive connects) is not dialled. A node whose setup
     failed is dialled again on the next poll; its failure is logged when
     it starts and when it ends, at debug level in between. The local node
@@ -73,7 +73,9 @@ defmodule DynamicSrv.Membership do
     changes nothing: the last membership stands and the nodes the last
     answer listed are still reconnected (a node that answer left out is
     kept, not dialled again). The failure is logged when it starts and
-    when it ends.
+    when it ends. A failing source is polled less often: the interval
+    doubles with each failure in a row, up to 4 intervals, at a random
+    point of its second half; the first answer brings it back.
   * With `fence: true`, the engine watches the local node in the answers.
     Once a successful answer has listed it, the source saying it is gone
     (with `:confirm`: an answer leaves it out and its own name is absent;
@@ -120,10 +122,15 @@ defmodule DynamicSrv.Membership do
   # What a poll's process needs of the engine's state.
   @poll_keys [:poll, :confirm, :members, :disconnect_removed, :fence, :poll_timeout] ++
                [:self_listed, :fenced, :node_names]
+  # A failing source is polled at most this many intervals apart.
+  @max_backoff 4
   # Confirmations asked at once, at most.
   @confirm_concurrency 16
-  # The other side of a pair dials after this many polling intervals.
+  # The other side of a pair dials after this many polling intervals, and
+  # not before this many ms (while a large cluster forms, setups take
+  # seconds, and both sides dialling doubles them).
   @other_side_polls 2
+  @other_side_min 10_000
 
   defstruct [
     :poll,
@@ -203,7 +210,11 @@ defmodule DynamicSrv.Membership do
       telemetry: Code.ensure_loaded?(:telemetry),
       # One side per pair only between distributed nodes: a VM without
       # distribution (tests with stand-in MFAs) dials everything at once.
-      dialer: Dialer.new(one_side: Node.alive?(), grace: @other_side_polls * interval)
+      dialer:
+        Dialer.new(
+          one_side: Node.alive?(),
+          grace: max(@other_side_polls * interval, @other_side_min)
+        )
     }
 
     Logger.metadata(topology: state.topology)
@@ -322,12 +333,15 @@ defmodule DynamicSrv.Membership do
 
   defp next_delay(%{recheck: true, interval: interval}), do: max(div(interval, 4), 1)
 
-  # After a failed poll, the next comes at a random point of the second
-  # half of the interval: polls that failed together (a DNS server
-  # overloaded by a whole cluster starting at once) do not come back
-  # together.
-  defp next_delay(%{source_failure: %{}, interval: interval}),
-    do: div(interval, 2) + :rand.uniform(max(div(interval, 2), 1))
+  # Polls that fail back off: the interval doubles with each failed poll
+  # in a row, up to @max_backoff times, at a random point of its second
+  # half, so that polls that failed together (a DNS server overloaded by a
+  # whole cluster starting at once) neither come back together nor add to
+  # the load; the first answer brings the interval back.
+  defp next_delay(%{source_failure: %{polls: polls}, interval: interval}) do
+    span = interval * min(Integer.pow(2, polls - 1), @max_backoff)
+    div(span, 2) + :rand.uniform(max(div(span, 2), 1))
+  end
 
   defp next_delay(%{interval: interval}),
     do: interval + :rand.uniform(max(round(interval * @jitter), 1))
