@@ -285,9 +285,16 @@ defmodule DynamicSrv.ReleaseTest do
   # bin/release_app remote needs a terminal for its remote shell: script(1)
   # gives it one. The session prints a line on the node, then leaves with
   # ^G q, which stops the helper node only.
+  #
+  # The session must not end by closing its terminal: the helper would read
+  # EOF, and IEx's server of a remote shell runs on the node with
+  # on_eof: :halt, so it calls System.halt(0) there (Elixir 1.18 on OTP 27:
+  # the node exits with status 0 and logs nothing). Whether the helper reads
+  # that EOF or dies of the SIGHUP first depends on whether SIGHUP is ignored
+  # where the tests run (nohup): that made this test flaky.
   defp remote_session(root, env) do
     script = System.find_executable("script") || flunk("script(1) (util-linux) is not installed")
-    env = Enum.map(@cleared, &{&1, false}) ++ env
+    port_env = Enum.map(@cleared, &{&1, false}) ++ env
 
     port =
       Port.open({:spawn_executable, script}, [
@@ -295,7 +302,8 @@ defmodule DynamicSrv.ReleaseTest do
         :exit_status,
         :stderr_to_stdout,
         args: ["-qec", Path.join(root, "bin/release_app") <> " remote", "/dev/null"],
-        env: Enum.map(env, fn {k, v} -> {String.to_charlist(k), v && String.to_charlist(v)} end)
+        env:
+          Enum.map(port_env, fn {k, v} -> {String.to_charlist(k), v && String.to_charlist(v)} end)
       ])
 
     out = read_until(port, "iex(#{@default_node})1>", "")
@@ -322,17 +330,19 @@ defmodule DynamicSrv.ReleaseTest do
         end
 
       # OTP 27.3's shell echoes ^G as text on this pseudo-terminal (OTP 25
-      # and 29 switch to the job-control prompt): the session then ends as
-      # a closed terminal ends it, which stops only the helper node (the
-      # test checks the node with rpc next).
+      # and 29 switch to the job-control prompt): the node itself halts the
+      # helper (the rem-XXXX-<node> the session printed), which ends the
+      # session with no EOF on the node's shell (the test checks the node
+      # with rpc next).
       {:timeout, out} ->
-        {:os_pid, os_pid} = Port.info(port, :os_pid)
-        System.cmd("kill", ["-HUP", to_string(os_pid)], stderr_to_stdout: true)
+        [_, helper] = Regex.run(~r/via (rem-[0-9a-f]+-release_app@[0-9.]+)/, out)
+
+        assert rpc(root, env, ~s|:erpc.cast(:"#{helper}", :erlang, :halt, [])|) == ""
 
         receive do
           {^port, {:exit_status, _}} -> out
         after
-          15_000 -> flunk("the remote shell did not end when its terminal closed:\n#{out}")
+          15_000 -> flunk("the remote shell did not end when its helper node halted:\n#{out}")
         end
     end
   end
