@@ -71,7 +71,15 @@ defmodule Cluster.Strategy.SubsetAnswersTest do
                50
              )
 
-    assert DynamicSrv.Test.Node.eval(gone, probe("ClusterProbe.report().fences")) >= 1
+    # Its peers asked it to leave first; its own next poll fences it.
+    assert {:ok, _} =
+             Wait.until(
+               fn ->
+                 DynamicSrv.Test.Node.eval(gone, probe("ClusterProbe.report().fences")) >= 1
+               end,
+               10 * @interval,
+               50
+             )
 
     reports =
       for node <- stay, do: DynamicSrv.Test.Node.eval(node, probe("ClusterProbe.report()"))

@@ -76,7 +76,7 @@ defmodule DynamicSrv.BadConfigTest do
     {[via: DynamicSrv.Via.List], "the :node_list key is required"},
     {[via: DynamicSrv.Via.List, node_list: ["no-at-sign"]], ~s(:node_list is ["no-at-sign"])},
     {[via: DynamicSrv.Via.List, node_list: :a@b], ":node_list is :a@b"},
-    {[via: DynamicSrv.Via.Dns, app_name: "app"], "the :dns_name key is required"},
+    {[via: DynamicSrv.Via.Dns, dns_name: 42], ":dns_name is 42"},
     {[via: DynamicSrv.Via.Dns, dns_name: "x.test", app_name: "bad name"],
      ~s(:app_name is "bad name")},
     {[via: DynamicSrv.Via.Dns, dns_name: "x.test", app_name: "a", families: [:ipv4]],

@@ -110,6 +110,31 @@ defmodule DynamicSrv.ResolverTest do
     assert Enum.sort(Enum.map(records, & &1.port)) == Enum.to_list(10_001..(10_000 + @big))
   end
 
+  test "an answer trimmed to fit without TC (Consul's default) is asked again over TCP" do
+    alias DynamicSrv.Test.SubsetDns
+
+    records =
+      for i <- 1..200,
+          r <- [
+            {:srv, "web.service.consul", "node-#{i}.web.service.consul", 5_000 + i},
+            {:a, "node-#{i}.web.service.consul", {127, 0, 0, 1}}
+          ],
+          do: r
+
+    dns = SubsetDns.start(records, mode: {:fit, 4_096})
+    on_exit(fn -> SubsetDns.stop(dns) end)
+    opts = [nameservers: SubsetDns.nameservers(dns), timeout: 2_000]
+
+    # Twice: the second goes straight to TCP.
+    for _ <- 1..2 do
+      assert {:ok, answer} = Resolver.lookup_srv("web.service.consul", opts)
+      assert length(answer) == 200
+    end
+
+    assert %{{"web.service.consul", :srv, :udp} => 1, {"web.service.consul", :srv, :tcp} => 2} =
+             SubsetDns.queries(dns)
+  end
+
   test "TCP only", %{opts: opts} do
     assert {:ok, [_, _, _]} = Resolver.lookup_srv("svc.service.consul", [protocol: :tcp] ++ opts)
   end

@@ -177,32 +177,45 @@ defmodule DynamicSrv.Test.SubsetDns do
       [{:mode, mode}] = :ets.lookup(table, :mode)
       header = :inet_dns.msg(msg, :header)
 
+      # Answers carry an OPT record when the query did (as Consul's do).
+      opt = edns_opt(msg)
+
       case Map.fetch(records, name) do
         :error ->
-          encode(header, query, [], 3)
+          encode(header, query, [], 3, opt)
 
         {:ok, by_type} ->
           answers = Map.get(by_type, type, [])
           service? = type == :srv and Enum.any?(answers, fn {_, _, _, t} -> t != name end)
           rrs = Enum.map(answers, &rr(name, type, &1))
-          cut(header, query, rrs, if(service?, do: mode, else: :all), transport, edns(msg))
+          cut(header, query, rrs, if(service?, do: mode, else: :all), transport, {edns(msg), opt})
       end
     else
       _ -> nil
     end
   end
 
-  defp cut(header, query, rrs, {:sample, k}, _transport, _edns),
-    do: encode(header, query, rrs |> Enum.shuffle() |> Enum.take(k), 0)
+  defp cut(header, query, rrs, {:sample, k}, _transport, {_size, opt}),
+    do: encode(header, query, rrs |> Enum.shuffle() |> Enum.take(k), 0, opt)
 
-  defp cut(header, query, rrs, {:fit, bytes}, :udp, edns),
-    do: fit(header, query, Enum.shuffle(rrs), min(bytes, edns))
+  defp cut(header, query, rrs, {:fit, bytes}, :udp, {size, opt}),
+    do: fit(header, query, Enum.shuffle(rrs), min(bytes, size), opt)
 
-  defp cut(header, query, rrs, _mode, _transport, _edns), do: encode(header, query, rrs, 0)
+  defp cut(header, query, rrs, _mode, _transport, {_size, opt}),
+    do: encode(header, query, rrs, 0, opt)
 
-  defp fit(header, query, rrs, limit) do
-    bin = encode(header, query, rrs, 0)
-    if byte_size(bin) <= limit or rrs == [], do: bin, else: fit(header, query, tl(rrs), limit)
+  defp fit(header, query, rrs, limit, opt) do
+    bin = encode(header, query, rrs, 0, opt)
+
+    if byte_size(bin) <= limit or rrs == [],
+      do: bin,
+      else: fit(header, query, tl(rrs), limit, opt)
+  end
+
+  defp edns_opt(msg) do
+    if Enum.any?(:inet_dns.msg(msg, :arlist), &(:inet_dns.rr(&1, :type) == :opt)),
+      do: [:inet_dns.make_rr(domain: ~c"", type: :opt, udp_payload_size: 4096)],
+      else: []
   end
 
   defp edns(msg) do
@@ -225,7 +238,7 @@ defmodule DynamicSrv.Test.SubsetDns do
   defp rr(name, :a, ip),
     do: :inet_dns.make_rr(domain: to_charlist(name), type: :a, class: :in, ttl: 0, data: ip)
 
-  defp encode(header, query, answers, rcode) do
+  defp encode(header, query, answers, rcode, opt) do
     header =
       :inet_dns.make_header(
         id: :inet_dns.header(header, :id),
@@ -238,6 +251,8 @@ defmodule DynamicSrv.Test.SubsetDns do
         rcode: rcode
       )
 
-    :inet_dns.encode(:inet_dns.make_msg(header: header, qdlist: [query], anlist: answers))
+    :inet_dns.encode(
+      :inet_dns.make_msg(header: header, qdlist: [query], anlist: answers, arlist: opt)
+    )
   end
 end

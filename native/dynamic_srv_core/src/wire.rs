@@ -97,18 +97,26 @@ pub(crate) fn is_raw_answer(query: &[u8], reply: &[u8]) -> bool {
 
 /// Whether a UDP answer that does not say it was truncated was likely cut
 /// short all the same: some servers (Consul by default) drop records until
-/// the message fits the payload size the query advertised and leave the TC
-/// bit clear. Such an answer fills that size, the smaller of ours and the
-/// server's own (512 bytes without EDNS), to within two of its records.
-/// Asked again over TCP, it comes whole.
+/// the message fits the EDNS payload size the query advertised and leave
+/// the TC bit clear. Such an answer comes from a server that speaks EDNS,
+/// holds several records (`TRIMMED_MIN_ANSWERS` or more) and fills that
+/// size, the smaller of ours and the server's own, to within two of its
+/// records. Asked again over TCP, it comes whole. A server without EDNS is
+/// not taken to trim (a large single record near 512 bytes is no sign).
 pub(crate) fn looks_trimmed(message: &Message, len: usize) -> bool {
-    let records = message.answers.len() + message.additionals.len();
-    if records == 0 {
+    let Some(edns) = message.edns.as_ref() else {
+        return false;
+    };
+    if message.answers.len() < TRIMMED_MIN_ANSWERS {
         return false;
     }
-    let limit = usize::from(EDNS_PAYLOAD.min(message.max_payload()));
+    let records = message.answers.len() + message.additionals.len();
+    let limit = usize::from(EDNS_PAYLOAD.min(edns.max_payload().max(512)));
     len <= limit && len + 2 * (len / records) > limit
 }
+
+/// Fewer answers than this are never taken as trimmed.
+const TRIMMED_MIN_ANSWERS: usize = 4;
 
 /// The result a response gives, by its code and records.
 pub fn result_of(message: &Message, kind: Kind) -> Result<Answer, Error> {
@@ -198,7 +206,7 @@ mod tests {
 
     #[test]
     fn an_answer_that_fills_the_payload_looks_trimmed() {
-        for (limit, payload) in [(4096, Some(4096)), (1232, Some(1232)), (512, None)] {
+        for (limit, payload) in [(4096, Some(4096)), (1232, Some(1232)), (512, Some(512))] {
             let (full, len, n) = fullest(limit, payload);
             assert!(looks_trimmed(&full, len), "{n} records, {len} bytes");
             // Three records fewer is not cut to fit.
@@ -209,10 +217,15 @@ mod tests {
                 n - 3
             );
         }
-        // Larger than 512 bytes without EDNS: not cut to 512.
-        let (large, len) = srv_answer(30, None);
-        assert!(len > 512 && !looks_trimmed(&large, len));
-        let (empty, len) = srv_answer(0, None);
+        // Without EDNS, or with few records, nothing is taken as trimmed.
+        let (plain, len, n) = fullest(512, None);
+        assert!(
+            !looks_trimmed(&plain, len),
+            "{n} records, {len} bytes, no EDNS"
+        );
+        let (few, len) = srv_answer(3, Some(512));
+        assert!(!looks_trimmed(&few, len));
+        let (empty, len) = srv_answer(0, Some(512));
         assert!(!looks_trimmed(&empty, len));
     }
 
