@@ -1,16 +1,13 @@
 defmodule DynamicSrv.Membership.Dialer do
   @moduledoc false
   # How many connection setups the engine has in flight, and which: a
-  # window that adapts to how they go, as TCP's congestion window does,
-  # steered by how long setups take as well as by their failures (a loaded
-  # host or peer makes handshakes slow well before they time out).
+  # window that adapts to how they go, as TCP's congestion window does.
   #
-  # The window starts at `@initial_window`. A setup that succeeds quickly
-  # (within `fast/1`: 4 times the quickest seen, at least 250 ms) grows it
-  # by one (by 1/window past the threshold); a slower success leaves it; a
-  # success or failure that took `slow/1` or longer (8 times the quickest,
-  # at least 1 s) halves it and lowers the threshold. A quick failure
-  # (nothing listens on the port yet) says nothing about load.
+  # The window starts at `@initial_window` and grows by one for each setup
+  # that succeeds (by 1/window past the threshold); a setup that fails
+  # slowly (it took `slow/1` or longer: 8 times the quickest seen, at least
+  # 1 s) halves it and lowers the threshold. A quick failure (nothing
+  # listens on the port yet) says nothing about load.
   #
   # Each pair of nodes is dialled from one side: the node whose name sorts
   # first dials at once; the other dials only once the peer has stayed
@@ -22,10 +19,9 @@ defmodule DynamicSrv.Membership.Dialer do
   #
   # This module only decides; the engine starts and watches the setups.
 
-  @initial_window 4
+  @initial_window 8
   @threshold 32
   @max_window 64
-  @fast_ms 250
   @slow_ms 1_000
 
   defstruct window: @initial_window,
@@ -139,15 +135,15 @@ defmodule DynamicSrv.Membership.Dialer do
   end
 
   defp settle(dialer, node, :ok, took) do
-    dialer = %{dialer | quickest: min(dialer.quickest || took, took)}
     event = if MapSet.member?(dialer.failing, node), do: :recovered
-    dialer = %{dialer | failing: MapSet.delete(dialer.failing, node)}
 
-    cond do
-      took <= fast(dialer) -> {grow(dialer), event}
-      took >= slow(dialer) -> {shrink(dialer), event}
-      true -> {dialer, event}
-    end
+    dialer = %{
+      dialer
+      | quickest: min(dialer.quickest || took, took),
+        failing: MapSet.delete(dialer.failing, node)
+    }
+
+    {grow(dialer), event}
   end
 
   defp settle(dialer, node, :failed, took) do
@@ -162,7 +158,6 @@ defmodule DynamicSrv.Membership.Dialer do
      }, first}
   end
 
-  defp fast(%{quickest: quickest}), do: max(@fast_ms, 4 * (quickest || 0))
   defp slow(%{quickest: quickest}), do: max(@slow_ms, 8 * (quickest || 0))
 
   defp grow(dialer) do
