@@ -428,8 +428,8 @@ defmodule DynamicSrv.MembershipTest do
     test "where the local node's own name is missing, absent counts as unknown" do
       log =
         capture_log(fn ->
-          e =
-            confirming_engine({:ok, [node(), :a@host, :b@host]}, %{node() => :absent}, fence: true)
+          answer = {:ok, [node(), :a@host, :b@host]}
+          e = confirming_engine(answer, %{node() => :absent}, fence: true)
 
           # The first answer that lists the local node asks about it.
           assert_receive {:confirm, n}, 2_000
