@@ -59,14 +59,7 @@ defmodule DynamicSrv.Test.HttpsServer do
   end
 
   @doc "Stops the server: its port is closed when this returns."
-  def stop(%__MODULE__{pid: pid}) do
-    ref = Process.monitor(pid)
-    Process.exit(pid, :kill)
-
-    receive do
-      {:DOWN, ^ref, _, _, _} -> :ok
-    end
-  end
+  def stop(%__MODULE__{pid: pid}), do: DynamicSrv.Test.Wait.kill(pid)
 
   defp serve_owner(counter) do
     receive do

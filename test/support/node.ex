@@ -222,7 +222,17 @@ defmodule DynamicSrv.Test.Node do
 end
 
 defmodule DynamicSrv.Test.Wait do
-  @moduledoc "Polls a condition until it holds or a deadline passes."
+  @moduledoc "Polls a condition until it holds or a deadline passes; kills and waits."
+
+  @doc "Kills `pid` and returns once it is gone."
+  def kill(pid) do
+    ref = Process.monitor(pid)
+    Process.exit(pid, :kill)
+
+    receive do
+      {:DOWN, ^ref, _, _, _} -> :ok
+    end
+  end
 
   def until(fun, timeout, step \\ 100) do
     deadline = System.monotonic_time(:millisecond) + timeout

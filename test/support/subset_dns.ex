@@ -72,14 +72,7 @@ defmodule DynamicSrv.Test.SubsetDns do
   @doc "The number of queries answered so far."
   def query_count(server), do: server |> queries() |> Map.values() |> Enum.sum()
 
-  def stop(%__MODULE__{pid: pid}) do
-    ref = Process.monitor(pid)
-    Process.exit(pid, :kill)
-
-    receive do
-      {:DOWN, ^ref, _, _, _} -> :ok
-    end
-  end
+  def stop(%__MODULE__{pid: pid}), do: DynamicSrv.Test.Wait.kill(pid)
 
   # %{lowercase name => %{srv: [{prio, weight, port, target}], a: [ip]}}
   defp index(records) do
