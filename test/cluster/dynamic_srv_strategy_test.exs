@@ -490,4 +490,109 @@ defmodule Cluster.Strategy.DynamicSrvTest do
     assert log =~ "[libcluster:dyn_srv] connected to node-a@my-service.service.consul"
     assert log =~ "[libcluster:dyn_srv] membership source failed: Unexpected response"
   end
+
+  # The published package's suite has nine cases. Five are tests above:
+  # "adds new nodes" (connects the nodes its answer lists), "removes nodes"
+  # (meta a, b, c ...), "ignores SRV records with non-matching hostname
+  # format" (targets of another shape ...), "handles unexpected resolver
+  # response" once members exist (a resolver's {:error, reason} ...) and
+  # "raises when service config is missing", a documented difference (a
+  # missing service ... stops the strategy with one message, as `:ignore`).
+  # The other four, as this package meets them:
+  describe "the published package's cases" do
+    test "keeps state: meta and connections that match the answer cause no call", %{
+      recorder: rec
+    } do
+      nodes = for l <- ~w(a b c), do: :"node-#{l}@#{@svc}"
+      for node <- nodes, do: Recorder.connect(rec.agent, self(), node)
+      for node <- nodes, do: assert_received({:connect, ^node})
+      {fun, _} = resolver(srv(~w(node-a node-b node-c)))
+
+      state =
+        struct(
+          State,
+          [
+            topology: :dyn_srv,
+            config: [service: @svc, polling_interval: @interval, resolver: fun],
+            meta: MapSet.new(nodes)
+          ] ++ Recorder.mfas(rec)
+        )
+
+      assert {:ok, pid} = Strategy.start_link([state])
+      on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+      for _ <- 1..3, do: assert_receive({:resolved, ~c"my-service.service.consul"}, @first_poll)
+      refute_received {:connect, _}
+      refute_received {:disconnect, _}
+      assert Enum.sort(DynamicSrv.Membership.members(pid)) == nodes
+    end
+
+    test "an unexpected response from the first poll on: logged, no call", %{recorder: rec} do
+      {fun, _} = resolver({:error, :nxdomain})
+
+      log =
+        capture_log(fn ->
+          pid = start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+          for _ <- 1..3, do: assert_receive({:resolved, _}, @first_poll)
+          refute_received {:connect, _}
+          refute_received {:disconnect, _}
+          assert DynamicSrv.Membership.members(pid) == []
+        end)
+
+      assert log =~ "Unexpected response from resolver: {:error, :nxdomain}"
+    end
+
+    test "meta: nil starts with no members; an empty answer causes no call", %{recorder: rec} do
+      {fun, _} = resolver([])
+
+      state =
+        struct(
+          State,
+          [
+            topology: :dyn_srv,
+            config: [service: @svc, polling_interval: @interval, resolver: fun],
+            meta: nil
+          ] ++ Recorder.mfas(rec)
+        )
+
+      assert {:ok, pid} = Strategy.start_link([state])
+      on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+      for _ <- 1..2, do: assert_receive({:resolved, _}, @first_poll)
+      refute_received {:connect, _}
+      refute_received {:disconnect, _}
+      assert DynamicSrv.Membership.members(pid) == []
+    end
+
+    test "does not connect to itself" do
+      # The local node's name as a target of this service: for a VM
+      # without distribution, nonode@nohost is `nonode.nohost`.
+      [label, host] = node() |> Atom.to_string() |> String.split("@")
+      rec = Recorder.start(self())
+      {fun, _} = resolver([{0, 1, 4000, ~c"node-a.#{host}"}, {0, 1, 4000, ~c"#{label}.#{host}"}])
+
+      state =
+        struct(
+          State,
+          [
+            topology: :dyn_srv,
+            config: [service: host, polling_interval: @interval, resolver: fun]
+          ] ++
+            Recorder.mfas(rec)
+        )
+
+      assert {:ok, pid} = Strategy.start_link([state])
+      on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+      other = :"node-a@#{host}"
+      assert_receive {:connect, ^other}, @first_poll
+      for _ <- 1..2, do: assert_receive({:resolved, _}, @first_poll)
+      me = node()
+      refute_received {:connect, ^me}
+      assert DynamicSrv.Membership.members(pid) == [other]
+    end
+
+    test "continues polling after the first poll (polling_interval: 50)", %{recorder: rec} do
+      {fun, _} = resolver(srv(["node-a"]))
+      start([service: @svc, polling_interval: 50, resolver: fun], rec)
+      for _ <- 1..3, do: assert_receive({:resolved, ~c"my-service.service.consul"}, @first_poll)
+    end
+  end
 end
