@@ -6,7 +6,7 @@ for file <- ~w(nif_download.exs nif_precompiled.exs nif_compiler.exs nif_precomp
 defmodule LibclusterDynamicSrv.MixProject do
   use Mix.Project
 
-  @version "0.1.0"
+  @version "2.0.0"
   @source_url "https://github.com/libcluster-dynamic-srv/libcluster_dynamic_srv"
 
   def project do
