@@ -10,6 +10,11 @@ defmodule DynamicSrv.PackageTest do
     * the NIF answers a real SRV lookup against dnsmasq;
     * the README's dev command, run as written, starts two nodes on their own
       `ERL_DIST_PORT`s that find each other in dnsmasq and connect;
+    * an application written as the published package's README has its
+      users write it (`config :libcluster`, `Cluster.Supervisor`), with the
+      dependency lines of guides/migrating.md, clusters two nodes through
+      dnsmasq with libcluster's supervisor (a stand-in of its public
+      surface, test/fixtures/libcluster: hex.pm is not reachable here);
     * nothing was written into the package's copy.
 
   As root, the build and the nodes also run with the copy mounted read-only
@@ -25,6 +30,10 @@ defmodule DynamicSrv.PackageTest do
   @moduletag timeout: 180_000
 
   @readme Path.expand("../README.md", __DIR__)
+  @guide Path.expand("../guides/migrating.md", __DIR__)
+  # hex.pm is not reachable here: libcluster's public surface, written for
+  # this test (see its mix.exs), stands in for `{:libcluster, "~> 3.3"}`.
+  @libcluster_stand_in Path.expand("fixtures/libcluster", __DIR__)
   @example_env_sh Path.expand("../examples/release_app/rel/env.sh.eex", __DIR__)
   # The README's names, used as written.
   @service "my-service.service.consul"
@@ -130,6 +139,46 @@ defmodule DynamicSrv.PackageTest do
     assert snapshot(ctx.pkg) == ctx.before
   end
 
+  test "an app written for the published package, switched as the guide says, clusters via libcluster",
+       ctx do
+    app = Path.join(Path.dirname(ctx.app), "published_app")
+    write_published_app(app)
+    # The first application's cargo build, reused: cargo finds it up to date.
+    target = Path.join(ctx.app, "_build/dev/lib/libcluster_dynamic_srv/native/target")
+    {out, status} = read_only(ctx.pkg, app, ["mix", "compile"], [{"CARGO_TARGET_DIR", target}])
+    assert status == 0, "mix compile of the switched application failed:\n#{out}"
+
+    [port1, port2] = for _ <- 1..2, do: DnsServer.free_port()
+    node1 = "node-0@#{@service}"
+    node2 = "node-1@#{@service}"
+
+    dns =
+      DnsServer.start(
+        for {label, port} <- [{"node-0", port1}, {"node-1", port2}],
+            record <- [
+              {:srv, @service, "#{label}.#{@service}", port},
+              {:a, "#{label}.#{@service}", {127, 0, 0, 1}}
+            ],
+            do: record
+      )
+
+    on_exit(fn -> DnsServer.stop(dns) end)
+    ctx = %{ctx | app: app}
+
+    first = start_readme_node(ctx, node1, port1, dns)
+    await_line(first, "published_app up on #{node1}")
+    second = start_readme_node(ctx, node2, port2, dns)
+    await_line(second, "published_app up on #{node2}")
+    seen = await_line(first, "nodeup #{node2}")
+    await_line(second, "nodeup #{node1}")
+
+    # node-0 dials (the pair's first name) through libcluster's
+    # Cluster.Strategy.connect_nodes/4, which logs the connect in its own
+    # words through its logger.
+    logged? = &(&1 =~ ~s|[libcluster:dyn_srv] connected to :"#{node2}"|)
+    unless Enum.any?(seen, logged?), do: await_line(first, logged?)
+  end
+
   test "the README's rel/env.sh.eex is the example release's (which release_test runs)" do
     [_, block] = Regex.run(~r/`rel\/env\.sh\.eex`:\n\n```sh\n(.*?)```/s, File.read!(@readme))
     assert code_lines(block) == code_lines(File.read!(@example_env_sh))
@@ -216,11 +265,97 @@ defmodule DynamicSrv.PackageTest do
     end
   end
 
+  # An application as the published package's README has its users write
+  # it (`config :libcluster` in config/runtime.exs, Cluster.Supervisor in the
+  # application's tree), with the dependency lines of guides/migrating.md:
+  # the package as the README installs it, and libcluster (its stand-in).
+  defp write_published_app(app) do
+    [_, block] = Regex.run(~r/### Dependencies\n\n```elixir\n(.*?)```/s, File.read!(@guide))
+    assert block =~ ~s|{:libcluster, "~> 3.3"}|
+
+    [install_line] =
+      Regex.run(~r/\{:libcluster_dynamic_srv, path: "[^"]+"\}/, File.read!(@readme))
+
+    deps =
+      block
+      |> String.replace(~r/\{:libcluster_dynamic_srv, git: "[^"]+"\}/, install_line)
+      |> String.replace(
+        ~s|{:libcluster, "~> 3.3"}|,
+        "{:libcluster, path: #{inspect(@libcluster_stand_in)}}"
+      )
+
+    files = %{
+      "mix.exs" => """
+      defmodule PublishedApp.MixProject do
+        use Mix.Project
+
+        def project do
+          [app: :published_app, version: "0.1.0", elixir: "~> 1.14", deps: deps()]
+        end
+
+        def application do
+          [extra_applications: [:logger], mod: {PublishedApp.Application, []}]
+        end
+
+      #{deps}end
+      """,
+      "config/runtime.exs" => """
+      import Config
+
+      config :libcluster,
+        topologies: [
+          dyn_srv: [
+            strategy: Cluster.Strategy.DynamicSrv,
+            config: [service: #{inspect(@service)}]
+          ]
+        ]
+      """,
+      "lib/published_app/application.ex" => """
+      defmodule PublishedApp.Application do
+        use Application
+
+        @impl true
+        def start(_type, _args) do
+          topologies = Application.get_env(:libcluster, :topologies, [])
+
+          children = [
+            {Cluster.Supervisor, [topologies, [name: PublishedApp.ClusterSupervisor]]},
+            {Task, &watch/0}
+          ]
+
+          Supervisor.start_link(children, strategy: :one_for_one)
+        end
+
+        defp watch do
+          :ok = :net_kernel.monitor_nodes(true)
+          IO.puts("published_app up on \#{node()}")
+          Enum.each(Node.list(), &IO.puts("nodeup \#{&1}"))
+          loop()
+        end
+
+        defp loop do
+          receive do
+            {event, node} -> IO.puts("\#{event} \#{node}")
+          end
+
+          loop()
+        end
+      end
+      """
+    }
+
+    for {path, text} <- files do
+      File.mkdir_p!(Path.dirname(Path.join(app, path)))
+      File.write!(Path.join(app, path), text)
+    end
+  end
+
   # Runs `command` in `app` with a user's environment; as root, inside a
   # mount namespace where `pkg` is mounted read-only.
   defp read_only(pkg, app, command, extra_env \\ []) do
     {executable, args} = read_only_command(pkg, command)
-    env = Enum.map(@cleared, &{&1, nil}) ++ extra_env
+    set = for {name, _} <- extra_env, do: name
+    env = Enum.map(@cleared -- set, &{&1, nil}) ++ extra_env
 
     System.cmd("timeout", ["-s", "KILL", "1800", executable | args],
       cd: app,
@@ -270,7 +405,8 @@ defmodule DynamicSrv.PackageTest do
     %{port: os_port, name: name, os_pid: os_pid}
   end
 
-  # Reads the node's output until `expected` is a line of it.
+  # Reads the node's output until `expected` is a line of it (or a line
+  # for which the function `expected` is true); returns the lines read.
   defp await_line(%{port: port, name: name}, expected, timeout \\ 60_000) do
     deadline = System.monotonic_time(:millisecond) + timeout
     await_line(port, name, expected, deadline, [])
@@ -280,11 +416,10 @@ defmodule DynamicSrv.PackageTest do
     wait = max(deadline - System.monotonic_time(:millisecond), 0)
 
     receive do
-      {^port, {:data, {_, ^expected}}} ->
-        :ok
-
       {^port, {:data, {_, line}}} ->
-        await_line(port, name, expected, deadline, [line | seen])
+        if matches?(expected, line),
+          do: Enum.reverse([line | seen]),
+          else: await_line(port, name, expected, deadline, [line | seen])
 
       {^port, {:exit_status, status}} ->
         flunk("#{name} exited #{status} before #{inspect(expected)}:\n#{output(seen)}")
@@ -292,6 +427,9 @@ defmodule DynamicSrv.PackageTest do
       wait -> flunk("#{name} printed no #{inspect(expected)}:\n#{output(seen)}")
     end
   end
+
+  defp matches?(expected, line) when is_function(expected, 1), do: expected.(line)
+  defp matches?(expected, line), do: expected == line
 
   defp output(seen), do: seen |> Enum.reverse() |> Enum.join("\n")
 
