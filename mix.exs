@@ -19,6 +19,7 @@ defmodule LibclusterDynamicSrv.MixProject do
       start_permanent: Mix.env() == :prod,
       deps: [],
       package: package(),
+      docs: docs(),
       source_url: @source_url,
       # Where `mix compile` fetches the precompiled NIF of this version
       # (DYNAMIC_SRV_NIF_URL overrides it).
@@ -41,6 +42,16 @@ defmodule LibclusterDynamicSrv.MixProject do
   defp elixirc_paths(:prod), do: ["lib"]
   defp elixirc_paths(_), do: ["lib", "test/support"]
 
+  # ex_doc's settings (ex_doc is not a dependency: `mix docs` needs it added
+  # where it is reachable). The guides are its extras.
+  defp docs do
+    [
+      main: "readme",
+      source_ref: "v#{@version}",
+      extras: ["README.md", "CHANGELOG.md" | Path.wildcard("guides/*.md")]
+    ]
+  end
+
   defp package do
     [
       files: ~w(
@@ -49,7 +60,7 @@ defmodule LibclusterDynamicSrv.MixProject do
         native/dynamic_srv_nif/Cargo.toml native/dynamic_srv_nif/src
         Cargo.toml Cargo.lock
         build checksum-Elixir.DynamicSrv.Native.exs
-        mix.exs .formatter.exs README.md LICENSE
+        mix.exs .formatter.exs README.md CHANGELOG.md LICENSE guides
       ),
       licenses: ["Apache-2.0"]
     ]

@@ -31,6 +31,7 @@ defmodule DynamicSrv.PackageTest do
 
   @readme Path.expand("../README.md", __DIR__)
   @guide Path.expand("../guides/migrating.md", __DIR__)
+  @epmd_guide Path.expand("../guides/epmd.md", __DIR__)
   # hex.pm is not reachable here: libcluster's public surface, written for
   # this test (see its mix.exs), stands in for `{:libcluster, "~> 3.3"}`.
   @libcluster_stand_in Path.expand("fixtures/libcluster", __DIR__)
@@ -179,8 +180,8 @@ defmodule DynamicSrv.PackageTest do
     unless Enum.any?(seen, logged?), do: await_line(first, logged?)
   end
 
-  test "the README's rel/env.sh.eex is the example release's (which release_test runs)" do
-    [_, block] = Regex.run(~r/`rel\/env\.sh\.eex`:\n\n```sh\n(.*?)```/s, File.read!(@readme))
+  test "guides/epmd.md's rel/env.sh.eex is the example release's (which release_test runs)" do
+    [_, block] = Regex.run(~r/`rel\/env\.sh\.eex`:\n\n```sh\n(.*?)```/s, File.read!(@epmd_guide))
     assert code_lines(block) == code_lines(File.read!(@example_env_sh))
     assert block =~ ~s|if [ -z "$ERL_DIST_PORT" ]; then|
   end

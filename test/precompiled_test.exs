@@ -345,7 +345,7 @@ defmodule DynamicSrv.PrecompiledTest do
     assert {:ok, _} = Precompiled.read_checksums(Precompiled.checksum_path(File.cwd!()))
   end
 
-  test "the release workflow parses and builds every target the README names" do
+  test "the release workflow parses and builds every target guides/installation.md names" do
     workflow = ".github/workflows/release.yml"
 
     {out, status} =
@@ -366,8 +366,8 @@ defmodule DynamicSrv.PrecompiledTest do
              ~w(x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
              x86_64-unknown-linux-musl aarch64-unknown-linux-musl x86_64-apple-darwin aarch64-apple-darwin)
 
-    readme = File.read!("README.md")
-    for target <- String.split(out), do: assert(readme =~ target, target)
+    guide = File.read!("guides/installation.md")
+    for target <- String.split(out), do: assert(guide =~ target, target)
   end
 
   # The artifact and its checksum file in `dir`: made by the maintainers'
