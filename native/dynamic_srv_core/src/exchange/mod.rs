@@ -1,7 +1,8 @@
-//! The path for explicit nameservers: a few connected UDP sockets per
-//! server, kept for the life of the VM, at most one TCP connection per
-//! server, open only while it is used, and a table of the queries in
-//! flight.
+//! The path for explicit nameservers: a fresh UDP socket per query (a
+//! random source port and ID each, RFC 5452), at most one TCP connection
+//! per server, open only while it is used, a table of the queries in
+//! flight, and a record of the servers that fail, which go behind the
+//! others until they answer again.
 //!
 //! `start` runs on the caller's thread (a BEAM scheduler), so it only
 //! encodes the query, registers it and hands it to the runtime; a lone
@@ -16,10 +17,11 @@
 //! its internal task hops: see the README's benchmark table.
 //!
 //! One part per module, below this one: `table` (the lookups in flight,
-//! their deadline heap, their query IDs), `udp` (socket pools and their
-//! receivers, the outbox, the per-server windows), `tcp` (connections,
-//! resends, idle and stalled ones closed), `big` (the names that need
-//! TCP) and `sweep` (timeouts and retries). This module wires them: it
+//! their deadline heap, their query IDs), `udp` (a socket and a reader per
+//! query, the outbox, the per-server windows), `tcp` (connections,
+//! resends, idle and stalled ones closed), `health` (servers that failed,
+//! and when to probe them), `big` (the names that need TCP) and `sweep`
+//! (timeouts and retries). This module wires them: it
 //! starts lookups, takes the answers the transports hand up (`Upstream`)
 //! and owns the locks, whose order is written on `Exchange`. The query
 //! bytes and the reading of answers are `wire`'s.
@@ -28,7 +30,7 @@ use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::Message;
 use tokio::runtime::Handle;
@@ -41,12 +43,14 @@ use crate::types::{Answer, Kind};
 use crate::wire::{self, encode, result_of};
 
 mod big;
+mod health;
 mod sweep;
 mod table;
 mod tcp;
 mod udp;
 
 use big::BigNames;
+use health::Health;
 use table::{Pending, Table};
 use tcp::{Tcp, TCP_RESENDS};
 use udp::{Outgoing, Udp, Windows};
@@ -69,8 +73,19 @@ const HICKORY_LOOKUPS: usize = 128;
 /// exchange is its one implementation; the transports see nothing else of
 /// it.
 trait Upstream: Send + Sync + 'static {
-    /// A message read from `server`, over TCP when `over_tcp`.
-    fn answer(self: &Arc<Self>, packet: &[u8], server: SocketAddr, over_tcp: bool);
+    /// A message read from `server`, over TCP when `over_tcp`; over UDP,
+    /// on the socket of lookup `expected` only. Says whether that socket's
+    /// work is done (its lookup answered, ended or moved to TCP).
+    fn answer(
+        self: &Arc<Self>,
+        packet: &[u8],
+        server: SocketAddr,
+        over_tcp: bool,
+        expected: Option<u16>,
+    ) -> bool;
+    /// `server` refused lookup `id`'s query over UDP (ICMP port
+    /// unreachable).
+    fn unreachable(self: &Arc<Self>, server: SocketAddr, id: u16);
     /// The TCP connection to `server`, which had been open, has closed:
     /// the queries waiting on it are sent again, at most `TCP_RESENDS`
     /// times each.
@@ -96,10 +111,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 ///
 /// 1. `Exchange::lookups`: the table of lookups in flight and the UDP
 ///    windows. Taken first, or alone.
-/// 2. `Udp::pools` or `Tcp::connections`, never both at once: under
-///    `lookups` to send an attempt (`next_attempt`, and the resends of
-///    `tcp_closed`) or to close a stalled connection (`expire`); alone
-///    to open, replace or retire sockets and connections.
+/// 2. `Tcp::connections`: under `lookups` to send an attempt
+///    (`next_attempt`, and the resends of `tcp_closed`) or to close a
+///    stalled connection (`expire`); alone to open, replace or retire
+///    connections.
 /// 3. `TcpLink::last_read`: under `Tcp::connections` (`reset_stalled`),
 ///    or alone (the reader).
 ///
@@ -112,7 +127,7 @@ struct Exchange {
     runtime: Handle,
     /// Lock 1.
     lookups: Mutex<Lookups>,
-    /// Lock 2 (`pools`), and the leaf `outbox`.
+    /// The leaf `outbox`.
     udp: Arc<Udp>,
     /// Lock 2 (`connections`), then lock 3 (`last_read`).
     tcp: Arc<Tcp>,
@@ -127,11 +142,13 @@ struct Exchange {
 
 /// What the lookups lock guards: the lookups in flight and the UDP
 /// windows, which change together (a lookup takes, waits for or frees a
-/// slot of a window as it enters or leaves the table).
+/// slot of a window as it enters or leaves the table), and the servers'
+/// health, read as a lookup starts and written as its attempts end.
 #[derive(Default)]
 struct Lookups {
     table: Table,
     windows: Windows,
+    health: Health,
 }
 
 static EXCHANGE: OnceLock<Arc<Exchange>> = OnceLock::new();
@@ -167,13 +184,16 @@ impl Exchange {
             return self.via_hickory(settings, name, kind, reply);
         };
         let tcp = settings.protocol == Protocol::Tcp || self.big.is_big(&name, kind);
-        let servers: Arc<[SocketAddr]> = servers.clone().into();
-        // Past MAX_SERVERS servers have no sockets: hickory asks them.
-        if !self.udp.has_sockets(self, &servers) {
+        let servers = servers.clone();
+        let now = Instant::now();
+        let mut lookups = lock(&self.lookups);
+        // Past MAX_SERVERS servers have no windows: hickory asks them.
+        if !lookups.windows.admit(&servers) {
+            drop(lookups);
             return self.via_hickory(settings, name, kind, reply);
         }
-
-        let now = Instant::now();
+        let probe = lookups.health.probe_due(&servers, now);
+        let servers: Arc<[SocketAddr]> = lookups.health.order(&servers).into();
         let mut pending = Pending {
             name,
             kind,
@@ -188,10 +208,10 @@ impl Exchange {
             resent: 0,
             attempt_deadline: now,
             deadline: now + settings.timeout,
+            ended: Arc::new(Notify::new()),
             settings,
             reply,
         };
-        let mut lookups = lock(&self.lookups);
         let Some(id) = lookups.table.free_id() else {
             drop(lookups);
             return self.fail(
@@ -220,6 +240,13 @@ impl Exchange {
             pending.attempt_deadline = pending.deadline;
             None
         };
+        let probe = probe.map(|server| {
+            (
+                server,
+                pending.packet.clone(),
+                pending.settings.attempt_timeout(),
+            )
+        });
         lookups.table.insert(id, pending);
         let in_flight = lookups.table.len();
         drop(lookups);
@@ -230,10 +257,30 @@ impl Exchange {
         // burst the runtime sends, so that schedulers do not spend their
         // time in sendto.
         if in_flight <= DIRECT_SENDS {
-            self.udp.send_now(send);
+            self.udp.send_now(self, send);
         } else {
-            self.udp.send_later(send);
+            self.udp.send_later(self, send);
         }
+        if let Some((server, packet, wait)) = probe {
+            self.probe(server, packet, wait);
+        }
+    }
+
+    /// Sends a copy of a lookup's query (under an ID of its own) to a
+    /// server that failed, and records whether it answers within `wait`.
+    fn probe(self: &Arc<Self>, server: SocketAddr, mut packet: Vec<u8>, wait: Duration) {
+        let id = lock(&self.lookups).table.probe_id();
+        packet[..2].copy_from_slice(&id.to_be_bytes());
+        let exchange = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let answered = udp::ask_once(server, &packet, wait).await;
+            let mut lookups = lock(&exchange.lookups);
+            if answered {
+                lookups.health.answered(server);
+            } else {
+                lookups.health.failed(server, Instant::now());
+            }
+        });
     }
 
     /// `count` lookups holding a slot of `server`'s window have ended: make
@@ -245,7 +292,7 @@ impl Exchange {
         server: SocketAddr,
         count: usize,
     ) -> Vec<Outgoing> {
-        let Lookups { table, windows } = lookups;
+        let Lookups { table, windows, .. } = lookups;
         let mut out = Vec::new();
         let now = Instant::now();
         windows.release(server, count, |id| {
@@ -270,9 +317,18 @@ impl Exchange {
             self.tcp.send(self, server, &pending.packet);
             return None;
         }
-        self.udp
-            .socket(server)
-            .map(|socket| (socket, pending.packet.clone()))
+        let id = u16::from_be_bytes([pending.packet[0], pending.packet[1]]);
+        // Its socket also takes an answer that comes late, while the next
+        // attempt is out.
+        let until =
+            (pending.attempt_deadline + pending.settings.attempt_timeout()).min(pending.deadline);
+        Some(Outgoing {
+            server,
+            id,
+            packet: pending.packet.clone(),
+            until,
+            ended: Arc::clone(&pending.ended),
+        })
     }
 
     /// The system configuration's path. The deadline runs from now, the
@@ -301,15 +357,33 @@ impl Exchange {
 }
 
 impl Upstream for Exchange {
-    fn answer(self: &Arc<Self>, packet: &[u8], server: SocketAddr, over_tcp: bool) {
+    fn answer(
+        self: &Arc<Self>,
+        packet: &[u8],
+        server: SocketAddr,
+        over_tcp: bool,
+        expected: Option<u16>,
+    ) -> bool {
         let Ok(message) = Message::from_vec(packet) else {
-            return;
+            return false;
         };
         let id = message.metadata.id;
+        if expected.is_some_and(|expected| expected != id) {
+            return false;
+        }
         let pending = {
             let mut lookups = lock(&self.lookups);
+            if lookups
+                .table
+                .get(id)
+                .is_some_and(|p| p.is_answered_by(&message, packet, server))
+            {
+                lookups.health.answered(server);
+            }
             match lookups.table.get_mut(id) {
-                Some(p) if p.tcp != over_tcp => None,
+                // Over UDP, a socket whose lookup has ended is done.
+                None => return expected.is_some(),
+                Some(p) if p.tcp != over_tcp => return expected.is_some(),
                 // Cut short over UDP, said (TC) or not (an SRV answer that
                 // fills the payload): ask the same server again over TCP.
                 Some(p)
@@ -326,7 +400,7 @@ impl Upstream for Exchange {
                     let packet = p.packet.clone();
                     lookups.table.schedule(id);
                     self.tcp.send(self, server, &packet);
-                    None
+                    return true;
                 }
                 Some(p) if p.is_answered_by(&message, packet, server) => {
                     let window = p.slot.then(|| p.servers[0]);
@@ -337,7 +411,7 @@ impl Upstream for Exchange {
                     };
                     drop(lookups);
                     for outgoing in send {
-                        self.udp.send_later(Some(outgoing));
+                        self.udp.send_later(self, Some(outgoing));
                     }
                     done
                 }
@@ -345,8 +419,9 @@ impl Upstream for Exchange {
             }
         };
         let Some(pending) = pending else {
-            return;
+            return false;
         };
+        pending.ended.notify_waiters();
         let result = if over_tcp && message.metadata.truncation {
             // A TCP answer holds at most 65,535 bytes: a server cuts a
             // larger one short (BIND sends the records that fit, with TC).
@@ -359,6 +434,27 @@ impl Upstream for Exchange {
             self.big.mark(&pending.name, pending.kind);
         }
         deliver(pending.reply, result);
+        true
+    }
+
+    fn unreachable(self: &Arc<Self>, server: SocketAddr, id: u16) {
+        let now = Instant::now();
+        let mut lookups = lock(&self.lookups);
+        lookups.health.failed(server, now);
+        // The lookup moves on at once when another server is there to ask
+        // and an attempt is left; else its attempt ends at its deadline.
+        let Some(pending) = lookups.table.get_mut(id) else {
+            return;
+        };
+        let on_this_server = !pending.tcp && !pending.queued && pending.last_attempt().0 == server;
+        let elsewhere = pending.servers.iter().any(|other| *other != server);
+        if !on_this_server || !elsewhere || pending.attempts_left == 0 {
+            return;
+        }
+        let send = self.next_attempt(pending, now);
+        lookups.table.schedule(id);
+        drop(lookups);
+        self.udp.send_now(self, send);
     }
 
     fn tcp_closed(self: &Arc<Self>, server: SocketAddr) {
@@ -520,5 +616,170 @@ mod tests {
         exchange.start(settings, "app.test.".into(), Kind::Srv, reply_to(&sender));
         let reply = replies.recv_timeout(Duration::from_secs(3));
         assert_eq!(reply, Ok(Err(Error::Timeout)));
+    }
+
+    /// A UDP server on loopback answering every query read from `socket`
+    /// with the query itself marked as a response (NOERROR, no records:
+    /// `NoData`); the source port of every query goes to `ports`.
+    fn answer_on(socket: std::net::UdpSocket, ports: Arc<Mutex<Vec<u16>>>) {
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 512];
+            let _ = socket.set_read_timeout(Some(Duration::from_secs(30)));
+            while let Ok((len, from)) = socket.recv_from(&mut buffer) {
+                lock(&ports).push(from.port());
+                let mut reply = buffer[..len].to_vec();
+                reply[2] |= 0x80;
+                let _ = socket.send_to(&reply, from);
+            }
+        });
+    }
+
+    fn answering() -> (SocketAddr, Arc<Mutex<Vec<u16>>>) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = socket.local_addr().expect("address");
+        let ports = Arc::new(Mutex::new(Vec::new()));
+        answer_on(socket, Arc::clone(&ports));
+        (addr, ports)
+    }
+
+    fn servers(list: Vec<SocketAddr>, timeout_ms: i64) -> Settings {
+        Settings::new(Nameservers::Explicit(list), timeout_ms, 2, Protocol::Udp).expect("settings")
+    }
+
+    fn lookup_once(bench: &Bench, settings: Settings, name: &str) -> Result<Answer, Error> {
+        let exchange = &bench.exchange;
+        exchange.start(settings, name.into(), Kind::Srv, reply_to(&bench.sender));
+        bench
+            .replies
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a reply")
+    }
+
+    #[test]
+    fn every_query_goes_out_from_a_port_of_its_own() {
+        let bench = bench();
+        let (live, ports) = answering();
+        for i in 0..50 {
+            let reply = lookup_once(
+                &bench,
+                servers(vec![live], 2_000),
+                &format!("n{i}.app.test."),
+            );
+            assert_eq!(reply, Err(Error::NoData));
+        }
+        let mut seen = lock(&ports).clone();
+        assert_eq!(seen.len(), 50);
+        seen.sort_unstable();
+        seen.dedup();
+        // The kernel picks each port at random: a few may repeat, a pool
+        // of sockets would give a handful.
+        assert!(seen.len() >= 40, "{} distinct source ports", seen.len());
+    }
+
+    #[test]
+    fn a_refusing_server_is_passed_at_once_then_asked_last() {
+        let bench = bench();
+        let (live, _) = answering();
+        // Nothing listens there: the kernel answers with ICMP port unreachable.
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port");
+        let settings = servers(vec![closed, live], 3_000);
+        let attempt = settings.attempt_timeout();
+        let started = Instant::now();
+        assert_eq!(
+            lookup_once(&bench, settings.clone(), "first.app.test."),
+            Err(Error::NoData)
+        );
+        // Moved on at the refusal, not at the attempt's deadline.
+        assert!(started.elapsed() < attempt, "{:?}", started.elapsed());
+        let started = Instant::now();
+        for i in 0..20 {
+            let name = format!("later-{i}.app.test.");
+            assert_eq!(
+                lookup_once(&bench, settings.clone(), &name),
+                Err(Error::NoData)
+            );
+        }
+        assert!(started.elapsed() < attempt, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_silent_server_is_asked_again_only_by_probes_and_used_once_it_answers() {
+        let bench = bench();
+        let (live, _) = answering();
+        let silent = bench.silent.try_clone().expect("clone");
+        let server = bench.server;
+        let settings = servers(vec![server, live], 400);
+        assert_eq!(
+            lookup_once(&bench, settings.clone(), "first.app.test."),
+            Err(Error::NoData)
+        );
+        for i in 0..30 {
+            let name = format!("later-{i}.app.test.");
+            assert_eq!(
+                lookup_once(&bench, settings.clone(), &name),
+                Err(Error::NoData)
+            );
+        }
+        // Only the first lookup asked it (a probe is due a second later).
+        assert_eq!(datagrams(&silent, 1, Duration::from_millis(100)), 1);
+
+        // It answers from now on: a probe finds it, and the lookups that
+        // follow ask it first again.
+        let ports = Arc::new(Mutex::new(Vec::new()));
+        answer_on(silent, Arc::clone(&ports));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut i = 0;
+        while lock(&ports).len() < 5 && Instant::now() < deadline {
+            i += 1;
+            let name = format!("again-{i}.app.test.");
+            assert_eq!(
+                lookup_once(&bench, settings.clone(), &name),
+                Err(Error::NoData)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            lock(&ports).len() >= 5,
+            "asked {} times",
+            lock(&ports).len()
+        );
+    }
+
+    #[test]
+    fn forged_answers_are_ignored() {
+        let bench = bench();
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = server.local_addr().expect("address");
+        let forger = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 512];
+            let Ok((len, from)) = server.recv_from(&mut buffer) else {
+                return;
+            };
+            let query = &buffer[..len];
+            // NXDOMAIN, were any of these taken.
+            let forged = |id: [u8; 2]| {
+                let mut reply = query.to_vec();
+                reply[..2].copy_from_slice(&id);
+                reply[2] |= 0x80;
+                reply[3] = (reply[3] & 0xf0) | 3;
+                reply
+            };
+            let right_id = [query[0], query[1]];
+            let wrong_id = [query[0] ^ 0x5a, query[1] ^ 0xa5];
+            // The right ID from another port; a wrong ID from the server's.
+            let _ = forger.send_to(&forged(right_id), from);
+            let _ = server.send_to(&forged(wrong_id), from);
+            std::thread::sleep(Duration::from_millis(100));
+            let mut real = query.to_vec();
+            real[2] |= 0x80;
+            let _ = server.send_to(&real, from);
+        });
+        assert_eq!(
+            lookup_once(&bench, servers(vec![addr], 2_000), "forged.app.test."),
+            Err(Error::NoData)
+        );
     }
 }

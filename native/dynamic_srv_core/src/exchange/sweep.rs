@@ -77,14 +77,22 @@ impl Exchange {
                 None => {}
             }
         }
-        // A TCP query whose attempt timed out on a connection that answers
-        // nothing: that connection is closed, so neither its retry nor the
-        // next lookup is sent on it.
+        // An attempt that had no answer in time: its server goes behind
+        // the others. A TCP query whose attempt timed out on a connection
+        // that answers nothing: that connection is closed, so neither its
+        // retry nor the next lookup is sent on it.
+        let mut silent = Vec::new();
         for id in done.iter().chain(&retry) {
-            if let Some(p) = lookups.table.get(*id).filter(|p| p.tcp && !p.queued) {
+            if let Some(p) = lookups.table.get(*id).filter(|p| !p.queued) {
                 let (last, sent) = p.last_attempt();
-                self.tcp.reset_stalled(last, sent);
+                silent.push(last);
+                if p.tcp {
+                    self.tcp.reset_stalled(last, sent);
+                }
             }
+        }
+        for server in silent {
+            lookups.health.failed(server, now);
         }
         let removed: Vec<Pending> = done
             .iter()
@@ -94,7 +102,13 @@ impl Exchange {
         for p in removed.iter().filter(|p| p.slot) {
             *finished.entry(p.servers[0]).or_default() += 1;
         }
-        let expired = removed.into_iter().map(|p| p.reply).collect();
+        let expired = removed
+            .into_iter()
+            .map(|p| {
+                p.ended.notify_waiters();
+                p.reply
+            })
+            .collect();
         let released: Vec<Outgoing> = finished
             .into_iter()
             .flat_map(|(server, count)| self.finished(&mut lookups, server, count))
@@ -110,10 +124,10 @@ impl Exchange {
         let next = lookups.table.next_due();
         drop(lookups);
         for send in sends {
-            self.udp.send_now(send);
+            self.udp.send_now(self, send);
         }
         for outgoing in released {
-            self.udp.send_now(Some(outgoing));
+            self.udp.send_now(self, Some(outgoing));
         }
         (expired, empty, next)
     }

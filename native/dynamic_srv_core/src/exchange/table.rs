@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hickory_resolver::proto::op::Message;
+use tokio::sync::Notify;
 
 use super::Reply;
 use crate::config::Settings;
@@ -44,6 +45,8 @@ pub(super) struct Pending {
     pub(super) resent: u8,
     pub(super) attempt_deadline: Instant,
     pub(super) deadline: Instant,
+    /// Notified when the lookup ends, so that its UDP sockets close.
+    pub(super) ended: Arc<Notify>,
     pub(super) settings: Settings,
     pub(super) reply: Reply,
 }
@@ -122,16 +125,26 @@ impl Table {
         self.lookups.values_mut()
     }
 
+    /// An ID for a probe (see `health`), drawn as lookups' IDs are; it may
+    /// equal a lookup's, as a probe's answer is read on its own socket.
+    pub(super) fn probe_id(&mut self) -> u16 {
+        self.draw()
+    }
+
+    fn draw(&mut self) -> u16 {
+        let mut hasher = self.ids.build_hasher();
+        hasher.write_u64(self.next_draw);
+        self.next_draw = self.next_draw.wrapping_add(1);
+        hasher.finish() as u16
+    }
+
     /// An ID no lookup in flight has; `None` when all are taken.
     pub(super) fn free_id(&mut self) -> Option<u16> {
         if self.lookups.len() >= usize::from(u16::MAX) {
             return None;
         }
         loop {
-            let mut hasher = self.ids.build_hasher();
-            hasher.write_u64(self.next_draw);
-            self.next_draw = self.next_draw.wrapping_add(1);
-            let id = hasher.finish() as u16;
+            let id = self.draw();
             if !self.lookups.contains_key(&id) {
                 return Some(id);
             }
@@ -213,6 +226,7 @@ mod tests {
             resent: 0,
             attempt_deadline: Instant::now(),
             deadline: Instant::now(),
+            ended: Arc::new(Notify::new()),
             settings: Settings::new(Nameservers::Explicit(vec![server]), 100, 1, Protocol::Udp)
                 .expect("settings"),
             reply: Box::new(|_| {}),

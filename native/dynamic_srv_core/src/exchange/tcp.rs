@@ -202,7 +202,7 @@ impl Tcp {
                 }
                 read_link.answered();
                 let _ = catch_unwind(AssertUnwindSafe(|| {
-                    read_upstream.answer(&message, server, true)
+                    read_upstream.answer(&message, server, true, None)
                 }));
             }
             // Closing drops the senders, which ends the writer below.
