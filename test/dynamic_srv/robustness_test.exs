@@ -214,8 +214,8 @@ defmodule DynamicSrv.RobustnessTest do
     # The hints' table too.
     assert Node.eval(n0, """
            :ets.delete(DynamicSrv.Hints)
-           DynamicSrv.Hints.put_no_node_srv("ghost.test", 60_000)
-           DynamicSrv.Hints.no_node_srv?("ghost.test")
+           DynamicSrv.Hints.put_port_choice("ghost@test", :inet, {{127, 0, 0, 9}, 9}, 60_000)
+           DynamicSrv.Hints.port_choice("ghost@test", :inet) == {{127, 0, 0, 9}, 9}
            """)
 
     # The node stayed distributed and connected throughout.

@@ -85,10 +85,8 @@ defmodule DynamicSrv.Epmd do
   @attempt_ttl 1_000
   # How long a node with several ports is given to accept a probe connection.
   @probe_timeout 500
-  # How long the nodes of a service answer asked for one node stay booked,
-  # and how long a host without per-node SRV records is remembered as such.
+  # How long the nodes of a service answer asked for one node stay booked.
   @service_book_ttl 5_000
-  @no_node_srv_ttl 30_000
   @config_key {__MODULE__, :dist_port}
 
   @doc false
@@ -365,13 +363,9 @@ defmodule DynamicSrv.Epmd do
 
   defp resolve(name, host, family) do
     fqdn = name <> "." <> host
-    # A host known to have no per-node SRV records is asked for its
-    # service's answer directly.
-    srv =
-      if Hints.no_node_srv?(host),
-        do: {:error, :nxdomain},
-        else: Resolver.request(fqdn, :srv)
-
+    # A per-node SRV name that does not exist is answered by the NIF
+    # without a query while the server's SOA says it stays so (RFC 2308).
+    srv = Resolver.request(fqdn, :srv)
     ip = Resolver.request(fqdn, ip_type(family))
 
     # Both queries are in flight; collect both answers before deciding.
@@ -423,8 +417,6 @@ defmodule DynamicSrv.Epmd do
   end
 
   defp port_records({:error, reason}, name, host) when reason in [:nxdomain, :no_data] do
-    Hints.put_no_node_srv(host, @no_node_srv_ttl)
-
     with {:ok, records} <- Resolver.lookup_srv(host) do
       records = Enum.reject(records, &(&1.port == 0))
       book_service(records, host)

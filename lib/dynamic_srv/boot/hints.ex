@@ -5,7 +5,6 @@ defmodule DynamicSrv.Hints do
 
   | fact | written by | read by |
   | --- | --- | --- |
-  | a host has no per-node SRV records | `DynamicSrv.Epmd` | `DynamicSrv.Epmd`, which then asks the service's answer directly |
   | the port chosen for a node with several ports, and whose turn is next | `DynamicSrv.Epmd` | `DynamicSrv.Epmd`, so both asks of one connection attempt get one port |
   | an SRV query's answer was completed over TCP | `DynamicSrv.Srv` | `DynamicSrv.Srv`, so that is done once per book lifetime |
 
@@ -16,14 +15,6 @@ defmodule DynamicSrv.Hints do
   alias DynamicSrv.PortBook.Tables
 
   @type family :: :inet | :inet6
-
-  @doc "Remembers for `ttl_ms` that `host` has no per-node SRV records."
-  @spec put_no_node_srv(String.t(), non_neg_integer()) :: :ok
-  def put_no_node_srv(host, ttl_ms),
-    do: Tables.put(__MODULE__, {:no_node_srv, host}, true, ttl_ms)
-
-  @spec no_node_srv?(String.t()) :: boolean()
-  def no_node_srv?(host), do: Tables.get(__MODULE__, {:no_node_srv, host}) == true
 
   @doc "Keeps the address and port chosen for `node` and `family` for `ttl_ms`."
   @spec put_port_choice(

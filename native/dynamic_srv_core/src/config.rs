@@ -14,6 +14,9 @@ pub const MAX_TIMEOUT_MS: u64 = 600_000;
 pub const MAX_ATTEMPTS: u64 = 10;
 /// Upper bound of explicit nameservers.
 pub const MAX_NAMESERVERS: usize = 16;
+/// The longest a negative answer is kept (RFC 2308: the SOA says how long,
+/// and a resolver bounds it); both paths apply it.
+pub const NEGATIVE_MAX: Duration = Duration::from_secs(300);
 /// EDNS0 UDP payload advertised to servers. Consul trims SRV answers to
 /// the classic 512 bytes unless a larger payload is advertised.
 pub const EDNS_PAYLOAD: u16 = 4096;

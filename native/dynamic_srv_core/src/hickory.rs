@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig, ResolverOpts,
@@ -16,7 +15,7 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::{system_conf, TokioResolver};
 
-use crate::config::{Nameservers, Protocol, Settings, EDNS_PAYLOAD};
+use crate::config::{Nameservers, Protocol, Settings, EDNS_PAYLOAD, NEGATIVE_MAX};
 use crate::error::Error;
 use crate::types::{Answer, Kind};
 use crate::wire::outcome;
@@ -117,8 +116,9 @@ fn build(settings: &Settings) -> Result<TokioResolver, Error> {
     opts.edns_payload_len = EDNS_PAYLOAD;
     opts.cache_size = CACHE_SIZE;
     opts.positive_min_ttl = None;
+    // Negative answers as their SOA says (none without one), bounded.
     opts.negative_min_ttl = None;
-    opts.negative_max_ttl = Some(Duration::ZERO);
+    opts.negative_max_ttl = Some(NEGATIVE_MAX);
     opts.use_hosts_file = ResolveHosts::Never;
     let mut builder =
         hickory_resolver::Resolver::builder_with_config(config, TokioRuntimeProvider::default());

@@ -7,7 +7,11 @@
 use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
 use hickory_resolver::proto::rr::Record;
 
-use crate::config::EDNS_PAYLOAD;
+use std::time::Duration;
+
+use hickory_resolver::proto::rr::RData;
+
+use crate::config::{EDNS_PAYLOAD, NEGATIVE_MAX};
 use crate::error::Error;
 use crate::types::{convert, Answer, Kind};
 
@@ -126,6 +130,21 @@ pub fn result_of(message: &Message, kind: Kind) -> Result<Answer, Error> {
         &message.answers,
         &message.additionals,
     )
+}
+
+/// How long a negative answer (NXDOMAIN, or NOERROR without records) may
+/// be kept, from the SOA of its authority section (RFC 2308 section 5: the
+/// smaller of the SOA record's TTL and its MINIMUM field), at most
+/// `NEGATIVE_MAX`; `None` without an SOA, or when that is zero.
+pub(crate) fn negative_ttl(message: &Message) -> Option<Duration> {
+    let seconds = message
+        .authorities
+        .iter()
+        .find_map(|record| match &record.data {
+            RData::SOA(soa) => Some(record.ttl.min(soa.minimum)),
+            _ => None,
+        })?;
+    (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)).min(NEGATIVE_MAX))
 }
 
 /// The one reading of a DNS outcome as a result, for every path (the
@@ -330,5 +349,33 @@ mod tests {
         reply[1] ^= 1;
         assert!(!is_raw_answer(&query, &reply), "another ID");
         assert!(!is_raw_answer(&query, &reply[..5]), "too short");
+    }
+
+    fn with_soa(ttl: u32, minimum: u32) -> Message {
+        use hickory_resolver::proto::rr::rdata::SOA;
+        let mut message = response(ResponseCode::NXDomain, Vec::new());
+        let soa = SOA::new(
+            name("ns.test."),
+            name("admin.test."),
+            1,
+            60,
+            60,
+            600,
+            minimum,
+        );
+        message.add_authority(Record::from_rdata(name("test."), ttl, RData::SOA(soa)));
+        message
+    }
+
+    #[test]
+    fn a_negative_answer_is_kept_as_its_soa_says_and_bounded() {
+        assert_eq!(negative_ttl(&with_soa(60, 5)), Some(Duration::from_secs(5)));
+        assert_eq!(negative_ttl(&with_soa(3, 10)), Some(Duration::from_secs(3)));
+        assert_eq!(negative_ttl(&with_soa(86_400, 86_400)), Some(NEGATIVE_MAX));
+        assert_eq!(negative_ttl(&with_soa(60, 0)), None);
+        assert_eq!(
+            negative_ttl(&response(ResponseCode::NXDomain, Vec::new())),
+            None
+        );
     }
 }

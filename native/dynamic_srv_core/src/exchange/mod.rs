@@ -44,6 +44,7 @@ use crate::wire::{self, encode, result_of};
 
 mod big;
 mod health;
+mod negative;
 mod sweep;
 mod table;
 mod tcp;
@@ -51,6 +52,7 @@ mod udp;
 
 use big::BigNames;
 use health::Health;
+use negative::NegativeAnswers;
 use table::{Pending, Table};
 use tcp::{Tcp, TCP_RESENDS};
 use udp::{Outgoing, Udp, Windows};
@@ -118,10 +120,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// 3. `TcpLink::last_read`: under `Tcp::connections` (`reset_stalled`),
 ///    or alone (the reader).
 ///
-/// Two are leaves, taken with no other lock held and holding none:
-/// `Udp::outbox` (a packet is queued once `lookups` is released) and
-/// `BigNames::until` (read before `lookups` is taken, written after it is
-/// released). hickory's resolver table (`hickory::RESOLVERS`) is taken
+/// Three are leaves, taken with no other lock held and holding none:
+/// `Udp::outbox` (a packet is queued once `lookups` is released),
+/// `BigNames::until` and `NegativeAnswers::kept` (read before `lookups` is
+/// taken, written after it is released). hickory's resolver table (`hickory::RESOLVERS`) is taken
 /// alone, on the hickory path.
 struct Exchange {
     runtime: Handle,
@@ -133,6 +135,8 @@ struct Exchange {
     tcp: Arc<Tcp>,
     /// A leaf lock.
     big: BigNames,
+    /// A leaf lock.
+    negative: NegativeAnswers,
     /// The sweeper is awake (or about to be); else it waits for `wake`.
     sweeping: AtomicBool,
     wake: Notify,
@@ -170,6 +174,7 @@ impl Exchange {
             tcp: Arc::new(Tcp::new(runtime)),
             lookups: Mutex::new(Lookups::default()),
             big: BigNames::default(),
+            negative: NegativeAnswers::default(),
             sweeping: AtomicBool::new(true),
             wake: Notify::new(),
             hickory: Arc::new(Semaphore::new(HICKORY_LOOKUPS)),
@@ -183,6 +188,9 @@ impl Exchange {
         let Nameservers::Explicit(servers) = &settings.nameservers else {
             return self.via_hickory(settings, name, kind, reply);
         };
+        if let Some(error) = self.negative.get(servers, &name, kind) {
+            return self.fail(reply, error);
+        }
         let tcp = settings.protocol == Protocol::Tcp || self.big.is_big(&name, kind);
         let servers = servers.clone();
         let now = Instant::now();
@@ -432,6 +440,14 @@ impl Upstream for Exchange {
         };
         if pending.switched && result.is_ok() {
             self.big.mark(&pending.name, pending.kind);
+        }
+        if let (Err(error @ (Error::NxDomain | Error::NoData)), Some(ttl)) =
+            (&result, wire::negative_ttl(&message))
+        {
+            if let Nameservers::Explicit(servers) = &pending.settings.nameservers {
+                self.negative
+                    .put(servers, &pending.name, pending.kind, error.clone(), ttl);
+            }
         }
         deliver(pending.reply, result);
         true
@@ -781,5 +797,46 @@ mod tests {
             lookup_once(&bench, servers(vec![addr], 2_000), "forged.app.test."),
             Err(Error::NoData)
         );
+    }
+
+    #[test]
+    fn a_negative_answer_is_kept_for_its_soa_minimum() {
+        use hickory_resolver::proto::rr::rdata::SOA;
+        use hickory_resolver::proto::rr::{Name, RData, Record};
+        use std::str::FromStr;
+        let bench = bench();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let server = socket.local_addr().expect("address");
+        let asked = Arc::new(Mutex::new(0usize));
+        let count = Arc::clone(&asked);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 512];
+            let _ = socket.set_read_timeout(Some(Duration::from_secs(30)));
+            while let Ok((len, from)) = socket.recv_from(&mut buffer) {
+                *lock(&count) += 1;
+                let Ok(query) = Message::from_vec(&buffer[..len]) else {
+                    continue;
+                };
+                let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+                reply.metadata.response_code = hickory_resolver::proto::op::ResponseCode::NXDomain;
+                reply.add_queries(query.queries.clone());
+                let zone = Name::from_str("test.").expect("name");
+                let soa = SOA::new(zone.clone(), zone.clone(), 1, 60, 60, 600, 1);
+                reply.add_authority(Record::from_rdata(zone, 60, RData::SOA(soa)));
+                let _ = socket.send_to(&reply.to_vec().expect("encodes"), from);
+            }
+        });
+        let settings = servers(vec![server], 2_000);
+        let ask = || lookup_once(&bench, settings.clone(), "gone.test.");
+        assert_eq!(ask(), Err(Error::NxDomain));
+        assert_eq!(ask(), Err(Error::NxDomain));
+        assert_eq!(
+            *lock(&asked),
+            1,
+            "the second lookup was answered from the SOA's time"
+        );
+        std::thread::sleep(Duration::from_millis(1_100));
+        assert_eq!(ask(), Err(Error::NxDomain));
+        assert_eq!(*lock(&asked), 2, "asked again once the SOA minimum passed");
     }
 }
