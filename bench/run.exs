@@ -7,8 +7,8 @@
 #
 # Parts: A, the NIF resolver against :inet_res; B, clusters started at one
 # instant; C, SRV answers of 1,000 and 5,000 records; D, clusters whose DNS
-# answers list only some nodes.
-# Environment: BENCH_PARTS ("a,b,c,d" by default; e.g. "b" runs one part),
+# answers list only some nodes; E, a DNS server that fails, listed first.
+# Environment: BENCH_PARTS ("a,b,c,d,e" by default; e.g. "b" runs one part),
 # BENCH_RUNS (cluster starts per size, default 5), BENCH_SIZES (cluster
 # sizes, default "5,10,20"), BENCH_SUBSET_SIZES (part D, default "8,20").
 #
@@ -21,11 +21,12 @@ for file <- ~w(stats.exs report.exs resolver_bench.exs),
 Code.require_file("cluster_start.exs", __DIR__)
 Code.require_file("large_answers.exs", __DIR__)
 Code.require_file("subset_answers.exs", __DIR__)
+Code.require_file("failover.exs", __DIR__)
 
-alias Bench.{ClusterStart, LargeAnswers, Report, ResolverBench, SubsetAnswers}
+alias Bench.{ClusterStart, Failover, LargeAnswers, Report, ResolverBench, SubsetAnswers}
 
 parts =
-  (System.get_env("BENCH_PARTS") || "a,b,c,d")
+  (System.get_env("BENCH_PARTS") || "a,b,c,d,e")
   |> String.split(",", trim: true)
   |> Enum.map(&String.trim/1)
 
@@ -46,4 +47,5 @@ if "a" in parts, do: Report.part("A", &ResolverBench.run/0)
 if "b" in parts, do: Report.part("B", fn -> ClusterStart.run(sizes, runs) end)
 if "c" in parts, do: Report.part("C", &LargeAnswers.run/0)
 if "d" in parts, do: Report.part("D", fn -> SubsetAnswers.run(subset_sizes) end)
+if "e" in parts, do: Report.part("E", &Failover.run/0)
 Report.finish(div(System.monotonic_time(:millisecond) - started, 1000))
