@@ -15,7 +15,7 @@ pub const MAX_ATTEMPTS: u64 = 10;
 /// Upper bound of explicit nameservers.
 pub const MAX_NAMESERVERS: usize = 16;
 /// The longest a negative answer is kept (RFC 2308: the SOA says how long,
-/// and a resolver bounds it); both paths apply it.
+/// and a resolver bounds it).
 pub const NEGATIVE_MAX: Duration = Duration::from_secs(300);
 /// EDNS0 UDP payload advertised to servers. Consul trims SRV answers to
 /// the classic 512 bytes unless a larger payload is advertised.

@@ -10,15 +10,15 @@
 //! 2. `wire`: the DNS messages: the query written by hand, the match of a
 //!    reply to its query, and the one mapping of DNS outcomes (response
 //!    code, records) to a result or an `Error`.
-//! 3. The two paths, both reading outcomes through `wire`: `hickory`, the
-//!    slow path on hickory-resolver (the system configuration, or more
-//!    servers than the exchange keeps sockets for), and `exchange`, the
-//!    fast path for explicit nameservers: the table of lookups in flight
+//! 3. `exchange`, the one client, for explicit nameservers and the system
+//!    configuration alike: the table of lookups in flight
 //!    (`exchange::table`), the UDP and TCP transports (`exchange::udp`,
-//!    `exchange::tcp`), the names that need TCP (`exchange::big`) and the
-//!    sweeper of deadlines (`exchange::sweep`), wired together with their
-//!    lock order by `exchange`. `exchange::start` is the entry point of
-//!    every lookup; it hands the system configuration to `hickory`.
+//!    `exchange::tcp`), the servers that fail (`exchange::health`), the
+//!    negative answers kept (`exchange::negative`), the names that need TCP
+//!    (`exchange::big`), resolv.conf and its search list
+//!    (`exchange::system`) and the sweeper of deadlines (`exchange::sweep`),
+//!    wired together with their lock order by `exchange`.
+//!    `exchange::start` is the entry point of every lookup.
 //!
 //! `probe` asks one server once, with `wire`'s query and reading.
 //!
@@ -28,7 +28,6 @@
 pub mod config;
 pub mod error;
 pub mod exchange;
-pub mod hickory;
 pub mod naming;
 pub mod probe;
 pub mod types;

@@ -1,8 +1,8 @@
-//! The DNS messages of the fast path and of the probe: the query written
+//! The DNS messages of the exchange and of the probe: the query written
 //! by hand (`encode`), whether a reply answers it (`is_answer`,
-//! `is_raw_answer`), and what a response means (`result_of`, on the one
-//! mapping of DNS outcomes to results, `outcome`, which the hickory path
-//! shares).
+//! `is_raw_answer`), what a response means (`result_of`, on the one
+//! mapping of DNS outcomes to results, `outcome`), and how long a negative
+//! one may be kept (`negative_ttl`).
 
 use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
 use hickory_resolver::proto::rr::Record;
@@ -147,10 +147,9 @@ pub(crate) fn negative_ttl(message: &Message) -> Option<Duration> {
     (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)).min(NEGATIVE_MAX))
 }
 
-/// The one reading of a DNS outcome as a result, for every path (the
-/// exchange and the probe through `result_of`, the hickory path through
-/// `hickory::classify`): a response code and, with NOERROR, the records
-/// of the asked kind, none of which is no data.
+/// The one reading of a DNS outcome as a result (the exchange and the probe
+/// reach it through `result_of`): a response code and, with NOERROR, the
+/// records of the asked kind, none of which is no data.
 pub(crate) fn outcome(
     code: ResponseCode,
     kind: Kind,

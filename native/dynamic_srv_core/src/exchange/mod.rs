@@ -10,22 +10,22 @@
 //! matched on the runtime by ID, server and echoed question. One sweeper
 //! task, sleeping until the earliest deadline in a heap, drives per-attempt
 //! timeouts and retries. A truncated answer is asked again over TCP, and
-//! that name goes to TCP for a while. The system configuration (and more
-//! than `MAX_SERVERS` servers) goes to `hickory::lookup`.
-//!
-//! Against a local DNS server this saves hickory's per-query socket and
-//! its internal task hops: see the README's benchmark table.
+//! that name goes to TCP for a while. The system configuration
+//! (`/etc/resolv.conf`) runs here too: its servers, asked its search
+//! list's names in turn (`system`).
 //!
 //! One part per module, below this one: `table` (the lookups in flight,
 //! their deadline heap, their query IDs), `udp` (a socket and a reader per
 //! query, the outbox, the per-server windows), `tcp` (connections,
 //! resends, idle and stalled ones closed), `health` (servers that failed,
-//! and when to probe them), `big` (the names that need TCP) and `sweep`
-//! (timeouts and retries). This module wires them: it
+//! and when to probe them), `negative` (negative answers kept as their SOA
+//! says), `big` (the names that need TCP), `system` (resolv.conf and its
+//! search list) and `sweep` (timeouts and retries). This module wires them: it
 //! starts lookups, takes the answers the transports hand up (`Upstream`)
 //! and owns the locks, whose order is written on `Exchange`. The query
 //! bytes and the reading of answers are `wire`'s.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,11 +34,10 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::Message;
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use crate::config::{Nameservers, Protocol, Settings};
 use crate::error::Error;
-use crate::hickory;
 use crate::types::{Answer, Kind};
 use crate::wire::{self, encode, result_of};
 
@@ -46,6 +45,7 @@ mod big;
 mod health;
 mod negative;
 mod sweep;
+mod system;
 mod table;
 mod tcp;
 mod udp;
@@ -64,12 +64,6 @@ pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
 const TOO_BIG: &str = "the answer does not fit in one DNS message (65,535 bytes) and the server cut it short even over TCP";
 /// Lookups in flight up to which the caller's thread sends the query itself.
 const DIRECT_SENDS: usize = 1;
-/// Lookups the hickory path runs at once; the others wait for their turn
-/// and end at their deadline if it does not come. hickory opens a socket
-/// per query and does its work on the runtime: 5,000 lookups at once on
-/// the system path against a stopped server ended up to 1.1 s past their
-/// deadline (20,000 ran out of descriptors: "no connections available").
-const HICKORY_LOOKUPS: usize = 128;
 
 /// What the transports hand up to the exchange that owns them. The
 /// exchange is its one implementation; the transports see nothing else of
@@ -123,8 +117,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Three are leaves, taken with no other lock held and holding none:
 /// `Udp::outbox` (a packet is queued once `lookups` is released),
 /// `BigNames::until` and `NegativeAnswers::kept` (read before `lookups` is
-/// taken, written after it is released). hickory's resolver table (`hickory::RESOLVERS`) is taken
-/// alone, on the hickory path.
+/// taken, written after it is released).
 struct Exchange {
     runtime: Handle,
     /// Lock 1.
@@ -140,8 +133,6 @@ struct Exchange {
     /// The sweeper is awake (or about to be); else it waits for `wake`.
     sweeping: AtomicBool,
     wake: Notify,
-    /// Turns of the hickory path, `HICKORY_LOOKUPS` of them.
-    hickory: Arc<Semaphore>,
 }
 
 /// What the lookups lock guards: the lookups in flight and the UDP
@@ -159,8 +150,8 @@ static EXCHANGE: OnceLock<Arc<Exchange>> = OnceLock::new();
 
 /// Starts a lookup. Returns at once; `reply` runs later on `runtime`.
 /// `name` must have been checked by `naming::query_name`. Explicit
-/// nameservers take the fast path; the system configuration goes to
-/// hickory-resolver.
+/// nameservers are asked the name as given; with the system
+/// configuration, the names of its search list are asked in turn.
 pub fn start(runtime: &Handle, settings: Settings, name: String, kind: Kind, reply: Reply) {
     let exchange = EXCHANGE.get_or_init(|| Exchange::new(runtime.clone()));
     exchange.start(settings, name, kind, reply);
@@ -177,7 +168,6 @@ impl Exchange {
             negative: NegativeAnswers::default(),
             sweeping: AtomicBool::new(true),
             wake: Notify::new(),
-            hickory: Arc::new(Semaphore::new(HICKORY_LOOKUPS)),
         });
         let sweeper = Arc::clone(&exchange);
         exchange.runtime.spawn(async move { sweeper.sweep().await });
@@ -186,7 +176,7 @@ impl Exchange {
 
     fn start(self: &Arc<Self>, settings: Settings, name: String, kind: Kind, reply: Reply) {
         let Nameservers::Explicit(servers) = &settings.nameservers else {
-            return self.via_hickory(settings, name, kind, reply);
+            return self.via_system(settings, name, kind, reply);
         };
         if let Some(error) = self.negative.get(servers, &name, kind) {
             return self.fail(reply, error);
@@ -195,11 +185,7 @@ impl Exchange {
         let servers = servers.clone();
         let now = Instant::now();
         let mut lookups = lock(&self.lookups);
-        // Past MAX_SERVERS servers have no windows: hickory asks them.
-        if !lookups.windows.admit(&servers) {
-            drop(lookups);
-            return self.via_hickory(settings, name, kind, reply);
-        }
+        lookups.windows.admit(&servers);
         let probe = lookups.health.probe_due(&servers, now);
         let servers: Arc<[SocketAddr]> = lookups.health.order(&servers).into();
         let mut pending = Pending {
@@ -339,22 +325,64 @@ impl Exchange {
         })
     }
 
-    /// The system configuration's path. The deadline runs from now, the
-    /// wait for a turn included, so every lookup ends by it.
-    fn via_hickory(&self, settings: Settings, name: String, kind: Kind, reply: Reply) {
-        let deadline = tokio::time::Instant::now() + settings.timeout;
-        let turns = Arc::clone(&self.hickory);
+    /// The system configuration's path: its servers are asked the names of
+    /// its search list in turn (read on the runtime, as it reads a file)
+    /// until one has records, or fails otherwise than with NXDOMAIN or no
+    /// data; all by the lookup's deadline, counted from now.
+    fn via_system(self: &Arc<Self>, settings: Settings, name: String, kind: Kind, reply: Reply) {
+        let deadline = Instant::now() + settings.timeout;
+        let exchange = Arc::clone(self);
         self.runtime.spawn(async move {
-            let lookup = async {
-                // The semaphore is never closed.
-                let _turn = turns.acquire().await;
-                hickory::lookup(&settings, &name, kind).await
-            };
-            let result = tokio::time::timeout_at(deadline, lookup)
-                .await
-                .unwrap_or(Err(Error::Timeout));
-            deliver(reply, result);
+            match system::conf() {
+                Err(error) => deliver(reply, Err(error)),
+                Ok(conf) => {
+                    let names = conf.candidates(&name).into();
+                    let step = Settings {
+                        nameservers: Nameservers::Explicit(conf.servers.clone()),
+                        ..settings
+                    };
+                    exchange.search(step, names, kind, deadline, reply, Error::NxDomain);
+                }
+            }
         });
+    }
+
+    /// Asks the next of `names`; on NXDOMAIN or no data, the one after it.
+    /// `so_far` is what to answer when none is left: no data when any name
+    /// had it (the name exists), else NXDOMAIN.
+    fn search(
+        self: &Arc<Self>,
+        settings: Settings,
+        mut names: VecDeque<String>,
+        kind: Kind,
+        deadline: Instant,
+        reply: Reply,
+        so_far: Error,
+    ) {
+        let Some(name) = names.pop_front() else {
+            return deliver(reply, Err(so_far));
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return deliver(reply, Err(Error::Timeout));
+        }
+        let step = Settings {
+            timeout: left,
+            ..settings.clone()
+        };
+        let exchange = Arc::clone(self);
+        let next: Reply = Box::new(move |result| match result {
+            Err(error @ (Error::NxDomain | Error::NoData)) if !names.is_empty() => {
+                let so_far = if error == Error::NoData {
+                    error
+                } else {
+                    so_far
+                };
+                exchange.search(settings, names, kind, deadline, reply, so_far);
+            }
+            other => deliver(reply, other),
+        });
+        self.start(step, name, kind, next);
     }
 
     /// Replies with an error from the runtime, never from the caller's thread.

@@ -25,10 +25,8 @@ use tokio::sync::Notify;
 use super::{lock, Upstream};
 use crate::wire;
 
-/// Servers a lookup may name before it takes the hickory path: the
-/// windows and the health records are kept per server, for the life of
-/// the VM.
-pub(super) const MAX_SERVERS: usize = 64;
+/// Windows kept before those without queries are forgotten.
+const MAX_SERVERS: usize = 64;
 const RECV_BUFFER: usize = 65_535;
 /// Failed reads in a row that are retried at once; past them, reads are
 /// paced, doubling from 1 ms.
@@ -211,18 +209,15 @@ struct Window {
 pub(super) struct Windows(HashMap<SocketAddr, Window>);
 
 impl Windows {
-    /// Whether every one of `servers` has (or may now get) a window: at
-    /// most `MAX_SERVERS` servers do; lookups naming others take the
-    /// hickory path.
-    pub(super) fn admit(&mut self, servers: &[SocketAddr]) -> bool {
-        let new = servers.iter().filter(|s| !self.0.contains_key(s)).count();
-        if self.0.len() + new > MAX_SERVERS {
-            return false;
+    /// Makes room for the windows of `servers`: past `MAX_SERVERS`
+    /// windows, those with no query sent or waiting are forgotten (a window
+    /// is made again when a lookup enters it).
+    pub(super) fn admit(&mut self, servers: &[SocketAddr]) {
+        if self.0.len() + servers.len() > MAX_SERVERS {
+            self.0.retain(|server, w| {
+                w.sent > 0 || !w.backlog.is_empty() || servers.contains(server)
+            });
         }
-        for server in servers {
-            self.0.entry(*server).or_default();
-        }
-        true
     }
 
     /// Takes a slot of `server`'s window for lookup `id`. When the window
