@@ -26,7 +26,7 @@
 //! bytes and the reading of answers are `wire`'s.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -175,6 +175,10 @@ impl Exchange {
     }
 
     fn start(self: &Arc<Self>, settings: Settings, name: String, kind: Kind, reply: Reply) {
+        if let Some(result) = localhost(&name, kind) {
+            self.runtime.spawn(async move { deliver(reply, result) });
+            return;
+        }
         let Nameservers::Explicit(servers) = &settings.nameservers else {
             return self.via_system(settings, name, kind, reply);
         };
@@ -510,6 +514,21 @@ impl Upstream for Exchange {
             }
         }
     }
+}
+
+/// The answer for `localhost` and the names under it, which never leave
+/// the host (RFC 6761 section 6.3): the loopback address, and no records
+/// of other types. `None` for any other name.
+fn localhost(name: &str, kind: Kind) -> Option<Result<Answer, Error>> {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    if name != "localhost" && !name.ends_with(".localhost") {
+        return None;
+    }
+    Some(match kind {
+        Kind::A => Ok(Answer::Ip(vec![(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)])),
+        Kind::Aaaa => Ok(Answer::Ip(vec![(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)])),
+        Kind::Srv => Err(Error::NoData),
+    })
 }
 
 fn deliver(reply: Reply, result: Result<Answer, Error>) {
@@ -866,5 +885,39 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1_100));
         assert_eq!(ask(), Err(Error::NxDomain));
         assert_eq!(*lock(&asked), 2, "asked again once the SOA minimum passed");
+    }
+
+    #[test]
+    fn localhost_names_are_answered_without_a_query() {
+        let bench = bench();
+        let settings = servers(vec![bench.server], 200);
+        let loopback = |ip: IpAddr| Ok(Answer::Ip(vec![(ip, 0)]));
+        bench.exchange.start(
+            settings.clone(),
+            "localhost".into(),
+            Kind::A,
+            reply_to(&bench.sender),
+        );
+        let reply = bench.replies.recv_timeout(Duration::from_secs(5));
+        assert_eq!(reply, Ok(loopback(IpAddr::V4(Ipv4Addr::LOCALHOST))));
+        let name = "App.LocalHost.";
+        bench.exchange.start(
+            settings.clone(),
+            name.into(),
+            Kind::Aaaa,
+            reply_to(&bench.sender),
+        );
+        let reply = bench.replies.recv_timeout(Duration::from_secs(5));
+        assert_eq!(reply, Ok(loopback(IpAddr::V6(Ipv6Addr::LOCALHOST))));
+        bench.exchange.start(
+            settings,
+            "localhost.".into(),
+            Kind::Srv,
+            reply_to(&bench.sender),
+        );
+        let reply = bench.replies.recv_timeout(Duration::from_secs(5));
+        assert_eq!(reply, Ok(Err(Error::NoData)));
+        // The (silent) server was never asked.
+        assert_eq!(datagrams(&bench.silent, 0, Duration::from_millis(100)), 0);
     }
 }
