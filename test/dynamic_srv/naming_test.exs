@@ -22,8 +22,9 @@ defmodule DynamicSrv.NamingTest do
     assert why =~ "not <label>.app.service.consul"
     assert {:error, message} = Naming.node_names(["a.b"], "bad service")
     assert message =~ "service"
-    assert Naming.node_name("n.app.service.consul", @service) == "n@app.service.consul"
-    assert Naming.node_name("n.elsewhere", @service) == nil
+
+    assert {:ok, [{:ok, "n@app.service.consul"}, {:error, _}]} =
+             Naming.node_names(["n.app.service.consul", "n.elsewhere"], @service)
   end
 
   test "answers larger than one NIF call are parsed in chunks, in order" do
@@ -84,7 +85,7 @@ defmodule DynamicSrv.NamingTest do
     # A name OTP cannot start a node with is refused by all of them.
     assert {:error, _} = Config.validate([nodes: ["my.app@host"]], schema, "t")
     assert {:error, :bad_name} = Packet.decode(Packet.encode("my.app@host", 1, 4000, nil), nil)
-    assert Naming.node_name("my.app.#{@service}", @service) == nil
+    assert {:ok, [{:error, _}]} = Naming.node_names(["my.app.#{@service}"], @service)
   end
 
   test "labels" do

@@ -366,7 +366,7 @@ defmodule DynamicSrv.Epmd do
     # A per-node SRV name that does not exist is answered by the NIF
     # without a query while the server's SOA says it stays so (RFC 2308).
     srv = Resolver.request(fqdn, :srv)
-    ip = Resolver.request(fqdn, ip_type(family))
+    ip = Resolver.request(fqdn, Resolver.address_type(family))
 
     # Both queries are in flight; collect both answers before deciding.
     srv_answer = finish(srv)
@@ -467,9 +467,6 @@ defmodule DynamicSrv.Epmd do
       {:error, _} -> []
     end
   end
-
-  defp ip_type(:inet), do: :a
-  defp ip_type(:inet6), do: :aaaa
 
   defp family_of_host(host) when is_tuple(host), do: PortBook.family_of(host)
 

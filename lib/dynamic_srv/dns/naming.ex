@@ -43,15 +43,6 @@ defmodule DynamicSrv.Naming do
     end
   end
 
-  @doc "The node `name` (lowercase label) names under `service`, or `nil`."
-  @spec node_name(String.t(), String.t()) :: String.t() | nil
-  def node_name(target, service) do
-    case node_names([target], service) do
-      {:ok, [{:ok, name}]} -> name
-      _ -> nil
-    end
-  end
-
   @doc "Checks a node name (`name@host`) given as a string or an atom."
   @spec check_node_name(String.t() | atom()) :: :ok | {:error, String.t()}
   def check_node_name(node) when is_atom(node), do: check_node_name(Atom.to_string(node))

@@ -87,7 +87,7 @@ defmodule DynamicSrv.Resolver do
   @spec lookup_ip(name(), family(), [option()]) ::
           {:ok, [:inet.ip_address()]} | {:error, reason()}
   def lookup_ip(name, family, opts \\ []) when family in [:inet, :inet6] do
-    with {:ok, request} <- request(name, type_of(family), opts),
+    with {:ok, request} <- request(name, address_type(family), opts),
          {:ok, records} <- await(request) do
       {:ok, Enum.map(records, & &1.address)}
     end
@@ -156,16 +156,10 @@ defmodule DynamicSrv.Resolver do
     end
   end
 
-  @doc """
-  The message tag of NIF replies. A process that gave up waiting may still
-  receive a late reply; `c:GenServer.handle_info/2` clauses can match it with
-  `{tag, _lookup, _result}` and drop it.
-  """
-  @spec reply_tag() :: atom()
-  def reply_tag, do: @reply_tag
-
-  defp type_of(:inet), do: :a
-  defp type_of(:inet6), do: :aaaa
+  @doc "The record type of an address family's addresses: `:a` or `:aaaa`."
+  @spec address_type(family()) :: :a | :aaaa
+  def address_type(:inet), do: :a
+  def address_type(:inet6), do: :aaaa
 
   defp record(:srv, {priority, weight, port, target, ttl, addresses}),
     do: %{

@@ -1,5 +1,6 @@
-//! The one error type of the crate. `lib.rs` turns it into Erlang terms at
-//! the NIF boundary; nothing else in the crate knows about terms.
+//! The one error type of the crate. The NIF crate's `reason` module turns
+//! it into Erlang terms at the NIF boundary; nothing in this crate knows
+//! about terms.
 
 use std::fmt;
 

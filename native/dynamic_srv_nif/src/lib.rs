@@ -20,7 +20,7 @@ mod terms;
 
 use rustler::{Binary, Encoder, Env, NifMap, Term};
 
-use dynamic_srv_core::config::{self, Nameservers, Settings, MAX_ATTEMPTS, MAX_NAMESERVERS};
+use dynamic_srv_core::config::{self, Nameservers, Settings};
 use dynamic_srv_core::naming::{self, TargetParser};
 use dynamic_srv_core::probe::{self, Probe};
 use dynamic_srv_core::types::{Answer, Kind};
@@ -177,20 +177,14 @@ fn check_nameservers<'a>(list: Term<'a>) -> Reply<Term<'a>> {
 #[derive(NifMap)]
 struct Limits {
     max_timeout_ms: u64,
-    max_attempts: u64,
-    max_nameservers: usize,
     max_targets_per_call: usize,
-    max_node_name: usize,
 }
 
 #[rustler::nif]
 fn limits() -> Limits {
     Limits {
         max_timeout_ms: config::MAX_TIMEOUT_MS,
-        max_attempts: MAX_ATTEMPTS,
-        max_nameservers: MAX_NAMESERVERS,
         max_targets_per_call: MAX_TARGETS_PER_CALL,
-        max_node_name: naming::MAX_NODE_NAME,
     }
 }
 

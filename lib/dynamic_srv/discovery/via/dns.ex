@@ -57,7 +57,7 @@ defmodule DynamicSrv.Via.Dns do
 
     config.families
     |> families()
-    |> Enum.map(&Resolver.request(config.dns_name, type(&1), opts))
+    |> Enum.map(&Resolver.request(config.dns_name, Resolver.address_type(&1), opts))
     |> Enum.map(&finish/1)
     |> combine()
     |> case do
@@ -94,9 +94,6 @@ defmodule DynamicSrv.Via.Dns do
 
   defp families(:auto), do: [dist_family()]
   defp families(families), do: families
-
-  defp type(:inet), do: :a
-  defp type(:inet6), do: :aaaa
 
   defp finish({:ok, request}) do
     case Resolver.await(request) do
