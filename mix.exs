@@ -16,6 +16,9 @@ defmodule LibclusterDynamicSrv.MixProject do
       elixir: "~> 1.14",
       compilers: [:dynamic_srv_nif] ++ Mix.compilers(),
       elixirc_paths: elixirc_paths(Mix.env()),
+      # test/fixtures holds projects the tests build (Elixir 1.19+ warns
+      # about files under test/ that are neither tests nor ignored).
+      test_ignore_filters: [&String.starts_with?(&1, "test/fixtures/")],
       start_permanent: Mix.env() == :prod,
       deps: [],
       package: package(),
