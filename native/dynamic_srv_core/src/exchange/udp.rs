@@ -279,14 +279,20 @@ pub(super) async fn ask_once(server: SocketAddr, packet: &[u8], wait: Duration) 
     matches!(tokio::time::timeout(wait, answered).await, Ok(None))
 }
 
-/// What a receiver reads: a UDP socket, or a stand-in in tests.
+/// What a receiver reads: a UDP socket, or a stand-in in tests. The
+/// datagram is appended to `buffer`'s spare capacity, so that a buffer
+/// needs no zeroing.
 trait Datagrams {
-    fn recv(&self, buffer: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send;
+    fn recv_buf(&self, buffer: &mut Vec<u8>)
+        -> impl Future<Output = std::io::Result<usize>> + Send;
 }
 
 impl Datagrams for UdpSocket {
-    fn recv(&self, buffer: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send {
-        UdpSocket::recv(self, buffer)
+    fn recv_buf(
+        &self,
+        buffer: &mut Vec<u8>,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send {
+        UdpSocket::recv_buf(self, buffer)
     }
 }
 
@@ -298,10 +304,12 @@ async fn read_datagrams<S: Datagrams>(
     socket: &S,
     mut on_packet: impl FnMut(&[u8]) -> bool,
 ) -> Option<std::io::Error> {
-    let mut buffer = vec![0u8; RECV_BUFFER];
+    // Allocated, not zeroed: a query's socket usually reads one datagram.
+    let mut buffer = Vec::with_capacity(RECV_BUFFER);
     let mut errors = 0;
     loop {
-        match socket.recv(&mut buffer).await {
+        buffer.clear();
+        match socket.recv_buf(&mut buffer).await {
             Ok(len) => {
                 errors = 0;
                 if on_packet(&buffer[..len]) {
@@ -342,7 +350,10 @@ mod tests {
     struct Broken(std::sync::atomic::AtomicUsize, std::io::ErrorKind);
 
     impl Datagrams for Broken {
-        fn recv(&self, _buffer: &mut [u8]) -> impl Future<Output = std::io::Result<usize>> + Send {
+        fn recv_buf(
+            &self,
+            _buffer: &mut Vec<u8>,
+        ) -> impl Future<Output = std::io::Result<usize>> + Send {
             self.0.fetch_add(1, Ordering::Relaxed);
             std::future::ready(Err(std::io::Error::from(self.1)))
         }
