@@ -28,8 +28,12 @@ defmodule Cluster.Strategy.DynamicSrvTest do
 
   defp srv(labels), do: for(l <- labels, do: {0, 1, 4000, ~c"#{l}.#{@svc}"})
 
-  defp start(config, recorder) do
-    state = struct(State, [topology: :dyn_srv, config: config] ++ Recorder.mfas(recorder))
+  # Starts the strategy on `config`, with more state fields (`meta`) in
+  # `fields`; killed when the test ends.
+  defp start(config, recorder, fields \\ []) do
+    state =
+      struct(State, [topology: :dyn_srv, config: config] ++ fields ++ Recorder.mfas(recorder))
+
     assert {:ok, pid} = Strategy.start_link([state])
     on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
     pid
@@ -296,18 +300,11 @@ defmodule Cluster.Strategy.DynamicSrvTest do
 
     {fun, _} = resolver(srv(["node-a"]))
 
-    state =
-      struct(
-        State,
-        [
-          topology: :dyn_srv,
-          config: [service: @svc, polling_interval: @interval, resolver: fun],
-          meta: MapSet.new([known, listed])
-        ] ++ Recorder.mfas(rec)
+    pid =
+      start([service: @svc, polling_interval: @interval, resolver: fun], rec,
+        meta: MapSet.new([known, listed])
       )
 
-    assert {:ok, pid} = Strategy.start_link([state])
-    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
     assert_receive {:disconnect, ^known}, 5 * @interval
     assert DynamicSrv.Membership.members(pid) == [listed]
   end
@@ -320,18 +317,11 @@ defmodule Cluster.Strategy.DynamicSrvTest do
     for node <- [a, b, c], do: Recorder.connect(rec.agent, self(), node)
     {fun, _} = resolver(srv(["node-a", "node-c"]))
 
-    state =
-      struct(
-        State,
-        [
-          topology: :dyn_srv,
-          config: [service: @svc, polling_interval: 5_000, resolver: fun],
-          meta: MapSet.new([a, b, c])
-        ] ++ Recorder.mfas(rec)
+    pid =
+      start([service: @svc, polling_interval: 5_000, resolver: fun], rec,
+        meta: MapSet.new([a, b, c])
       )
 
-    assert {:ok, pid} = Strategy.start_link([state])
-    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
     assert_receive {:resolved, ~c"my-service.service.consul"}, @first_poll
     assert_receive {:disconnect, ^b}, 100
     refute_received {:disconnect, _}
@@ -353,18 +343,7 @@ defmodule Cluster.Strategy.DynamicSrvTest do
       end
     end
 
-    state =
-      struct(
-        State,
-        [
-          topology: :dyn_srv,
-          config: [service: @svc, polling_interval: @interval, resolver: fun],
-          meta: [a, b]
-        ] ++ Recorder.mfas(rec)
-      )
-
-    assert {:ok, pid} = Strategy.start_link([state])
-    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+    pid = start([service: @svc, polling_interval: @interval, resolver: fun], rec, meta: [a, b])
     assert_receive {:connect, ^b}, @first_poll
 
     for _ <- 1..5,
@@ -508,18 +487,11 @@ defmodule Cluster.Strategy.DynamicSrvTest do
       for node <- nodes, do: assert_received({:connect, ^node})
       {fun, _} = resolver(srv(~w(node-a node-b node-c)))
 
-      state =
-        struct(
-          State,
-          [
-            topology: :dyn_srv,
-            config: [service: @svc, polling_interval: @interval, resolver: fun],
-            meta: MapSet.new(nodes)
-          ] ++ Recorder.mfas(rec)
+      pid =
+        start([service: @svc, polling_interval: @interval, resolver: fun], rec,
+          meta: MapSet.new(nodes)
         )
 
-      assert {:ok, pid} = Strategy.start_link([state])
-      on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
       for _ <- 1..3, do: assert_receive({:resolved, ~c"my-service.service.consul"}, @first_poll)
       refute_received {:connect, _}
       refute_received {:disconnect, _}
@@ -544,43 +516,19 @@ defmodule Cluster.Strategy.DynamicSrvTest do
     test "meta: nil starts with no members; an empty answer causes no call", %{recorder: rec} do
       {fun, _} = resolver([])
 
-      state =
-        struct(
-          State,
-          [
-            topology: :dyn_srv,
-            config: [service: @svc, polling_interval: @interval, resolver: fun],
-            meta: nil
-          ] ++ Recorder.mfas(rec)
-        )
-
-      assert {:ok, pid} = Strategy.start_link([state])
-      on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+      pid = start([service: @svc, polling_interval: @interval, resolver: fun], rec, meta: nil)
       for _ <- 1..2, do: assert_receive({:resolved, _}, @first_poll)
       refute_received {:connect, _}
       refute_received {:disconnect, _}
       assert DynamicSrv.Membership.members(pid) == []
     end
 
-    test "does not connect to itself" do
+    test "does not connect to itself", %{recorder: rec} do
       # The local node's name as a target of this service: for a VM
       # without distribution, nonode@nohost is `nonode.nohost`.
       [label, host] = node() |> Atom.to_string() |> String.split("@")
-      rec = Recorder.start(self())
       {fun, _} = resolver([{0, 1, 4000, ~c"node-a.#{host}"}, {0, 1, 4000, ~c"#{label}.#{host}"}])
-
-      state =
-        struct(
-          State,
-          [
-            topology: :dyn_srv,
-            config: [service: host, polling_interval: @interval, resolver: fun]
-          ] ++
-            Recorder.mfas(rec)
-        )
-
-      assert {:ok, pid} = Strategy.start_link([state])
-      on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+      pid = start([service: host, polling_interval: @interval, resolver: fun], rec)
       other = :"node-a@#{host}"
       assert_receive {:connect, ^other}, @first_poll
       for _ <- 1..2, do: assert_receive({:resolved, _}, @first_poll)
