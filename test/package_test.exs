@@ -36,6 +36,28 @@ defmodule DynamicSrv.PackageTest do
   # this test (see its mix.exs), stands in for `{:libcluster, "~> 3.3"}`.
   @libcluster_stand_in Path.expand("fixtures/libcluster", __DIR__)
   @example_env_sh Path.expand("../examples/release_app/rel/env.sh.eex", __DIR__)
+  # Prints "<app> up on <node>", then a line for each of the node's nodeup
+  # and nodedown events (those before the application started too: its
+  # dependency's discovery starts first).
+  @watch """
+  defmodule Watch do
+    def run(app) do
+      :ok = :net_kernel.monitor_nodes(true)
+      IO.puts("\#{app} up on \#{node()}")
+      Enum.each(Node.list(), &IO.puts("nodeup \#{&1}"))
+      loop()
+    end
+
+    defp loop do
+      receive do
+        {event, node} -> IO.puts("\#{event} \#{node}")
+      end
+
+      loop()
+    end
+  end
+  """
+
   # The README's names, used as written.
   @service "my-service.service.consul"
   @readme_node "node-1@#{@service}"
@@ -111,17 +133,7 @@ defmodule DynamicSrv.PackageTest do
     node1 = @readme_node
     node2 = "node-2@#{@service}"
 
-    dns =
-      DnsServer.start(
-        for {label, port} <- [{"node-1", port1}, {"node-2", port2}],
-            record <- [
-              {:srv, @service, "#{label}.#{@service}", port},
-              {:a, "#{label}.#{@service}", {127, 0, 0, 1}}
-            ],
-            do: record
-      )
-
-    on_exit(fn -> DnsServer.stop(dns) end)
+    dns = service_dns([{"node-1", port1}, {"node-2", port2}])
 
     first = start_readme_node(ctx, node1, port1, dns)
     await_line(first, "new_app up on #{node1}")
@@ -153,17 +165,7 @@ defmodule DynamicSrv.PackageTest do
     node1 = "node-0@#{@service}"
     node2 = "node-1@#{@service}"
 
-    dns =
-      DnsServer.start(
-        for {label, port} <- [{"node-0", port1}, {"node-1", port2}],
-            record <- [
-              {:srv, @service, "#{label}.#{@service}", port},
-              {:a, "#{label}.#{@service}", {127, 0, 0, 1}}
-            ],
-            do: record
-      )
-
-    on_exit(fn -> DnsServer.stop(dns) end)
+    dns = service_dns([{"node-0", port1}, {"node-1", port2}])
     ctx = %{ctx | app: app}
 
     first = start_readme_node(ctx, node1, port1, dns)
@@ -184,6 +186,23 @@ defmodule DynamicSrv.PackageTest do
     [_, block] = Regex.run(~r/`rel\/env\.sh\.eex`:\n\n```sh\n(.*?)```/s, File.read!(@epmd_guide))
     assert code_lines(block) == code_lines(File.read!(@example_env_sh))
     assert block =~ ~s|if [ -z "$ERL_DIST_PORT" ]; then|
+  end
+
+  # dnsmasq serving the service's SRV record and an A record (loopback) for
+  # each `{label, port}`; stopped when the test ends.
+  defp service_dns(nodes) do
+    dns =
+      DnsServer.start(
+        for {label, port} <- nodes,
+            record <- [
+              {:srv, @service, "#{label}.#{@service}", port},
+              {:a, "#{label}.#{@service}", {127, 0, 0, 1}}
+            ],
+            do: record
+      )
+
+    on_exit(fn -> DnsServer.stop(dns) end)
+    dns
   end
 
   # Every file and directory under `dir` with its kind, size, mtime, mode
@@ -237,29 +256,17 @@ defmodule DynamicSrv.PackageTest do
 
         @impl true
         def start(_type, _args) do
-          Supervisor.start_link([{Task, &watch/0}], strategy: :one_for_one)
-        end
-
-        defp watch do
-          :ok = :net_kernel.monitor_nodes(true)
-          IO.puts("new_app up on \#{node()}")
-          # Nodes connected before this application started (its
-          # dependency's discovery starts first).
-          Enum.each(Node.list(), &IO.puts("nodeup \#{&1}"))
-          loop()
-        end
-
-        defp loop do
-          receive do
-            {event, node} -> IO.puts("\#{event} \#{node}")
-          end
-
-          loop()
+          Supervisor.start_link([{Task, fn -> Watch.run("new_app") end}], strategy: :one_for_one)
         end
       end
-      """
+      """,
+      "lib/watch.ex" => @watch
     }
 
+    write_files(app, files)
+  end
+
+  defp write_files(app, files) do
     for {path, text} <- files do
       File.mkdir_p!(Path.dirname(Path.join(app, path)))
       File.write!(Path.join(app, path), text)
@@ -321,34 +328,17 @@ defmodule DynamicSrv.PackageTest do
 
           children = [
             {Cluster.Supervisor, [topologies, [name: PublishedApp.ClusterSupervisor]]},
-            {Task, &watch/0}
+            {Task, fn -> Watch.run("published_app") end}
           ]
 
           Supervisor.start_link(children, strategy: :one_for_one)
         end
-
-        defp watch do
-          :ok = :net_kernel.monitor_nodes(true)
-          IO.puts("published_app up on \#{node()}")
-          Enum.each(Node.list(), &IO.puts("nodeup \#{&1}"))
-          loop()
-        end
-
-        defp loop do
-          receive do
-            {event, node} -> IO.puts("\#{event} \#{node}")
-          end
-
-          loop()
-        end
       end
-      """
+      """,
+      "lib/watch.ex" => @watch
     }
 
-    for {path, text} <- files do
-      File.mkdir_p!(Path.dirname(Path.join(app, path)))
-      File.write!(Path.join(app, path), text)
-    end
+    write_files(app, files)
   end
 
   # Runs `command` in `app` with a user's environment; as root, inside a
