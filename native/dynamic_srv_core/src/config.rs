@@ -85,6 +85,16 @@ impl Settings {
     }
 }
 
+/// The local address a socket to `server` binds: the unspecified address
+/// of its family, port 0 (the kernel picks a random free port).
+pub fn local_for(server: SocketAddr) -> SocketAddr {
+    if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    }
+}
+
 /// The one rule of a nameserver list, however it was given
 /// (`DYNAMIC_SRV_NAMESERVERS`, `--nameserver`, a `nameservers` list of
 /// `{ip, port}` in a strategy's or runner's config, or a lookup's options):

@@ -12,7 +12,7 @@ use hickory_resolver::system_conf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::config::{Nameservers, Settings};
+use crate::config::{local_for, Nameservers, Settings};
 use crate::error::Error;
 use crate::types::{Answer, Kind};
 use crate::wire::{encode, is_raw_answer, result_of};
@@ -73,12 +73,7 @@ fn first_server(nameservers: &Nameservers) -> Result<SocketAddr, Error> {
 
 async fn ask(server: SocketAddr, packet: &[u8], kind: Kind) -> Result<Probe, Error> {
     let udp = |e: std::io::Error| Error::Other(format!("UDP query to {server}: {e}"));
-    let local: SocketAddr = if server.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let socket = UdpSocket::bind(local).await.map_err(udp)?;
+    let socket = UdpSocket::bind(local_for(server)).await.map_err(udp)?;
     socket.connect(server).await.map_err(udp)?;
     socket.send(packet).await.map_err(udp)?;
     let mut buffer = vec![0u8; 65_535];

@@ -413,11 +413,11 @@ impl Upstream for Exchange {
         }
         let pending = {
             let mut lookups = lock(&self.lookups);
-            if lookups
+            let answered = lookups
                 .table
                 .get(id)
-                .is_some_and(|p| p.is_answered_by(&message, packet, server))
-            {
+                .is_some_and(|p| p.is_answered_by(&message, packet, server));
+            if answered {
                 lookups.health.answered(server);
             }
             match lookups.table.get_mut(id) {
@@ -428,7 +428,7 @@ impl Upstream for Exchange {
                 // fills the payload): ask the same server again over TCP.
                 Some(p)
                     if !over_tcp
-                        && p.is_answered_by(&message, packet, server)
+                        && answered
                         && (message.metadata.truncation
                             || (p.kind == Kind::Srv
                                 && wire::looks_trimmed(&message, packet.len()))) =>
@@ -442,7 +442,7 @@ impl Upstream for Exchange {
                     self.tcp.send(self, server, &packet);
                     return true;
                 }
-                Some(p) if p.is_answered_by(&message, packet, server) => {
+                Some(p) if answered => {
                     let window = p.slot.then(|| p.servers[0]);
                     let done = lookups.table.remove(id);
                     let send = match window {

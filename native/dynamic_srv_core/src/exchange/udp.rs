@@ -23,6 +23,7 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
 use super::{lock, Upstream};
+use crate::config::local_for;
 use crate::wire;
 
 /// Windows kept before those without queries are forgotten.
@@ -140,12 +141,7 @@ impl Udp {
     /// A new socket connected to `server`, on a port the kernel picks at
     /// random from its ephemeral range.
     fn open_socket(&self, server: SocketAddr) -> Option<UdpSocket> {
-        let local: SocketAddr = if server.is_ipv4() {
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        } else {
-            SocketAddr::from(([0u16; 8], 0))
-        };
-        let std_socket = std::net::UdpSocket::bind(local).ok()?;
+        let std_socket = std::net::UdpSocket::bind(local_for(server)).ok()?;
         std_socket.connect(server).ok()?;
         std_socket.set_nonblocking(true).ok()?;
         let _guard = self.runtime.enter();
@@ -264,12 +260,7 @@ impl Windows {
 /// answer to it (any response code) comes back within `wait`: a probe of a
 /// server that failed.
 pub(super) async fn ask_once(server: SocketAddr, packet: &[u8], wait: Duration) -> bool {
-    let local: SocketAddr = if server.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let Ok(socket) = UdpSocket::bind(local).await else {
+    let Ok(socket) = UdpSocket::bind(local_for(server)).await else {
         return false;
     };
     if socket.connect(server).await.is_err() || socket.send(packet).await.is_err() {
