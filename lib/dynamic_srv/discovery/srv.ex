@@ -14,10 +14,11 @@ defmodule DynamicSrv.Srv do
   | `:max_nodes` | the most node names (hence atoms) taken from one answer; a larger answer gives the same names on every poll (see `DynamicSrv.Target`) | `#{DynamicSrv.Defaults.max_nodes()}` |
   | `:book_ttl` | how long the port book keeps what a poll found, in ms | three polling intervals, at least 30 s (`DynamicSrv.Defaults.book_ttl/1`) |
 
-  Records with port 0 are ignored (no target). A node listed by several
-  records (e.g. on its old port and its new one after a restart) gets all its
-  ports in the `DynamicSrv.PortBook`, and `DynamicSrv.Epmd` chooses among
-  them when connecting.
+  Which records name which nodes, and what the port book keeps of them, is
+  `DynamicSrv.SrvAnswer`'s rule, shared with `DynamicSrv.Epmd`: records with
+  port 0 are ignored, and a node listed by several records (e.g. on its old
+  port and its new one after a restart) gets all its ports, among which
+  `DynamicSrv.Epmd` chooses when connecting.
 
   NXDOMAIN and an answer without SRV records count as an authoritative empty
   answer; any other failure is an error, so that the caller keeps its last
@@ -25,7 +26,7 @@ defmodule DynamicSrv.Srv do
   """
   require Logger
 
-  alias DynamicSrv.{Hints, PortBook, Resolver, Target}
+  alias DynamicSrv.{Hints, PortBook, Resolver, SrvAnswer, Target}
 
   alias DynamicSrv.Defaults
 
@@ -82,13 +83,14 @@ defmodule DynamicSrv.Srv do
     query = config.query || config.service
 
     with {:ok, records} <- service_lookup(query, config),
-         {records, port_zero} = Enum.split_with(records, &(&1.port != 0)),
-         {:ok, pairs, ignored} <-
-           Target.to_nodes(Enum.map(records, & &1.target), config.service, config.max_nodes) do
-      log_ignored(ignored ++ Enum.map(port_zero, &{&1.target, "port 0"}))
-      records = complete_addresses(records, pairs, query, config)
-      book(records, pairs, config.book_ttl)
-      {:ok, Enum.map(pairs, &elem(&1, 1))}
+         {:ok, entries, ignored} <- SrvAnswer.nodes(records, config.service) do
+      {nodes, over} = Target.to_atoms(Enum.map(entries, &elem(&1, 0)), config.max_nodes)
+      over = MapSet.new(over)
+      {left_out, kept} = Enum.split_with(entries, &MapSet.member?(over, elem(&1, 0)))
+      reason = "over max_nodes (#{config.max_nodes})"
+      log_ignored(ignored ++ for({_, [record | _]} <- left_out, do: {record.target, reason}))
+      kept |> complete_addresses(query, config) |> SrvAnswer.book(config.book_ttl)
+      {:ok, nodes}
     end
   end
 
@@ -128,11 +130,12 @@ defmodule DynamicSrv.Srv do
        when is_function(resolver, 1) do
     case lookup(name, config) do
       {:ok, records} ->
-        targets = for %{port: port, target: target} <- records, port != 0, do: target
+        case SrvAnswer.nodes(records, config.service) do
+          {:ok, entries, _ignored} ->
+            if List.keymember?(entries, node_name, 0), do: :present, else: :absent
 
-        case DynamicSrv.Naming.node_names(targets, config.service) do
-          {:ok, names} -> if {:ok, node_name} in names, do: :present, else: :absent
-          {:error, _} = error -> error
+          {:error, _} = error ->
+            error
         end
 
       {:error, :nxdomain} ->
@@ -202,41 +205,36 @@ defmodule DynamicSrv.Srv do
   # it small (dnsmasq stops at 1232 bytes without setting TC). When the book
   # knows no address for such a node, one query over TCP fetches them all,
   # instead of one A lookup per node and connection later.
-  defp complete_addresses(records, pairs, query, config) do
+  defp complete_addresses(entries, query, config) do
     # A target without any address would otherwise send this query on
     # every poll: once per book lifetime is enough.
-    if config.resolver == nil and missing_addresses?(records, pairs) and
+    if config.resolver == nil and Enum.any?(entries, &missing_address?/1) and
          Hints.claim_tcp_refill(query, config.book_ttl) do
       opts = Keyword.put(config.resolver_opts, :protocol, :tcp)
 
       case Resolver.lookup_srv(query, opts) do
         {:ok, full} ->
           by_target = Map.new(full, &{&1.target, &1.addresses})
-          Enum.map(records, &%{&1 | addresses: Map.get(by_target, &1.target, &1.addresses)})
+
+          for {node, records} <- entries,
+              do:
+                {node,
+                 Enum.map(
+                   records,
+                   &%{&1 | addresses: Map.get(by_target, &1.target, &1.addresses)}
+                 )}
 
         {:error, _} ->
-          records
+          entries
       end
     else
-      records
+      entries
     end
   end
 
-  defp missing_addresses?(records, pairs) do
-    nodes = Map.new(pairs)
-
-    Enum.any?(records, fn %{target: target, addresses: addresses} ->
-      case Map.fetch(nodes, target) do
-        {:ok, node} ->
-          name = Atom.to_string(node)
-
-          addresses == [] and PortBook.missing_address?(name, :inet) and
-            PortBook.missing_address?(name, :inet6)
-
-        :error ->
-          false
-      end
-    end)
+  defp missing_address?({node, records}) do
+    SrvAnswer.addresses(records) == [] and PortBook.missing_address?(node, :inet) and
+      PortBook.missing_address?(node, :inet6)
   end
 
   defp inet_res_srv?({p, w, port, target})
@@ -257,21 +255,6 @@ defmodule DynamicSrv.Srv do
     }
   rescue
     _ -> %{priority: priority, weight: weight, port: port, target: "", ttl: 0, addresses: []}
-  end
-
-  # Every record of a node counts: a node restarted on a new port while its
-  # old registration lingers has two, and the book keeps both ports.
-  defp book(records, pairs, ttl) do
-    by_target = Map.new(pairs)
-
-    records
-    |> Enum.filter(&Map.has_key?(by_target, &1.target))
-    |> Enum.group_by(&Map.fetch!(by_target, &1.target))
-    |> Enum.each(fn {node, own} ->
-      ports = Enum.map(own, & &1.port)
-      addresses = own |> Enum.flat_map(& &1.addresses) |> Enum.uniq()
-      PortBook.put_srv(Atom.to_string(node), ports, addresses, ttl)
-    end)
   end
 
   defp log_ignored([]), do: :ok

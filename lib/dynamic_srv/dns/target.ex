@@ -39,6 +39,19 @@ defmodule DynamicSrv.Target do
     end
   end
 
+  @doc """
+  The node atoms for `names` (distinct node names that passed
+  `DynamicSrv.Naming`'s rule), in their order, and the names left over
+  `max_nodes`.
+  """
+  @spec to_atoms([String.t()], pos_integer()) :: {[node()], [String.t()]}
+  def to_atoms(names, max_nodes) do
+    chosen = choose(names, max_nodes)
+    {kept, over} = Enum.split_with(names, &MapSet.member?(chosen, &1))
+    # Only validated names, at most max_nodes of them, become atoms.
+    {Enum.map(kept, &String.to_atom/1), over}
+  end
+
   defp collect(parsed, max_nodes) do
     chosen = choose(for({_, {:ok, name}} <- parsed, do: name), max_nodes)
 
