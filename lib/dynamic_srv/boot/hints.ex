@@ -5,7 +5,7 @@ defmodule DynamicSrv.Hints do
 
   | fact | written by | read by |
   | --- | --- | --- |
-  | the port chosen for a node with several ports, and whose turn is next | `DynamicSrv.Epmd` | `DynamicSrv.Epmd`, so both asks of one connection attempt get one port |
+  | the port chosen for a node with several ports, and whose turn is next | `DynamicSrv.Epmd` (its port choice) | `DynamicSrv.Epmd`, so both asks of one connection attempt get one port |
   | an SRV query's answer was completed over TCP | `DynamicSrv.Srv` | `DynamicSrv.Srv`, so that is done once per book lifetime |
 
   Like the port book, nothing here is needed for correctness: a missing

@@ -9,6 +9,7 @@ defmodule DynamicSrv.Defaults do
   | --- | --- |
   | `max_nodes/0` | the most node names (hence atoms) taken from one answer: `1024` |
   | `book_ttl/1` | how long the port book keeps what a poll found: three polling intervals, at least 30 s |
+  | `attempt_ttl/0` | how long `DynamicSrv.Epmd` keeps what one connection attempt found (OTP asks twice per attempt): `1000` ms |
   | `polling_interval/0` | the strategy's ms between polls: `5000` |
   | `timeout/0` | the deadline of one DNS lookup: `3000` ms |
   | `attempts/0` | tries per nameserver within that deadline: `2` |
@@ -27,6 +28,9 @@ defmodule DynamicSrv.Defaults do
   """
   @spec book_ttl(pos_integer()) :: pos_integer()
   def book_ttl(interval_ms), do: max(3 * interval_ms, 30_000)
+
+  @spec attempt_ttl() :: pos_integer()
+  def attempt_ttl, do: 1_000
 
   @spec polling_interval() :: pos_integer()
   def polling_interval, do: 5_000
