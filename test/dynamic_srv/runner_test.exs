@@ -29,6 +29,36 @@ defmodule DynamicSrv.RunnerTest do
     def poll, do: Agent.get(__MODULE__, & &1)
   end
 
+  defmodule Ordered do
+    @moduledoc """
+    A provider process that reports, as it stops, whether the engine is
+    still registered: exits of two processes reach a third in no set order,
+    so the order is observed where it matters, in the provider.
+    """
+    use GenServer
+    @behaviour DynamicSrv.Provider
+
+    def start_link(config),
+      do: GenServer.start_link(__MODULE__, Map.new(config), name: __MODULE__)
+
+    @impl GenServer
+    def init(config) do
+      Process.flag(:trap_exit, true)
+      {:ok, config}
+    end
+
+    @impl GenServer
+    def terminate(reason, config),
+      do:
+        send(
+          config.report_to,
+          {:provider_stops, reason, Process.whereis(DynamicSrv.Runner.Membership)}
+        )
+
+    @impl DynamicSrv.Provider
+    def poll(config), do: config.custom_nodes
+  end
+
   defmodule PeerageStyle do
     @moduledoc "A provider process as Peerage writes them: `use GenServer` and only start_link/0."
     use GenServer
@@ -290,10 +320,10 @@ defmodule DynamicSrv.RunnerTest do
 
   test "stopped by its parent, it stops the engine, then the provider", %{recorder: rec} do
     Process.flag(:trap_exit, true)
-    config = [via: Custom, serves: true, interval: 1, custom_nodes: [:c1@h]]
+    config = [via: Ordered, serves: true, interval: 1, custom_nodes: [:c1@h], report_to: self()]
     {:ok, runner} = DynamicSrv.Runner.start_link(config ++ Recorder.mfas(rec))
     assert_receive {:connect, :c1@h}, @first_poll
-    children = for name <- [DynamicSrv.Runner.Membership, Custom], do: Process.whereis(name)
+    children = for name <- [DynamicSrv.Runner.Membership, Ordered], do: Process.whereis(name)
     # The children the runner keeps, each started once: a restart (or a
     # name still held by an earlier test's process) would show here.
     kept = :sys.get_state(runner)
@@ -304,10 +334,12 @@ defmodule DynamicSrv.RunnerTest do
     Process.exit(runner, :shutdown)
     assert_receive {:EXIT, ^runner, :shutdown}, 15_000
 
-    # The engine first, then the provider.
+    # The engine first (gone when the provider is asked to stop), then the
+    # provider; both with :shutdown, as a supervisor stops its children.
+    assert_receive {:provider_stops, :shutdown, nil}, 5_000
+
     for ref <- refs do
-      assert_receive {:DOWN, first, _, _, reason}, 5_000
-      assert {first, reason} == {ref, :shutdown}
+      assert_receive {:DOWN, ^ref, _, _, :shutdown}, 5_000
     end
 
     assert Process.whereis(DynamicSrv.Runner) == nil
