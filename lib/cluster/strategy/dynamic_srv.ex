@@ -1,4 +1,20 @@
 defmodule Cluster.Strategy.DynamicSrv do
+  alias DynamicSrv.Defaults
+
+  @schema DynamicSrv.Srv.schema() ++
+            [
+              polling_interval:
+                {:pos_integer, Defaults.polling_interval(),
+                 "ms between polls, plus up to 10% jitter"},
+              disconnect_on_deregister:
+                {:boolean, true,
+                 "disconnect nodes that left DNS; with `false` they stay while their connection lives"},
+              fence:
+                {:boolean, nil,
+                 "when DNS stops listing this node after it had listed it, disconnect the topology's nodes and dial none until it is listed again (see `DynamicSrv.Membership`)",
+                 "as `disconnect_on_deregister`"}
+            ]
+
   @moduledoc """
   A libcluster strategy that finds nodes through DNS SRV records and keeps
   the cluster equal to what DNS lists, without losing members when DNS fails.
@@ -15,18 +31,7 @@ defmodule Cluster.Strategy.DynamicSrv do
           ]
         ]
 
-  | key | meaning | default |
-  | --- | --- | --- |
-  | `service` | the service domain; SRV targets `<label>.<service>` become nodes `:"<label>@<service>"` | required |
-  | `query` | the SRV name asked, when it differs from `service` (e.g. `_my-service._tcp.service.consul`) | `service` |
-  | `polling_interval` | ms between polls (plus up to 10% jitter) | `#{DynamicSrv.Defaults.polling_interval()}` |
-  | `disconnect_on_deregister` | disconnect nodes that left DNS; when `false`, they stay while their connection lives | `true` |
-  | `fence` | when DNS stops listing this node after it had listed it (two answers in a row), disconnect the topology's nodes and dial none until listed again | `disconnect_on_deregister` |
-  | `resolver` | a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped SRV tuples (or `{:error, reason}`); anything else is logged as "Unexpected response from resolver: ..." (the published package's words) and changes nothing | the Rust resolver |
-  | `nameservers` | `[{ip_tuple, port}]` to ask | `DYNAMIC_SRV_NAMESERVERS`, else `/etc/resolv.conf` |
-  | `timeout` | deadline of one lookup, ms | `DYNAMIC_SRV_TIMEOUT_MS`, else #{DynamicSrv.Defaults.timeout()} |
-  | `protocol` | `:udp` (truncated answers retried over TCP) or `:tcp` | `:udp` |
-  | `max_nodes` | the most node names (hence atoms) taken from one answer | `#{DynamicSrv.Defaults.max_nodes()}` |
+  #{DynamicSrv.Config.table(@schema)}
 
   The membership rules (grace before a disconnect, what a failed lookup
   does, parallel connects) are those of `DynamicSrv.Membership`. Each poll
@@ -46,8 +51,6 @@ defmodule Cluster.Strategy.DynamicSrv do
   """
   require Logger
 
-  alias DynamicSrv.Defaults
-
   @doc false
   def child_spec(args),
     do: %{id: __MODULE__, type: :worker, start: {__MODULE__, :start_link, [args]}}
@@ -57,7 +60,7 @@ defmodule Cluster.Strategy.DynamicSrv do
   def start_link([%{topology: topology, config: config} = state]) do
     case DynamicSrv.Config.validate(
            config || [],
-           schema(),
+           @schema,
            "Cluster.Strategy.DynamicSrv (topology #{topology})"
          ) do
       {:ok, config} ->
@@ -70,7 +73,7 @@ defmodule Cluster.Strategy.DynamicSrv do
           log_as: :libcluster,
           interval: config.polling_interval,
           disconnect_removed: config.disconnect_on_deregister,
-          fence: fence?(config),
+          fence: config.fence,
           # Nodes a libcluster state already knows (a MapSet or a list).
           members: Map.get(state, :meta) || [],
           connect: Map.get(state, :connect) || Defaults.connect(),
@@ -83,18 +86,4 @@ defmodule Cluster.Strategy.DynamicSrv do
         :ignore
     end
   end
-
-  defp schema do
-    DynamicSrv.Srv.schema() ++
-      [
-        polling_interval: {:pos_integer, Defaults.polling_interval()},
-        disconnect_on_deregister: {:boolean, true},
-        fence: {:boolean, nil}
-      ]
-  end
-
-  # Unset, fencing follows disconnect_on_deregister: who keeps the
-  # connections of nodes that left DNS keeps its own too.
-  defp fence?(%{fence: nil, disconnect_on_deregister: disconnect}), do: disconnect
-  defp fence?(%{fence: fence}), do: fence
 end

@@ -5,7 +5,11 @@ defmodule DynamicSrv.Config do
   with one message naming the key, the value and what is expected.
 
   A schema is a keyword list of `key => {type, default}`; a default of
-  `:required` makes the key mandatory. Types:
+  `:required` makes the key mandatory. The package's own schemas also say
+  what each key means, `{type, default, meaning}`, and how the default
+  reads when its value would not (`{type, default, meaning, shown}`): their
+  modules' key tables are made from them by `table/1`, so a key, its
+  default and its documentation have one home. Types:
 
   | type | accepts |
   | --- | --- |
@@ -30,12 +34,19 @@ defmodule DynamicSrv.Config do
 
   alias DynamicSrv.Naming
 
-  @type schema :: keyword({atom() | tuple(), term()})
+  @type type :: atom() | tuple()
+  @type entry ::
+          {type(), term()}
+          | {type(), term(), String.t()}
+          | {type(), term(), String.t(), String.t()}
+  @type schema :: keyword(entry())
 
   @spec validate(keyword(), schema(), String.t()) :: {:ok, map()} | {:error, String.t()}
   def validate(config, schema, context) when is_list(config) do
-    Enum.reduce_while(schema, {:ok, Map.new(config)}, fn {key, {type, default}}, {:ok, acc} ->
-      case {Map.fetch(acc, key), default} do
+    Enum.reduce_while(schema, {:ok, Map.new(config)}, fn {key, entry}, {:ok, acc} ->
+      type = elem(entry, 0)
+
+      case {Map.fetch(acc, key), elem(entry, 1)} do
         {:error, :required} ->
           {:halt, {:error, "#{context}: the #{inspect(key)} key is required (#{describe(type)})"}}
 
@@ -67,6 +78,30 @@ defmodule DynamicSrv.Config do
     do:
       {:error,
        "#{context}: the configuration is #{inspect(config, limit: 10)}, expected a keyword list"}
+
+  @doc "The defaults of `schema`, by key (`:required` for a required key)."
+  @spec defaults(schema()) :: %{atom() => term()}
+  def defaults(schema), do: Map.new(schema, fn {key, entry} -> {key, elem(entry, 1)} end)
+
+  @doc """
+  The Markdown table of `schema`'s keys (key, meaning, default), for a
+  moduledoc.
+  """
+  @spec table(schema()) :: String.t()
+  def table(schema) do
+    rows = for {key, entry} <- schema, do: "| `#{key}` | #{meaning(entry)} | #{shown(entry)} |"
+    Enum.join(["| key | meaning | default |", "| --- | --- | --- |" | rows], "\n")
+  end
+
+  defp meaning({_type, _default}), do: ""
+  defp meaning(entry), do: elem(entry, 2)
+
+  defp shown({_type, _default, _meaning, shown}), do: shown
+  defp shown(entry), do: shown_default(elem(entry, 1))
+
+  defp shown_default(:required), do: "required"
+  defp shown_default(nil), do: "none"
+  defp shown_default(value), do: "`#{inspect(value)}`"
 
   defp check(:string, value) when is_binary(value) and value != "", do: {:ok, value}
 

@@ -16,7 +16,7 @@ defmodule DynamicSrv.Membership do
   | `:interval` | ms between polls (a jitter of up to 10% is added) | `5000` |
   | `:disconnect_removed` | disconnect nodes that left the answer | `true` |
   | `:members` | nodes already known (a list or a MapSet), counted as members from the start, so that the rules below drop one the answers leave out | `[]` |
-  | `:fence` | fence the local node when the source says it is gone (see the rules) | `false` |
+  | `:fence` | fence the local node when the source says it is gone (see the rules) | with a `:confirm` function (a source that names nodes one by one, as SRV does), `:disconnect_removed`; else `false` |
   | `:connect` / `:disconnect` / `:list_nodes` | MFAs, the node appended as last argument | `:net_kernel.connect_node/1`, `:erlang.disconnect_node/1`, `:erlang.nodes(:connected)` |
   | `:connect_timeout` | how long one connection setup may take before it counts as failed, in ms | `net_setuptime` + 1 s (8 s) |
   | `:poll_timeout` | how long the provider (and the confirmations) may take, in ms | `30_000` |
@@ -177,6 +177,16 @@ defmodule DynamicSrv.Membership do
   @spec members(GenServer.server()) :: [node()]
   def members(server), do: GenServer.call(server, :members)
 
+  # Unset, a source that can be asked about one node by name (SRV) fences
+  # as it disconnects: who keeps the connections of nodes that left keeps
+  # its own too.
+  defp fence?(opts) do
+    case Keyword.get(opts, :fence) do
+      nil -> Keyword.get(opts, :disconnect_removed, true) and Keyword.get(opts, :confirm) != nil
+      fence -> fence
+    end
+  end
+
   @impl true
   def init(opts) do
     # An exit of a linked caller is a message to ignore; the parent's exit
@@ -196,7 +206,7 @@ defmodule DynamicSrv.Membership do
       connect_timeout: Keyword.get(opts, :connect_timeout, default_connect_timeout()),
       poll_timeout: Keyword.get(opts, :poll_timeout, 30_000),
       log_results: Keyword.get(opts, :log_results, true),
-      fence: Keyword.get(opts, :fence, false),
+      fence: fence?(opts),
       members: opts |> Keyword.get(:members, []) |> known_nodes(),
       libcluster:
         Code.ensure_loaded?(@libcluster) and function_exported?(@libcluster, :connect_nodes, 4),

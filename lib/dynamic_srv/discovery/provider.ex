@@ -3,8 +3,9 @@ defmodule DynamicSrv.Provider do
   The contract of a discovery provider run by `DynamicSrv.Runner`.
 
   A provider is a module with `poll/1`, given the runner's resolved and
-  validated configuration (a map: the runner's keys, the provider's own
-  keys of `schema/0` with their defaults, and any other keys as given), and
+  validated configuration (a map: the runner's keys, with `interval_ms`
+  the polling interval in ms, the provider's own keys of `schema/0` with
+  their defaults, and any other keys as given), and
   returning the node names that should form the cluster: a list of atoms,
   or `{:ok, nodes}`, or `{:error, reason}` when its source failed (the
   runner then keeps the last membership).

@@ -1,4 +1,25 @@
 defmodule DynamicSrv.Runner do
+  alias DynamicSrv.Defaults
+
+  @schema [
+    via:
+      {:module, :required,
+       "the provider module (`DynamicSrv.Via.*` or your own, see `DynamicSrv.Provider`)"},
+    interval: {:pos_integer, 10, "seconds between polls"},
+    log_results: {:boolean, true, "log each connect and disconnect"},
+    serves: {:boolean, false, "the provider is a process to start and keep running (see below)"},
+    disconnect_removed: {:boolean, true, "disconnect nodes the provider stops listing"},
+    fence:
+      {:boolean, nil,
+       "when the provider stops listing this node after it had listed it, disconnect and dial nobody until listed again (see `DynamicSrv.Membership`)",
+       "`disconnect_removed` for a provider with `confirm/2` (`DynamicSrv.Via.Srv`), else `false`"},
+    connect:
+      {:mfa, Defaults.connect(),
+       "the MFA a connection is made with, the node appended to its arguments, as in libcluster"},
+    disconnect: {:mfa, Defaults.disconnect(), "the MFA a node is disconnected with"},
+    list_nodes: {:mfa, Defaults.list_nodes(), "the MFA that lists the connected nodes"}
+  ]
+
   @moduledoc """
   Standalone discovery, without libcluster: runs a provider (`via`) on the
   membership engine, from the application's own configuration.
@@ -11,15 +32,7 @@ defmodule DynamicSrv.Runner do
         log_results: true,
         service: "my-app.service.consul"
 
-  | key | meaning | default |
-  | --- | --- | --- |
-  | `via` | the provider module (`DynamicSrv.Via.*` or your own, see `DynamicSrv.Provider`) | required |
-  | `interval` | seconds between polls | `10` |
-  | `log_results` | log each connect and disconnect | `true` |
-  | `serves` | the provider is a process to start and keep running (see below) | `false` |
-  | `disconnect_removed` | disconnect nodes the provider stops listing | `true` |
-  | `fence` | when the provider stops listing this node after it had listed it, disconnect and dial nobody until listed again (see `DynamicSrv.Membership`) | `true` with `DynamicSrv.Via.Srv` and `disconnect_removed`, else `false` |
-  | `connect` / `disconnect` / `list_nodes` | MFAs used to connect, disconnect and list nodes (the node is appended to the arguments), as in libcluster | `:net_kernel.connect_node/1`, `:erlang.disconnect_node/1`, `:erlang.nodes([:connected])` |
+  #{DynamicSrv.Config.table(@schema)}
 
   plus the provider's own keys. Peerage's `sync_offset` is accepted and
   has no effect (polls here are spread by a jitter of up to 10% of the
@@ -61,22 +74,10 @@ defmodule DynamicSrv.Runner do
   use GenServer
   require Logger
 
-  alias DynamicSrv.Defaults
   alias DynamicSrv.Runner.Keeper
 
   @app :libcluster_dynamic_srv
   @config_key {__MODULE__, :config}
-  @schema [
-    via: {:module, :required},
-    interval: {:pos_integer, 10},
-    log_results: {:boolean, true},
-    serves: {:boolean, false},
-    disconnect_removed: {:boolean, true},
-    fence: {:boolean, nil},
-    connect: {:mfa, Defaults.connect()},
-    disconnect: {:mfa, Defaults.disconnect()},
-    list_nodes: {:mfa, Defaults.list_nodes()}
-  ]
 
   # Peerage's keys accepted for compatibility, with no effect here.
   @ignored [:sync_offset]
@@ -137,6 +138,9 @@ defmodule DynamicSrv.Runner do
          {:ok, runner} <- DynamicSrv.Config.validate(resolved, @schema, context),
          {:ok, validated} <-
            DynamicSrv.Config.validate(resolved, @schema ++ provider_schema(runner.via), context) do
+      # Peerage's interval is in seconds; the engine and the port book count
+      # in ms, converted here once.
+      validated = Map.put(validated, :interval_ms, validated.interval * 1_000)
       Enum.each(validated, fn {key, value} -> Application.put_env(@app, key, value) end)
       {:ok, validated}
     end
@@ -167,9 +171,9 @@ defmodule DynamicSrv.Runner do
       topology: via,
       poll: fn -> DynamicSrv.Provider.poll(via, :persistent_term.get(@config_key, config)) end,
       confirm: confirm(via),
-      interval: config.interval * 1_000,
+      interval: config.interval_ms,
       disconnect_removed: config.disconnect_removed,
-      fence: fence?(config),
+      fence: config.fence,
       log_results: config.log_results,
       connect: config.connect,
       disconnect: config.disconnect,
@@ -223,13 +227,6 @@ defmodule DynamicSrv.Runner do
       kept -> Map.put(state, id, fun.(kept))
     end
   end
-
-  # Unset, only providers whose answer lists the local node as its peers
-  # see it (SRV) fence, and not when removed nodes are kept connected.
-  defp fence?(%{fence: nil, via: via, disconnect_removed: disconnect}),
-    do: disconnect and via == DynamicSrv.Via.Srv
-
-  defp fence?(%{fence: fence}), do: fence
 
   # A provider whose answers may leave nodes out asks about one by name.
   defp confirm(via) do

@@ -1,18 +1,36 @@
 defmodule DynamicSrv.Srv do
+  alias DynamicSrv.Defaults
+
+  @schema [
+            service:
+              {:string, :required,
+               "the service domain: SRV targets `<label>.<service>` become nodes `:\"<label>@<service>\"` (label `a-z 0-9 _ -`, any case, lowercased in the node name; the service's dots are literal dots)"},
+            query:
+              {:string, nil,
+               "the SRV name to ask when it is not `service`, e.g. `_my-service._tcp.service.consul`",
+               "`service`"},
+            resolver:
+              {{:fun, 1}, nil,
+               "a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped SRV tuples; any other return is logged as `Unexpected response from resolver: ...` (the published package's words, so existing log alerts match) and changes nothing",
+               "the package's resolver"}
+          ] ++
+            DynamicSrv.Resolver.schema() ++
+            [
+              max_nodes:
+                {:pos_integer, Defaults.max_nodes(),
+                 "the most node names, hence atoms, taken from one answer; from a larger answer, names that already exist as atoms first, then the others in sorted order, so an answer the server rotates gives the same names on every poll"}
+            ]
+
   @moduledoc """
   One SRV poll: the query, the answer, the node names and the port book.
   `Cluster.Strategy.DynamicSrv` and `DynamicSrv.Via.Srv` both poll through
   this module, with a `%DynamicSrv.Srv{}` built by `new/2` from their
-  validated configuration.
+  keys, validated against `schema/0`:
 
-  | field | meaning | default |
-  | --- | --- | --- |
-  | `:service` | the service domain: targets `<label>.<service>` become `:"<label>@<service>"` | required |
-  | `:query` | the SRV name asked, when it differs from `service` (e.g. `_app._tcp.service.consul`) | `service` |
-  | `:resolver` | a 1-arity function given the query as a charlist, returning `:inet_res.lookup/4`-shaped `[{priority, weight, port, target}]` (or `{:error, reason}`) instead of the built-in resolver | none |
-  | `:nameservers` / `:timeout` / `:protocol` | options of `DynamicSrv.Resolver` | see there |
-  | `:max_nodes` | the most node names (hence atoms) taken from one answer; a larger answer gives the same names on every poll (see `DynamicSrv.Target`) | `#{DynamicSrv.Defaults.max_nodes()}` |
-  | `:book_ttl` | how long the port book keeps what a poll found, in ms | three polling intervals, at least 30 s (`DynamicSrv.Defaults.book_ttl/1`) |
+  #{DynamicSrv.Config.table(@schema)}
+
+  What a poll finds stays in the port book for `book_ttl` ms (three
+  polling intervals, at least 30 s: `DynamicSrv.Defaults.book_ttl/1`).
 
   Which records name which nodes, and what the port book keeps of them, is
   `DynamicSrv.SrvAnswer`'s rule, shared with `DynamicSrv.Epmd`: records with
@@ -27,8 +45,6 @@ defmodule DynamicSrv.Srv do
   require Logger
 
   alias DynamicSrv.{Hints, PortBook, Resolver, SrvAnswer, Target}
-
-  alias DynamicSrv.Defaults
 
   @enforce_keys [:service]
   defstruct service: nil,
@@ -46,16 +62,6 @@ defmodule DynamicSrv.Srv do
           max_nodes: pos_integer(),
           book_ttl: non_neg_integer()
         }
-
-  @schema [
-    service: {:string, :required},
-    query: {:string, nil},
-    resolver: {{:fun, 1}, nil},
-    nameservers: {:nameservers, nil},
-    timeout: {:pos_integer, nil},
-    protocol: {{:in, [:udp, :tcp]}, Defaults.protocol()},
-    max_nodes: {:pos_integer, Defaults.max_nodes()}
-  ]
 
   @doc "The `DynamicSrv.Config` schema of the SRV keys, shared by every SRV user."
   @spec schema() :: DynamicSrv.Config.schema()

@@ -74,6 +74,27 @@ defmodule DynamicSrv.Resolver do
           | {:protocol, :udp | :tcp}
   @opaque request :: {pos_integer(), :srv | :a | :aaaa, integer()}
 
+  @schema [
+    nameservers:
+      {:nameservers, nil,
+       "`[{ip_tuple, port}]`, at most 16, each one DNS server: an unspecified (`0.0.0.0`, `::`), broadcast or multicast address, or port 0, is refused with a message",
+       "`DYNAMIC_SRV_NAMESERVERS`, else resolv.conf"},
+    timeout:
+      {:pos_integer, nil, "the deadline of one lookup, ms",
+       "`DYNAMIC_SRV_TIMEOUT_MS`, else #{Defaults.timeout()}"},
+    protocol:
+      {{:in, [:udp, :tcp]}, Defaults.protocol(),
+       "`:udp` (a truncated answer is asked again over TCP) or `:tcp`"}
+  ]
+
+  @doc """
+  The `DynamicSrv.Config` schema of the resolver keys every DNS user of a
+  configuration accepts (the strategy and the SRV and DNS providers); its
+  validated values become options with `options/1`.
+  """
+  @spec schema() :: DynamicSrv.Config.schema()
+  def schema, do: @schema
+
   @doc """
   Looks up the SRV records of `name`. Each record carries the addresses the
   server sent for its target in the additional section (often empty).
@@ -141,7 +162,7 @@ defmodule DynamicSrv.Resolver do
   """
   @spec options(map() | keyword()) :: [option()]
   def options(config),
-    do: for(key <- [:nameservers, :timeout, :protocol], value = config[key], do: {key, value})
+    do: for({key, _} <- @schema, value = config[key], do: {key, value})
 
   @doc "Waits for the answer of a lookup started with `request/3`."
   @spec await(request()) :: {:ok, [map()]} | {:error, reason()}

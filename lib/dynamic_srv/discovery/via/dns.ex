@@ -1,4 +1,21 @@
 defmodule DynamicSrv.Via.Dns do
+  @schema [
+            dns_name:
+              {:string, "localhost", "the name to look up", ~s[`"localhost"` (Peerage's default)]},
+            app_name:
+              {{:label, 200}, "nonode", "the name part of every node",
+               ~s[`"nonode"` (Peerage's default)]},
+            families:
+              {{:in, [:auto, [:inet], [:inet6], [:inet, :inet6], [:inet6, :inet]]}, :auto,
+               "`:auto`, `[:inet]` (A), `[:inet6]` (AAAA) or both (see below)"}
+          ] ++
+            DynamicSrv.Resolver.schema() ++
+            [
+              max_nodes:
+                {:pos_integer, DynamicSrv.Defaults.max_nodes(),
+                 "the most node names, hence atoms, taken from one answer"}
+            ]
+
   @moduledoc """
   A provider that turns the A and AAAA records of one name into nodes
   `<app_name>@<ip>`, e.g. the pods behind a Kubernetes headless Service.
@@ -10,13 +27,7 @@ defmodule DynamicSrv.Via.Dns do
         dns_name: "my-app.default.svc.cluster.local",
         app_name: "my_app"
 
-  | key | meaning | default |
-  | --- | --- | --- |
-  | `dns_name` | the name to look up | `"localhost"` (Peerage's default) |
-  | `app_name` | the name part of every node | `"nonode"` (Peerage's default) |
-  | `families` | `:auto`, `[:inet]` (A), `[:inet6]` (AAAA) or both | `:auto` |
-  | `nameservers` / `timeout` / `protocol` | options of `DynamicSrv.Resolver` | see there |
-  | `max_nodes` | the most node names (hence atoms) taken from one answer | `#{DynamicSrv.Defaults.max_nodes()}` |
+  #{DynamicSrv.Config.table(@schema)}
 
   ## Address families
 
@@ -39,17 +50,7 @@ defmodule DynamicSrv.Via.Dns do
   alias DynamicSrv.Resolver
 
   @impl true
-  def schema do
-    [
-      dns_name: {:string, "localhost"},
-      app_name: {{:label, 200}, "nonode"},
-      families: {{:in, [:auto, [:inet], [:inet6], [:inet, :inet6], [:inet6, :inet]]}, :auto},
-      nameservers: {:nameservers, nil},
-      timeout: {:pos_integer, nil},
-      protocol: {{:in, [:udp, :tcp]}, DynamicSrv.Defaults.protocol()},
-      max_nodes: {:pos_integer, DynamicSrv.Defaults.max_nodes()}
-    ]
-  end
+  def schema, do: @schema
 
   @impl true
   def poll(config) do

@@ -1,4 +1,10 @@
 defmodule DynamicSrv.Via.List do
+  @schema [
+    node_list:
+      {:nodes_ports, :required,
+       "node names, as atoms or `\"name@host\"` strings, each alone or as `{name, port}`"}
+  ]
+
   @moduledoc """
   A provider with a fixed list of nodes, for development (several `iex`
   shells on one machine) or a static set of hosts.
@@ -7,9 +13,7 @@ defmodule DynamicSrv.Via.List do
         via: DynamicSrv.Via.List,
         node_list: [:"app1@127.0.0.1", :"app2@127.0.0.1"]
 
-  | key | meaning | default |
-  | --- | --- | --- |
-  | `node_list` | node names, as atoms or `"name@host"` strings, each alone or as `{name, port}` | required |
+  #{DynamicSrv.Config.table(@schema)}
 
   ## Nodes on one machine with `DynamicSrv.Epmd`
 
@@ -33,11 +37,11 @@ defmodule DynamicSrv.Via.List do
   alias DynamicSrv.{Defaults, PortBook}
 
   @impl true
-  def schema, do: [node_list: {:nodes_ports, :required}]
+  def schema, do: @schema
 
   @impl true
   def poll(config) do
-    ttl = Defaults.book_ttl(config.interval * 1_000)
+    ttl = Defaults.book_ttl(config.interval_ms)
 
     {:ok,
      Enum.map(config.node_list, fn

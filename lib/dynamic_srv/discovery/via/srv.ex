@@ -9,13 +9,7 @@ defmodule DynamicSrv.Via.Srv do
         interval: 5,
         service: "my-app.service.consul"
 
-  | key | meaning | default |
-  | --- | --- | --- |
-  | `service` | the service domain; targets `<label>.<service>` become `:"<label>@<service>"` | required |
-  | `query` | the SRV name asked, when it differs from `service` | `service` |
-  | `nameservers` / `timeout` / `protocol` | options of `DynamicSrv.Resolver` | see there |
-  | `max_nodes` | the most node names (hence atoms) taken from one answer | `#{DynamicSrv.Defaults.max_nodes()}` |
-  | `resolver` | a function replacing the Rust resolver, as in the strategy | none |
+  #{DynamicSrv.Config.table(DynamicSrv.Srv.schema())}
 
   NXDOMAIN and an empty answer mean "no members"; a failed lookup keeps the
   last membership.
@@ -32,5 +26,5 @@ defmodule DynamicSrv.Via.Srv do
   def confirm(node, config), do: DynamicSrv.Srv.confirm(settings(config), node)
 
   defp settings(config),
-    do: DynamicSrv.Srv.new(config, DynamicSrv.Defaults.book_ttl(config.interval * 1_000))
+    do: DynamicSrv.Srv.new(config, DynamicSrv.Defaults.book_ttl(config.interval_ms))
 end

@@ -1,4 +1,26 @@
 defmodule DynamicSrv.Via.Udp do
+  @schema [
+    port: {:port, 45_900, "the UDP port every node listens and sends on"},
+    ip: {:ip, {0, 0, 0, 0}, "the local address the socket is bound to", ~s(`"0.0.0.0"`)},
+    mode: {{:in, [:multicast, :broadcast]}, :multicast, "`:multicast` or `:broadcast`"},
+    multicast_addr: {:ip, {230, 1, 1, 251}, "the multicast group", ~s(`"230.1.1.251"`)},
+    multicast_if:
+      {:ip, {0, 0, 0, 0}, "the local address of the interface to use for multicast",
+       ~s(`"0.0.0.0"`)},
+    multicast_ttl: {:pos_integer, nil, "hops a multicast announcement may cross", "`ttl`"},
+    ttl: {:pos_integer, 1, "Peerage's name for `multicast_ttl`"},
+    broadcast_addr:
+      {:ip, {255, 255, 255, 255}, "the destination in `:broadcast` mode", ~s(`"255.255.255.255"`)},
+    announce_interval: {:pos_integer, 1_000, "ms between announcements"},
+    forget_after: {:pos_integer, 10_000, "ms of silence after which a node is forgotten"},
+    max_peers:
+      {:pos_integer, 256, "the most nodes held at once; new names beyond it are ignored"},
+    secret:
+      {{:secret, 16}, nil,
+       "when set (16 bytes or more), every packet carries an HMAC-SHA256 and packets without a valid one are dropped"},
+    max_skew: {:pos_integer, 10_000, "ms a packet's timestamp may differ from the local clock"}
+  ]
+
   @moduledoc """
   A provider that is a process (`serves: true`): every node announces its
   name on a UDP multicast group (or by broadcast) and lists the nodes it
@@ -9,20 +31,7 @@ defmodule DynamicSrv.Via.Udp do
         serves: true,
         secret: {:system, "CLUSTER_UDP_SECRET"}
 
-  | key | meaning | default |
-  | --- | --- | --- |
-  | `port` | the UDP port every node listens and sends on | `45900` |
-  | `ip` | the local address the socket is bound to | `"0.0.0.0"` |
-  | `mode` | `:multicast` or `:broadcast` | `:multicast` |
-  | `multicast_addr` | the multicast group | `"230.1.1.251"` |
-  | `multicast_if` | the local address of the interface to use for multicast | `"0.0.0.0"` |
-  | `multicast_ttl` (or `ttl`) | hops a multicast announcement may cross | `1` |
-  | `broadcast_addr` | the destination in `:broadcast` mode | `"255.255.255.255"` |
-  | `announce_interval` | ms between announcements | `1000` |
-  | `forget_after` | ms of silence after which a node is forgotten | `10000` |
-  | `max_peers` | the most nodes held at once; new names beyond it are ignored | `256` |
-  | `secret` | when set (16 bytes or more), every packet carries an HMAC-SHA256 and packets without a valid one are dropped | none |
-  | `max_skew` | ms a packet's timestamp may differ from the local clock | `10000` |
+  #{DynamicSrv.Config.table(@schema)}
 
   ## Peerage's keys
 
@@ -61,23 +70,7 @@ defmodule DynamicSrv.Via.Udp do
   @admitted_factor 4
 
   @impl DynamicSrv.Provider
-  def schema do
-    [
-      port: {:port, 45_900},
-      ip: {:ip, {0, 0, 0, 0}},
-      mode: {{:in, [:multicast, :broadcast]}, :multicast},
-      multicast_addr: {:ip, {230, 1, 1, 251}},
-      multicast_if: {:ip, {0, 0, 0, 0}},
-      multicast_ttl: {:pos_integer, nil},
-      ttl: {:pos_integer, 1},
-      broadcast_addr: {:ip, {255, 255, 255, 255}},
-      announce_interval: {:pos_integer, 1_000},
-      forget_after: {:pos_integer, 10_000},
-      max_peers: {:pos_integer, 256},
-      secret: {{:secret, 16}, nil},
-      max_skew: {:pos_integer, 10_000}
-    ]
-  end
+  def schema, do: @schema
 
   @impl DynamicSrv.Provider
   def poll(_config) do
@@ -160,7 +153,7 @@ defmodule DynamicSrv.Via.Udp do
     do: "cannot open UDP port #{config.port}: #{inspect(reason)}"
 
   defp defaults do
-    for {key, {_type, default}} <- schema(), into: %{}, do: {key, default}
+    DynamicSrv.Config.defaults(@schema)
   end
 
   defp socket_options(%{mode: :multicast} = c) do
