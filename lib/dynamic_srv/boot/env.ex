@@ -87,11 +87,11 @@ defmodule DynamicSrv.Env do
   defp nameservers(nil), do: {:ok, :system}
 
   defp nameservers(text) do
-    case DynamicSrv.Native.parse_nameservers(text) do
+    case DynamicSrv.Resolver.parse_nameservers(text) do
       {:ok, servers} ->
         {:ok, servers}
 
-      {:error, {:bad_settings, reason}} ->
+      {:error, reason} ->
         {:error,
          "DYNAMIC_SRV_NAMESERVERS=#{inspect(text)} is invalid: #{reason}; " <>
            "set it to comma-separated ip:port items such as 127.0.0.1:8600,[::1]:53, or unset it to use /etc/resolv.conf"}
@@ -102,7 +102,7 @@ defmodule DynamicSrv.Env do
 
   # The bound is the Rust core's, which every lookup's settings meet.
   defp timeout(text) do
-    max = DynamicSrv.Native.limits().max_timeout_ms
+    max = DynamicSrv.Resolver.max_timeout()
 
     case Integer.parse(String.trim(text)) do
       {ms, ""} when ms in 1..max//1 ->

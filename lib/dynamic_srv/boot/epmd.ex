@@ -125,7 +125,7 @@ defmodule DynamicSrv.Epmd do
   end
 
   defp boot_nif do
-    if DynamicSrv.Native.loaded?() do
+    if DynamicSrv.Resolver.loaded?() do
       :ok
     else
       {:error,

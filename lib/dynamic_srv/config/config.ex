@@ -124,11 +124,11 @@ defmodule DynamicSrv.Config do
   # DYNAMIC_SRV_NAMESERVERS and the lookups follow too.
   defp check(:nameservers, [_ | _] = value) do
     with true <- Enum.all?(value, &nameserver?/1),
-         {:ok, _} <- DynamicSrv.Native.check_nameservers(value) do
+         :ok <- DynamicSrv.Resolver.check_nameservers(value) do
       {:ok, value}
     else
       false -> :error
-      {:error, {:bad_settings, reason}} -> {:error, reason}
+      {:error, reason} -> {:error, reason}
     end
   end
 

@@ -164,6 +164,37 @@ defmodule DynamicSrv.Resolver do
   def options(config),
     do: for({key, _} <- @schema, value = config[key], do: {key, value})
 
+  @doc """
+  Parses comma-separated `ip:port` items (`127.0.0.1:8600,[::1]:53`, the
+  syntax of `DYNAMIC_SRV_NAMESERVERS`) into nameservers, by the rule every
+  lookup's settings follow (at most 16; no unspecified, broadcast or
+  multicast address, no port 0).
+  """
+  @spec parse_nameservers(String.t()) ::
+          {:ok, [{:inet.ip_address(), :inet.port_number()}]} | {:error, String.t()}
+  def parse_nameservers(text),
+    do: text |> DynamicSrv.Native.parse_nameservers() |> settings_result()
+
+  @doc "Checks nameservers given as `[{ip_tuple, port}]` by the same rule."
+  @spec check_nameservers([{:inet.ip_address(), :inet.port_number()}]) ::
+          :ok | {:error, String.t()}
+  def check_nameservers(servers) do
+    with {:ok, _} <- servers |> DynamicSrv.Native.check_nameservers() |> settings_result(),
+         do: :ok
+  end
+
+  @doc "The longest lookup deadline the resolver accepts, in ms."
+  @spec max_timeout() :: pos_integer()
+  def max_timeout, do: DynamicSrv.Native.limits().max_timeout_ms
+
+  @doc "Whether the resolver's core (the NIF) is loaded."
+  @spec loaded?() :: boolean()
+  def loaded?, do: DynamicSrv.Native.loaded?()
+
+  defp settings_result({:ok, _} = ok), do: ok
+  defp settings_result({:error, {_kind, reason}}) when is_binary(reason), do: {:error, reason}
+  defp settings_result({:error, reason}), do: {:error, inspect(reason)}
+
   @doc "Waits for the answer of a lookup started with `request/3`."
   @spec await(request()) :: {:ok, [map()]} | {:error, reason()}
   def await({tag, type, deadline}) do

@@ -86,11 +86,11 @@ defmodule DynamicSrv.Check do
   defp parse_nameservers([]), do: {:ok, []}
 
   defp parse_nameservers(texts) do
-    case DynamicSrv.Native.parse_nameservers(Enum.join(texts, ",")) do
+    case DynamicSrv.Resolver.parse_nameservers(Enum.join(texts, ",")) do
       {:ok, servers} ->
         {:ok, servers}
 
-      {:error, {:bad_settings, reason}} ->
+      {:error, reason} ->
         {:error, "dynamic_srv.check: --nameserver #{Enum.join(texts, ",")}: #{reason}"}
     end
   end
