@@ -13,7 +13,7 @@ defmodule Bench.LargeAnswers do
 
   import Bench.Stats
   alias Bench.Report
-  alias DynamicSrv.{Resolver, Srv}
+  alias DynamicSrv.{Resolver, SrvPoll}
   alias DynamicSrv.Test.Named
 
   @zone "large.test"
@@ -44,7 +44,7 @@ defmodule Bench.LargeAnswers do
     Report.emit("""
 
     #{@lookups} sequential lookups of each side per size, after one warm-up each; the poll \
-    runs DynamicSrv.Srv.poll/1 as the strategy does (lookup, target to node names, port book). \
+    runs DynamicSrv.SrvPoll.poll/1 as the strategy does (lookup, target to node names, port book). \
     A DNS message holds at most 65,535 bytes and SRV targets are never compressed: one SRV \
     answer lists at most about 1,420 nodes named node-NNNN.<service> here (a server cuts a \
     larger one short even over TCP, which the NIF reports as an error, never as a smaller \
@@ -107,11 +107,11 @@ defmodule Bench.LargeAnswers do
     ["#{size}", "-", "-", "-", "-", fmt_ms(median(poll_t)), "resolver function (no DNS)"]
   end
 
-  # DynamicSrv.Srv.poll/1 as the strategy runs it, `@lookups` times after a
+  # DynamicSrv.SrvPoll.poll/1 as the strategy runs it, `@lookups` times after a
   # first poll that must list `size` nodes.
   defp poll_times(service, resolver, nameservers, size) do
     config =
-      Srv.new(
+      SrvPoll.new(
         %{
           service: service,
           query: nil,
@@ -124,9 +124,9 @@ defmodule Bench.LargeAnswers do
         15_000
       )
 
-    {:ok, nodes} = Srv.poll(config)
+    {:ok, nodes} = SrvPoll.poll(config)
     ^size = length(nodes)
-    times(fn -> Srv.poll(config) end, &match?({:ok, [_ | _]}, &1))
+    times(fn -> SrvPoll.poll(config) end, &match?({:ok, [_ | _]}, &1))
   end
 
   # Per-call times in microseconds; a wrong answer fails the part.

@@ -59,7 +59,7 @@ defmodule DynamicSrv.ExamplesTest do
     target = "my-app-0.my-app.default.svc.cluster.local"
 
     assert {:ok, [{^target, :"my-app-0@my-app.default.svc.cluster.local"}], []} =
-             DynamicSrv.Target.to_nodes([target], "my-app.default.svc.cluster.local", 10)
+             DynamicSrv.NodeAtoms.to_nodes([target], "my-app.default.svc.cluster.local", 10)
 
     config = File.read!(Path.join(@examples, "kubernetes/config.exs"))
     assert config =~ ~s(query: "_dist._tcp.my-app.)

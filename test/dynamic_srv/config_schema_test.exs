@@ -9,7 +9,7 @@ defmodule DynamicSrv.ConfigSchemaTest do
 
   # Every module whose configuration is validated, with its schema.
   @schemas [
-    {DynamicSrv.Srv, &DynamicSrv.Srv.schema/0},
+    {DynamicSrv.SrvPoll, &DynamicSrv.SrvPoll.schema/0},
     {DynamicSrv.Via.Srv, &DynamicSrv.Via.Srv.schema/0},
     {DynamicSrv.Via.Dns, &DynamicSrv.Via.Dns.schema/0},
     {DynamicSrv.Via.List, &DynamicSrv.Via.List.schema/0},
@@ -37,7 +37,7 @@ defmodule DynamicSrv.ConfigSchemaTest do
     strategy = moduledoc(Cluster.Strategy.DynamicSrv)
 
     for key <-
-          Keyword.keys(DynamicSrv.Srv.schema()) ++
+          Keyword.keys(DynamicSrv.SrvPoll.schema()) ++
             [:polling_interval, :disconnect_on_deregister, :fence] do
       assert strategy =~ "| `#{key}` |"
     end
@@ -52,7 +52,7 @@ defmodule DynamicSrv.ConfigSchemaTest do
   test "the resolver keys are one group, shared by the SRV and DNS schemas" do
     resolver = DynamicSrv.Resolver.schema()
 
-    for schema <- [DynamicSrv.Srv.schema(), DynamicSrv.Via.Dns.schema()] do
+    for schema <- [DynamicSrv.SrvPoll.schema(), DynamicSrv.Via.Dns.schema()] do
       assert Enum.filter(schema, fn {key, _} -> Keyword.has_key?(resolver, key) end) == resolver
     end
   end

@@ -6,7 +6,7 @@ defmodule DynamicSrv.NamingTest do
   """
   use ExUnit.Case, async: true
 
-  alias DynamicSrv.{Config, Naming, Target}
+  alias DynamicSrv.{Config, Naming, NodeAtoms}
   alias DynamicSrv.Via.Udp.Packet
 
   @service "app.service.consul"
@@ -73,7 +73,7 @@ defmodule DynamicSrv.NamingTest do
 
   test "the strategy, config validation and the UDP provider agree" do
     {:ok, pairs, _ignored} =
-      Target.to_nodes(["Node-7.#{@service}", "weird.name.#{@service}"], @service, 10)
+      NodeAtoms.to_nodes(["Node-7.#{@service}", "weird.name.#{@service}"], @service, 10)
 
     assert [{_, node}] = pairs
     schema = [nodes: {:nodes, :required}]

@@ -346,15 +346,15 @@ defmodule DynamicSrv.RunnerTest do
   end
 
   test "the start of a provider process: its child_spec, start_link/1, else start_link/0" do
-    alias DynamicSrv.Runner.Keeper
-    assert Keeper.start_mfa(PeerageStyle, x: 1) == {:ok, {PeerageStyle, :start_link, []}}
-    assert Keeper.start_mfa(PlainStartLink0, x: 1) == {:ok, {PlainStartLink0, :start_link, []}}
-    assert Keeper.start_mfa(Custom, x: 1) == {:ok, {Custom, :start_link, [[x: 1]]}}
-    assert Keeper.start_mfa(NotAProcess, x: 1) == {:error, :no_start}
+    alias DynamicSrv.Runner.Child
+    assert Child.start_mfa(PeerageStyle, x: 1) == {:ok, {PeerageStyle, :start_link, []}}
+    assert Child.start_mfa(PlainStartLink0, x: 1) == {:ok, {PlainStartLink0, :start_link, []}}
+    assert Child.start_mfa(Custom, x: 1) == {:ok, {Custom, :start_link, [[x: 1]]}}
+    assert Child.start_mfa(NotAProcess, x: 1) == {:error, :no_start}
   end
 
   test "retries wait 1 s, doubling, at most 30 s" do
-    delays = Stream.iterate(1_000, &DynamicSrv.Runner.Keeper.next_delay/1) |> Enum.take(7)
+    delays = Stream.iterate(1_000, &DynamicSrv.Runner.Child.next_delay/1) |> Enum.take(7)
     assert delays == [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000]
   end
 

@@ -69,7 +69,7 @@ defmodule DynamicSrv.SrvPortsTest do
 
     # The poll's answer in the order that once left only the dead port booked.
     assert Node.eval(n0, """
-           DynamicSrv.Srv.poll(%DynamicSrv.Srv{service: "#{@svc}", book_ttl: 60_000, resolver: fn _ ->
+           DynamicSrv.SrvPoll.poll(%DynamicSrv.SrvPoll{service: "#{@svc}", book_ttl: 60_000, resolver: fn _ ->
              [{0, 1, #{port1}, ~c"node-1.#{@svc}"}, {0, 1, #{dead}, ~c"node-1.#{@svc}"}]
            end})
            """) == {:ok, [:"node-1@#{@svc}"]}

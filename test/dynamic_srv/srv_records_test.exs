@@ -9,13 +9,13 @@ defmodule DynamicSrv.SrvRecordsTest do
 
   @moduletag :dnsmasq
 
-  alias DynamicSrv.{Srv, Target}
+  alias DynamicSrv.{NodeAtoms, SrvPoll}
   alias DynamicSrv.Test.DnsServer
 
   defp unique_service, do: "s#{System.unique_integer([:positive])}.test"
 
   defp poll(service, resolver, max_nodes \\ 1024) do
-    Srv.poll(%Srv{service: service, resolver: resolver, max_nodes: max_nodes, book_ttl: 0})
+    SrvPoll.poll(%SrvPoll{service: service, resolver: resolver, max_nodes: max_nodes, book_ttl: 0})
   end
 
   # How many of the 20 possible node names of `service` exist as atoms (the
@@ -49,10 +49,10 @@ defmodule DynamicSrv.SrvRecordsTest do
 
   test "targets differing only in case name one node, in lowercase" do
     assert {:ok, [{"Node-1.svc.test", node}], []} =
-             Target.to_nodes(["Node-1.svc.test", "node-1.svc.test"], "svc.test", 10)
+             NodeAtoms.to_nodes(["Node-1.svc.test", "node-1.svc.test"], "svc.test", 10)
 
     assert node == :"node-1@svc.test"
-    assert {:ok, [{_, ^node}], []} = Target.to_nodes(["NODE-1.SVC.TEST."], "svc.test", 10)
+    assert {:ok, [{_, ^node}], []} = NodeAtoms.to_nodes(["NODE-1.SVC.TEST."], "svc.test", 10)
 
     service = unique_service()
 
@@ -101,7 +101,7 @@ defmodule DynamicSrv.SrvRecordsTest do
     dns = DnsServer.start(records)
     on_exit(fn -> DnsServer.stop(dns) end)
 
-    config = %Srv{
+    config = %SrvPoll{
       service: service,
       resolver_opts: [nameservers: DnsServer.nameservers(dns), timeout: 2_000],
       max_nodes: 10,
@@ -113,7 +113,7 @@ defmodule DynamicSrv.SrvRecordsTest do
         {seen, answers} ->
           # The answer's order, to show the server does rotate.
           {:ok, raw} = DynamicSrv.Resolver.lookup_srv(service, config.resolver_opts)
-          assert {:ok, nodes} = Srv.poll(config)
+          assert {:ok, nodes} = SrvPoll.poll(config)
           assert length(nodes) == 10
           {MapSet.union(seen, MapSet.new(nodes)), MapSet.put(answers, Enum.map(raw, & &1.port))}
       end

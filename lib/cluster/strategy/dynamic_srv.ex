@@ -1,7 +1,7 @@
 defmodule Cluster.Strategy.DynamicSrv do
   alias DynamicSrv.Defaults
 
-  @schema DynamicSrv.Srv.schema() ++
+  @schema DynamicSrv.SrvPoll.schema() ++
             [
               polling_interval:
                 {:pos_integer, Defaults.polling_interval(),
@@ -64,12 +64,12 @@ defmodule Cluster.Strategy.DynamicSrv do
            "Cluster.Strategy.DynamicSrv (topology #{topology})"
          ) do
       {:ok, config} ->
-        srv = DynamicSrv.Srv.new(config, Defaults.book_ttl(config.polling_interval))
+        srv = DynamicSrv.SrvPoll.new(config, Defaults.book_ttl(config.polling_interval))
 
         DynamicSrv.Membership.start_link(
           topology: topology,
-          poll: fn -> DynamicSrv.Srv.poll(srv) end,
-          confirm: &DynamicSrv.Srv.confirm(srv, &1),
+          poll: fn -> DynamicSrv.SrvPoll.poll(srv) end,
+          confirm: &DynamicSrv.SrvPoll.confirm(srv, &1),
           log_as: :libcluster,
           interval: config.polling_interval,
           disconnect_removed: config.disconnect_on_deregister,

@@ -6,7 +6,7 @@ defmodule DynamicSrv.Hints do
   | fact | written by | read by |
   | --- | --- | --- |
   | the port chosen for a node with several ports, and whose turn is next | `DynamicSrv.Epmd` (its port choice) | `DynamicSrv.Epmd`, so both asks of one connection attempt get one port |
-  | an SRV query's answer was completed over TCP | `DynamicSrv.Srv` | `DynamicSrv.Srv`, so that is done once per book lifetime |
+  | an SRV query's answer was completed over TCP | the SRV poll (`DynamicSrv.SrvPoll`, which keeps this fact itself) | the SRV poll, so that is done once per book lifetime |
 
   Like the port book, nothing here is needed for correctness: a missing
   fact costs one more query, and without `DynamicSrv.Epmd` nothing is kept.
@@ -38,20 +38,4 @@ defmodule DynamicSrv.Hints do
   """
   @spec next_turn(String.t(), family()) :: non_neg_integer()
   def next_turn(node, family), do: Tables.count(__MODULE__, {:turn, node, family})
-
-  @doc """
-  Whether the answer to `query` is due to be completed over TCP: `true` at
-  most once per `ttl_ms` (the call that returns `true` claims the turn);
-  always `false` without `DynamicSrv.Epmd`, since there is no book to
-  complete.
-  """
-  @spec claim_tcp_refill(String.t(), non_neg_integer()) :: boolean()
-  def claim_tcp_refill(query, ttl_ms) do
-    if Tables.enabled?() and Tables.get(__MODULE__, {:tcp_refill, query}) == :miss do
-      Tables.put(__MODULE__, {:tcp_refill, query}, true, ttl_ms)
-      true
-    else
-      false
-    end
-  end
 end

@@ -3,7 +3,7 @@ defmodule DynamicSrv.PortBook do
   The ports and addresses of nodes by node name, so that `DynamicSrv.Epmd`
   answers without asking DNS again.
 
-  Writers: the SRV poll (`DynamicSrv.Srv`: the ports, and the target's
+  Writers: the SRV poll (`DynamicSrv.SrvPoll`: the ports, and the target's
   addresses when the server sent them in the additional section), the
   List and UDP providers, and `DynamicSrv.Epmd` itself, which keeps each
   DNS answer for a short while so that one connection attempt costs one

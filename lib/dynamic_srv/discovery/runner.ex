@@ -64,7 +64,7 @@ defmodule DynamicSrv.Runner do
 
   The runner is a `GenServer` that traps exits and keeps its children (the
   provider process and the membership engine, registered as
-  `DynamicSrv.Runner.Membership`) itself, with `DynamicSrv.Runner.Keeper`,
+  `DynamicSrv.Runner.Membership`) itself, with `DynamicSrv.Runner.Child`,
   rather than an OTP supervisor: a supervisor crashes on a call or cast it
   does not know and gives up after a few restarts. Unknown calls get
   `{:error, :unknown_call}`; casts, stray messages and exits of linked
@@ -74,7 +74,7 @@ defmodule DynamicSrv.Runner do
   use GenServer
   require Logger
 
-  alias DynamicSrv.Runner.Keeper
+  alias DynamicSrv.Runner.Child
 
   @app :libcluster_dynamic_srv
   @config_key {__MODULE__, :config}
@@ -149,7 +149,7 @@ defmodule DynamicSrv.Runner do
   @doc false
   def child_spec(config) do
     # Time for the engine, then the provider, to stop.
-    shutdown = 2 * Keeper.shutdown() + 1_000
+    shutdown = 2 * Child.shutdown() + 1_000
     %{id: __MODULE__, start: {__MODULE__, :start_link, [config]}, shutdown: shutdown}
   end
 
@@ -185,11 +185,11 @@ defmodule DynamicSrv.Runner do
     # poll finds it up.
     provider =
       if config.serves,
-        do: Keeper.start(Keeper.new(:provider, {:provider, via, Map.to_list(config)})),
+        do: Child.start(Child.new(:provider, {:provider, via, Map.to_list(config)})),
         else: nil
 
     engine =
-      Keeper.start(Keeper.new(:engine, {:mfa, DynamicSrv.Membership, :start_link, [engine_opts]}))
+      Child.start(Child.new(:engine, {:mfa, DynamicSrv.Membership, :start_link, [engine_opts]}))
 
     {:ok, %{provider: provider, engine: engine}}
   end
@@ -201,13 +201,13 @@ defmodule DynamicSrv.Runner do
   def handle_cast(_request, state), do: {:noreply, state}
 
   @impl true
-  def handle_info({Keeper, :start, id}, state),
-    do: {:noreply, update_kept(state, id, &Keeper.start_again/1)}
+  def handle_info({Child, :start, id}, state),
+    do: {:noreply, update_kept(state, id, &Child.start_again/1)}
 
   def handle_info({:EXIT, pid, reason}, state) do
-    case Enum.find([:provider, :engine], &match?(%Keeper{pid: ^pid}, Map.get(state, &1))) do
+    case Enum.find([:provider, :engine], &match?(%Child{pid: ^pid}, Map.get(state, &1))) do
       nil -> {:noreply, state}
-      id -> {:noreply, update_kept(state, id, &Keeper.exited(&1, reason))}
+      id -> {:noreply, update_kept(state, id, &Child.exited(&1, reason))}
     end
   end
 
@@ -215,8 +215,8 @@ defmodule DynamicSrv.Runner do
 
   @impl true
   def terminate(_reason, state) do
-    Keeper.stop(state.engine)
-    if state.provider, do: Keeper.stop(state.provider)
+    Child.stop(state.engine)
+    if state.provider, do: Child.stop(state.provider)
     :persistent_term.erase(@config_key)
     :ok
   end

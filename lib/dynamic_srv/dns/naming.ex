@@ -12,7 +12,7 @@ defmodule DynamicSrv.Naming do
   | label | `A-Z a-z 0-9 _ -`, 1 to a given length |
   | release helper | `rem-<id>-<node>` or `rpc-<id>-<node>` works for `<node>` |
 
-  Nothing here creates an atom; `DynamicSrv.Target` turns validated names
+  Nothing here creates an atom; `DynamicSrv.NodeAtoms` turns validated names
   into atoms, boundedly.
   """
 

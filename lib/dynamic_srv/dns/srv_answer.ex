@@ -11,7 +11,7 @@ defmodule DynamicSrv.SrvAnswer do
   #   with every address the server sent for the node's targets.
   #
   # Node names stay strings here: nothing creates an atom
-  # (`DynamicSrv.Target` does that, boundedly, for the poll).
+  # (`DynamicSrv.NodeAtoms` does that, boundedly, for the poll).
 
   alias DynamicSrv.{Naming, PortBook, Resolver}
 

@@ -26,7 +26,7 @@ defmodule DynamicSrv.Check do
   the report), or when the local node would not be found by its peers.
   """
 
-  alias DynamicSrv.{Env, Resolver, Target}
+  alias DynamicSrv.{Env, NodeAtoms, Resolver}
 
   @connect_timeout 1_000
 
@@ -187,7 +187,7 @@ defmodule DynamicSrv.Check do
   end
 
   defp nodes(records, service) do
-    case Target.to_nodes(
+    case NodeAtoms.to_nodes(
            Enum.map(records, & &1.target),
            service,
            DynamicSrv.Defaults.max_nodes()

@@ -26,7 +26,7 @@ use dynamic_srv_core::probe::{self, Probe};
 use dynamic_srv_core::types::{Answer, Kind};
 use dynamic_srv_core::{error::Error, exchange};
 
-use reason::{Reason, Reply};
+use reason::{NifReturn, Reason};
 use reply::{Outcome, Responder};
 use terms::{AnswerTerm, Ip};
 
@@ -72,7 +72,12 @@ impl Outcome for Result<Probe, Error> {
 /// Starts a lookup: `{ok, Tag}` at once, then `{dynamic_srv_dns, Tag,
 /// {ok, Records} | {error, Reason}}` within the settings' deadline.
 #[rustler::nif]
-fn lookup<'a>(env: Env<'a>, kind: Term<'a>, name: Binary<'a>, settings: Term<'a>) -> Reply<u64> {
+fn lookup<'a>(
+    env: Env<'a>,
+    kind: Term<'a>,
+    name: Binary<'a>,
+    settings: Term<'a>,
+) -> NifReturn<u64> {
     let request = Request::decode(kind, name, settings)?;
     let handle = reply::runtime()?.handle();
     let responder = Responder::new(env);
@@ -86,7 +91,7 @@ fn lookup<'a>(env: Env<'a>, kind: Term<'a>, name: Binary<'a>, settings: Term<'a>
 /// `{ok, Tag}`, then `{dynamic_srv_dns, Tag, {ok, {Ip, Port, UdpBytes,
 /// Truncated, UdpRecords, TcpRecords | nil}} | {error, Reason}}`.
 #[rustler::nif]
-fn probe<'a>(env: Env<'a>, kind: Term<'a>, name: Binary<'a>, settings: Term<'a>) -> Reply<u64> {
+fn probe<'a>(env: Env<'a>, kind: Term<'a>, name: Binary<'a>, settings: Term<'a>) -> NifReturn<u64> {
     let request = Request::decode(kind, name, settings)?;
     let runtime = reply::runtime()?;
     let responder = Responder::new(env);
@@ -101,7 +106,10 @@ fn probe<'a>(env: Env<'a>, kind: Term<'a>, name: Binary<'a>, settings: Term<'a>)
 /// The node name of each SRV target under `service`: `{ok, [{ok, Name} |
 /// {error, {invalid_name, Why}}]}` in the targets' order.
 #[rustler::nif]
-fn node_names<'a>(targets: Vec<Term<'a>>, service: Binary<'a>) -> Reply<Vec<Reply<String>>> {
+fn node_names<'a>(
+    targets: Vec<Term<'a>>,
+    service: Binary<'a>,
+) -> NifReturn<Vec<NifReturn<String>>> {
     let service = std::str::from_utf8(service.as_slice())
         .map_err(|_| Reason::InvalidName("the service is not valid UTF-8".into()))?;
     let parser = TargetParser::new(service)?;
@@ -125,7 +133,7 @@ fn node_names<'a>(targets: Vec<Term<'a>>, service: Binary<'a>) -> Reply<Vec<Repl
 /// `{ok, Name}` when `name` is a node name by the package's rule, else
 /// `{error, {invalid_name, Why}}`.
 #[rustler::nif]
-fn check_node_name(name: Binary) -> Reply<String> {
+fn check_node_name(name: Binary) -> NifReturn<String> {
     naming::check_node_name(name.as_slice())
         .map_err(Reason::InvalidName)
         .map(|()| String::from_utf8_lossy(name.as_slice()).into_owned())
@@ -134,7 +142,7 @@ fn check_node_name(name: Binary) -> Reply<String> {
 /// `{ok, Label}` for a label of `[A-Za-z0-9_-]`, 1 to `max` bytes, else
 /// `{error, {invalid_name, Why}}`.
 #[rustler::nif]
-fn check_label(label: Binary, max: usize) -> Reply<String> {
+fn check_label(label: Binary, max: usize) -> NifReturn<String> {
     naming::check_label(label.as_slice(), max)
         .map_err(Reason::InvalidName)
         .map(|()| String::from_utf8_lossy(label.as_slice()).into_owned())
@@ -151,7 +159,7 @@ fn helper_of(name: Binary) -> Option<String> {
 /// `{ok, [{Ip, Port}]}` from the `DYNAMIC_SRV_NAMESERVERS` syntax, or
 /// `{error, {bad_settings, Why}}`.
 #[rustler::nif]
-fn parse_nameservers(text: Binary) -> Reply<Vec<(Ip, u16)>> {
+fn parse_nameservers(text: Binary) -> NifReturn<Vec<(Ip, u16)>> {
     std::str::from_utf8(text.as_slice())
         .map_err(|_| "the text is not valid UTF-8".to_owned())
         .and_then(config::parse_nameservers)
@@ -163,7 +171,7 @@ fn parse_nameservers(text: Binary) -> Reply<Vec<(Ip, u16)>> {
 /// nameserver list follows (`config::check_nameservers`): `{ok, List}` or
 /// `{error, {bad_settings, Why}}`.
 #[rustler::nif]
-fn check_nameservers<'a>(list: Term<'a>) -> Reply<Term<'a>> {
+fn check_nameservers<'a>(list: Term<'a>) -> NifReturn<Term<'a>> {
     match terms::decode_nameservers(list)? {
         Nameservers::Explicit(servers) => config::check_nameservers(&servers)
             .map(|()| list)

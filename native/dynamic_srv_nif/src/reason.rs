@@ -37,7 +37,7 @@ impl From<Error> for Reason {
 
 /// What a NIF returns: `{ok, T}` or `{error, Reason}` (rustler encodes a
 /// `Result` so).
-pub type Reply<T> = Result<T, Reason>;
+pub type NifReturn<T> = Result<T, Reason>;
 
 /// A settings term that cannot be used, as `{bad_settings, Msg}`.
 pub fn bad_settings(message: &str) -> Reason {

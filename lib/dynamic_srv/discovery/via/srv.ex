@@ -9,7 +9,7 @@ defmodule DynamicSrv.Via.Srv do
         interval: 5,
         service: "my-app.service.consul"
 
-  #{DynamicSrv.Config.table(DynamicSrv.Srv.schema())}
+  #{DynamicSrv.Config.table(DynamicSrv.SrvPoll.schema())}
 
   NXDOMAIN and an empty answer mean "no members"; a failed lookup keeps the
   last membership.
@@ -17,14 +17,14 @@ defmodule DynamicSrv.Via.Srv do
   @behaviour DynamicSrv.Provider
 
   @impl true
-  def schema, do: DynamicSrv.Srv.schema()
+  def schema, do: DynamicSrv.SrvPoll.schema()
 
   @impl true
-  def poll(config), do: DynamicSrv.Srv.poll(settings(config))
+  def poll(config), do: DynamicSrv.SrvPoll.poll(settings(config))
 
   @impl true
-  def confirm(node, config), do: DynamicSrv.Srv.confirm(settings(config), node)
+  def confirm(node, config), do: DynamicSrv.SrvPoll.confirm(settings(config), node)
 
   defp settings(config),
-    do: DynamicSrv.Srv.new(config, DynamicSrv.Defaults.book_ttl(config.interval_ms))
+    do: DynamicSrv.SrvPoll.new(config, DynamicSrv.Defaults.book_ttl(config.interval_ms))
 end

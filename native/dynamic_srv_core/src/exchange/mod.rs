@@ -58,7 +58,7 @@ use tcp::{Tcp, TCP_RESENDS};
 use udp::{Outgoing, Udp, Windows};
 
 /// Called once with the result of a lookup, always on a runtime thread.
-pub type Reply = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
+pub type OnAnswer = Box<dyn FnOnce(Result<Answer, Error>) + Send + 'static>;
 
 /// The error of an answer cut short even over TCP.
 const TOO_BIG: &str = "the answer does not fit in one DNS message (65,535 bytes) and the server cut it short even over TCP";
@@ -152,7 +152,7 @@ static EXCHANGE: OnceLock<Arc<Exchange>> = OnceLock::new();
 /// `name` must have been checked by `naming::query_name`. Explicit
 /// nameservers are asked the name as given; with the system
 /// configuration, the names of its search list are asked in turn.
-pub fn start(runtime: &Handle, settings: Settings, name: String, kind: Kind, reply: Reply) {
+pub fn start(runtime: &Handle, settings: Settings, name: String, kind: Kind, reply: OnAnswer) {
     let exchange = EXCHANGE.get_or_init(|| Exchange::new(runtime.clone()));
     exchange.start(settings, name, kind, reply);
 }
@@ -174,7 +174,7 @@ impl Exchange {
         exchange
     }
 
-    fn start(self: &Arc<Self>, settings: Settings, name: String, kind: Kind, reply: Reply) {
+    fn start(self: &Arc<Self>, settings: Settings, name: String, kind: Kind, reply: OnAnswer) {
         if let Some(result) = localhost(&name, kind) {
             self.runtime.spawn(async move { deliver(reply, result) });
             return;
@@ -333,7 +333,7 @@ impl Exchange {
     /// its search list in turn (read on the runtime, as it reads a file)
     /// until one has records, or fails otherwise than with NXDOMAIN or no
     /// data; all by the lookup's deadline, counted from now.
-    fn via_system(self: &Arc<Self>, settings: Settings, name: String, kind: Kind, reply: Reply) {
+    fn via_system(self: &Arc<Self>, settings: Settings, name: String, kind: Kind, reply: OnAnswer) {
         let deadline = Instant::now() + settings.timeout;
         let exchange = Arc::clone(self);
         self.runtime.spawn(async move {
@@ -360,7 +360,7 @@ impl Exchange {
         mut names: VecDeque<String>,
         kind: Kind,
         deadline: Instant,
-        reply: Reply,
+        reply: OnAnswer,
         so_far: Error,
     ) {
         let Some(name) = names.pop_front() else {
@@ -375,7 +375,7 @@ impl Exchange {
             ..settings.clone()
         };
         let exchange = Arc::clone(self);
-        let next: Reply = Box::new(move |result| match result {
+        let next: OnAnswer = Box::new(move |result| match result {
             Err(error @ (Error::NxDomain | Error::NoData)) if !names.is_empty() => {
                 let so_far = if error == Error::NoData {
                     error
@@ -390,7 +390,7 @@ impl Exchange {
     }
 
     /// Replies with an error from the runtime, never from the caller's thread.
-    fn fail(&self, reply: Reply, error: Error) {
+    fn fail(&self, reply: OnAnswer, error: Error) {
         self.runtime
             .spawn(async move { deliver(reply, Err(error)) });
     }
@@ -531,7 +531,7 @@ fn localhost(name: &str, kind: Kind) -> Option<Result<Answer, Error>> {
     })
 }
 
-fn deliver(reply: Reply, result: Result<Answer, Error>) {
+fn deliver(reply: OnAnswer, result: Result<Answer, Error>) {
     let _ = catch_unwind(AssertUnwindSafe(move || reply(result)));
 }
 
@@ -591,7 +591,7 @@ mod tests {
         }
     }
 
-    fn reply_to(sender: &std::sync::mpsc::Sender<Result<Answer, Error>>) -> Reply {
+    fn reply_to(sender: &std::sync::mpsc::Sender<Result<Answer, Error>>) -> OnAnswer {
         let sender = sender.clone();
         Box::new(move |result| {
             let _ = sender.send(result);

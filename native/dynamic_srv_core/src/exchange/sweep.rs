@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::table::Pending;
 use super::udp::Outgoing;
-use super::{deliver, lock, Exchange, Reply};
+use super::{deliver, lock, Exchange, OnAnswer};
 use crate::error::Error;
 
 /// The sweeper sleeps until the next attempt deadline, and at most this
@@ -66,7 +66,7 @@ impl Exchange {
     /// resends those past their attempt deadline, earliest first. Returns
     /// the replies of the ended ones, whether the table is now empty, and
     /// the next deadline.
-    fn expire(self: &Arc<Self>, now: Instant) -> (Vec<Reply>, bool, Option<Instant>) {
+    fn expire(self: &Arc<Self>, now: Instant) -> (Vec<OnAnswer>, bool, Option<Instant>) {
         let mut lookups = lock(&self.lookups);
         let mut done = Vec::new();
         let mut retry = Vec::new();

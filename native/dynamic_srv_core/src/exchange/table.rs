@@ -16,7 +16,7 @@ use std::time::Instant;
 use hickory_resolver::proto::op::Message;
 use tokio::sync::Notify;
 
-use super::Reply;
+use super::OnAnswer;
 use crate::config::Settings;
 use crate::types::Kind;
 use crate::wire;
@@ -48,7 +48,7 @@ pub(super) struct Pending {
     /// Notified when the lookup ends, so that its UDP sockets close.
     pub(super) ended: Arc<Notify>,
     pub(super) settings: Settings,
-    pub(super) reply: Reply,
+    pub(super) reply: OnAnswer,
 }
 
 impl Pending {

@@ -1,4 +1,4 @@
-defmodule DynamicSrv.Target do
+defmodule DynamicSrv.NodeAtoms do
   @moduledoc """
   Turns SRV targets into node atoms, boundedly, by the rule of
   `DynamicSrv.Naming`.

@@ -1,4 +1,4 @@
-defmodule DynamicSrv.Srv do
+defmodule DynamicSrv.SrvPoll do
   alias DynamicSrv.Defaults
 
   @schema [
@@ -24,7 +24,7 @@ defmodule DynamicSrv.Srv do
   @moduledoc """
   One SRV poll: the query, the answer, the node names and the port book.
   `Cluster.Strategy.DynamicSrv` and `DynamicSrv.Via.Srv` both poll through
-  this module, with a `%DynamicSrv.Srv{}` built by `new/2` from their
+  this module, with a `%DynamicSrv.SrvPoll{}` built by `new/2` from their
   keys, validated against `schema/0`:
 
   #{DynamicSrv.Config.table(@schema)}
@@ -44,7 +44,8 @@ defmodule DynamicSrv.Srv do
   """
   require Logger
 
-  alias DynamicSrv.{Hints, PortBook, Resolver, SrvAnswer, Target}
+  alias DynamicSrv.{NodeAtoms, PortBook, Resolver, SrvAnswer}
+  alias DynamicSrv.PortBook.Tables
 
   @enforce_keys [:service]
   defstruct service: nil,
@@ -90,7 +91,7 @@ defmodule DynamicSrv.Srv do
 
     with {:ok, records} <- service_lookup(query, config),
          {:ok, entries, ignored} <- SrvAnswer.nodes(records, config.service) do
-      {nodes, over} = Target.to_atoms(Enum.map(entries, &elem(&1, 0)), config.max_nodes)
+      {nodes, over} = NodeAtoms.to_atoms(Enum.map(entries, &elem(&1, 0)), config.max_nodes)
       over = MapSet.new(over)
       {left_out, kept} = Enum.split_with(entries, &MapSet.member?(over, elem(&1, 0)))
       reason = "over max_nodes (#{config.max_nodes})"
@@ -215,7 +216,7 @@ defmodule DynamicSrv.Srv do
     # A target without any address would otherwise send this query on
     # every poll: once per book lifetime is enough.
     if config.resolver == nil and Enum.any?(entries, &missing_address?/1) and
-         Hints.claim_tcp_refill(query, config.book_ttl) do
+         claim_tcp_refill(query, config.book_ttl) do
       opts = Keyword.put(config.resolver_opts, :protocol, :tcp)
 
       case Resolver.lookup_srv(query, opts) do
@@ -235,6 +236,18 @@ defmodule DynamicSrv.Srv do
       end
     else
       entries
+    end
+  end
+
+  # At most once per `ttl_ms` per query (the call that returns true claims
+  # the turn), kept in the hints table; never without DynamicSrv.Epmd, as
+  # there is no book to fill.
+  defp claim_tcp_refill(query, ttl_ms) do
+    if Tables.enabled?() and Tables.get(DynamicSrv.Hints, {:tcp_refill, query}) == :miss do
+      Tables.put(DynamicSrv.Hints, {:tcp_refill, query}, true, ttl_ms)
+      true
+    else
+      false
     end
   end
 

@@ -1,10 +1,10 @@
-defmodule DynamicSrv.Runner.Keeper do
+defmodule DynamicSrv.Runner.Child do
   @moduledoc """
   One child the runner keeps running (its provider process or its engine):
   how it starts, and what happens when a start fails or the child exits.
   A data structure the runner process holds, not a process: the runner
   owns the link, and its timer messages come back as
-  `{DynamicSrv.Runner.Keeper, :start, id}`.
+  `{DynamicSrv.Runner.Child, :start, id}`.
 
   A start that fails is logged once with what to fix (again only when the
   reason changes) and retried after `next_delay/1`: 1 s, doubling up to
