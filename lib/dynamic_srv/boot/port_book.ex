@@ -15,13 +15,25 @@ defmodule DynamicSrv.PortBook do
   attempt (see its "Several ports" section).
 
   Entries expire; a miss falls back to DNS, and when DNS does not answer,
-  to the last answer known (`fetch_stale/2`). The table and the process
-  that owns it are `DynamicSrv.PortBook.Tables`': nothing depends on that
-  process, and a lost table is made again by the next write. When the node
-  does not use `DynamicSrv.Epmd`, there is no table and writes are no-ops.
+  to the last answer known (`fetch_stale/2`). When the node does not use
+  `DynamicSrv.Epmd`, there is no table and writes are no-ops.
+
+  ## The owner
+
+  The book's table, and `DynamicSrv.Hints`', are owned by one plain process
+  registered as `DynamicSrv.PortBook`, started unlinked by
+  `DynamicSrv.Epmd.start_link/0`: nothing supervises it and nothing depends
+  on it. It traps exits and ignores every message but its own sweep timer
+  (every ten seconds, it deletes entries that expired more than ten
+  minutes ago); calls (`GenServer.call/3`) and `:sys` requests get
+  `{:error, :not_supported}`. If it is killed anyway (`:kill`) or a table
+  is deleted, the next write starts a new owner, and reads meanwhile miss.
   """
 
   alias DynamicSrv.PortBook.Tables
+
+  @tables [__MODULE__, DynamicSrv.Hints]
+  @sweep_every 10_000
 
   @type node_name :: String.t()
   @type family :: :inet | :inet6
@@ -34,7 +46,11 @@ defmodule DynamicSrv.PortBook do
   for the life of the VM: from then on a write recreates a lost table.
   """
   @spec ensure_started() :: :ok
-  defdelegate ensure_started, to: Tables
+  def ensure_started do
+    Tables.enable()
+    if missing_table?(), do: start_owner()
+    :ok
+  end
 
   @doc "Whether the book is in use (this node runs `DynamicSrv.Epmd`)."
   @spec enabled?() :: boolean()
@@ -136,4 +152,85 @@ defmodule DynamicSrv.PortBook do
   @spec family_of(:inet.ip_address()) :: family()
   def family_of(address) when tuple_size(address) == 4, do: :inet
   def family_of(address) when tuple_size(address) == 8, do: :inet6
+
+  @doc false
+  @spec missing_table?() :: boolean()
+  def missing_table?, do: Enum.any?(@tables, &(:ets.whereis(&1) == :undefined))
+
+  # Starts an owner and waits until it has made its tables. Creating a named
+  # table is the lock: of two owners started at once, the second fails to
+  # create it and exits, and the tables of the first are there by then.
+  @doc false
+  @spec start_owner() :: :ok
+  def start_owner do
+    caller = self()
+    {pid, ref} = spawn_monitor(fn -> init_owner(caller) end)
+
+    receive do
+      {^pid, :tables_ready} -> Process.demonitor(ref, [:flush])
+      {:DOWN, ^ref, :process, ^pid, _} -> :ok
+    end
+
+    :ok
+  end
+
+  # A table lost alone (deleted from outside) is made again by a new owner;
+  # the one still there stays with its owner, which sweeps it.
+  defp init_owner(caller) do
+    Process.flag(:trap_exit, true)
+
+    for table <- @tables,
+        :ets.whereis(table) == :undefined,
+        do: :ets.new(table, [:named_table, :public, :set, read_concurrency: true])
+
+    register()
+    send(caller, {self(), :tables_ready})
+    owner_loop(schedule_sweep())
+  end
+
+  defp owner_loop(timer) do
+    receive do
+      {:timeout, ^timer, :sweep} ->
+        sweep()
+        owner_loop(schedule_sweep())
+
+      {:"$gen_call", {pid, _} = from, _request} when is_pid(pid) ->
+        refuse(from)
+        owner_loop(timer)
+
+      {:system, {pid, _} = from, _request} when is_pid(pid) ->
+        refuse(from)
+        owner_loop(timer)
+
+      _other ->
+        owner_loop(timer)
+    end
+  end
+
+  defp refuse(from) do
+    GenServer.reply(from, {:error, :not_supported})
+  catch
+    _, _ -> :ok
+  end
+
+  defp schedule_sweep, do: :erlang.start_timer(@sweep_every, self(), :sweep)
+
+  # The tables are public, so they may have been deleted from outside and a
+  # write may have started a new owner meanwhile: an owner left without any
+  # table leaves, and one that owns a table takes the name when it is free.
+  defp sweep do
+    own = Enum.filter(@tables, &(:ets.info(&1, :owner) == self()))
+    if own == [], do: exit(:normal)
+    register()
+    oldest = Tables.now() - Tables.stale_for()
+
+    for table <- own,
+        do: :ets.select_delete(table, [{{:_, :_, :"$1"}, [{:"=<", :"$1", oldest}], [true]}])
+  end
+
+  defp register do
+    if Process.whereis(__MODULE__) == nil, do: Process.register(self(), __MODULE__)
+  rescue
+    ArgumentError -> false
+  end
 end
