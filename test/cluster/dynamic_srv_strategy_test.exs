@@ -1,47 +1,9 @@
 defmodule Cluster.Strategy.DynamicSrvTest do
-  use ExUnit.Case, async: false
-  import ExUnit.CaptureLog
-
-  alias Cluster.Strategy.DynamicSrv, as: Strategy
-  alias DynamicSrv.Test.{Recorder, State}
-
-  @svc "my-service.service.consul"
-  @interval 100
-  # A poll runs when the strategy starts: what follows it (the resolver's
-  # call, the connects) comes at once on an idle machine, and within a
-  # scheduler's share of a loaded one; ExUnit's 100 ms default is too short
-  # for a machine whose cores other processes take.
-  @first_poll 2_000
-
-  # A resolver function whose answer the test changes through an Agent.
-  defp resolver(answer) do
-    {:ok, agent} = Agent.start_link(fn -> answer end)
-    test = self()
-
-    fun = fn query ->
-      send(test, {:resolved, query})
-      Agent.get(agent, & &1)
-    end
-
-    {fun, fn new -> Agent.update(agent, fn _ -> new end) end}
-  end
-
-  defp srv(labels), do: for(l <- labels, do: {0, 1, 4000, ~c"#{l}.#{@svc}"})
-
-  # Starts the strategy on `config`, with more state fields (`meta`) in
-  # `fields`; killed when the test ends.
-  defp start(config, recorder, fields \\ []) do
-    state =
-      struct(State, [topology: :dyn_srv, config: config] ++ fields ++ Recorder.mfas(recorder))
-
-    assert {:ok, pid} = Strategy.start_link([state])
-    on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
-    pid
-  end
-
-  setup do
-    %{recorder: Recorder.start(self())}
-  end
+  @moduledoc """
+  The strategy in one VM, the recorder standing in for `:net_kernel`: it
+  touches no global state, so it runs with the other async tests.
+  """
+  use DynamicSrv.Test.StrategyCase, async: true
 
   test "connects the nodes its answer lists", %{recorder: rec} do
     {fun, _} = resolver(srv(["node-a", "node-b"]))
@@ -145,7 +107,9 @@ defmodule Cluster.Strategy.DynamicSrvTest do
         assert_receive {:disconnect, :"node-b@my-service.service.consul"}, 5 * @interval
       end)
 
-    assert length(String.split(log, "membership source failed")) == 2
+    # This strategy's lines only: the log captured holds the lines of the
+    # async tests running meanwhile too.
+    assert length(String.split(log, "[libcluster:dyn_srv] membership source failed")) == 2
     assert log =~ "answers again after"
   end
 
@@ -218,55 +182,6 @@ defmodule Cluster.Strategy.DynamicSrvTest do
 
     assert_receive {:resolved, ~c"_my-service._tcp.service.consul"}, @first_poll
     assert_receive {:connect, :"node-a@my-service.service.consul"}, @first_poll
-  end
-
-  # Runs the strategy once on `answer`, so that every module its path uses
-  # is loaded (loading a module creates atoms) before atoms are counted.
-  defp warm_up(answer, rec, config \\ []) do
-    {fun, _} = resolver(answer)
-    pid = start([service: @svc, polling_interval: 60_000, resolver: fun] ++ config, rec)
-    assert_receive {:resolved, _}, @first_poll
-    Process.sleep(200)
-    Process.unlink(pid)
-    Process.exit(pid, :kill)
-    flush_connects()
-  end
-
-  defp flush_connects do
-    receive do
-      {:connect, _} -> flush_connects()
-    after
-      0 -> :ok
-    end
-  end
-
-  test "a 5,000-target answer creates at most max_nodes atoms", %{recorder: rec} do
-    answer = fn tag -> for i <- 1..5_000, do: {0, 1, 4000, ~c"fresh-#{tag}-#{i}.#{@svc}"} end
-    warm_up(answer.(System.unique_integer([:positive])), rec, max_nodes: 50)
-
-    {fun, _} = resolver(answer.(System.unique_integer([:positive])))
-    before = :erlang.system_info(:atom_count)
-    start([service: @svc, polling_interval: 60_000, resolver: fun, max_nodes: 50], rec)
-    assert_receive {:resolved, _}, @first_poll
-    for _ <- 1..50, do: assert_receive({:connect, _}, 2_000)
-    refute_receive {:connect, _}, 200
-    assert :erlang.system_info(:atom_count) - before <= 50
-  end
-
-  test "junk targets create no atom", %{recorder: rec} do
-    junk = fn tag ->
-      for(i <- 1..500, do: {0, 1, 4000, ~c"junk #{tag} #{i}!.#{@svc}"}) ++
-        [{0, 1, 4000, ~c"x.y.#{tag}.elsewhere"}]
-    end
-
-    warm_up(junk.(System.unique_integer([:positive])), rec)
-
-    {fun, _} = resolver(junk.(System.unique_integer([:positive])))
-    before = :erlang.system_info(:atom_count)
-    start([service: @svc, polling_interval: 60_000, resolver: fun], rec)
-    assert_receive {:resolved, _}, @first_poll
-    refute_receive {:connect, _}, 200
-    assert :erlang.system_info(:atom_count) - before < 5
   end
 
   test "a missing service or a bad value stops the strategy with one message", %{recorder: rec} do
@@ -389,69 +304,6 @@ defmodule Cluster.Strategy.DynamicSrvTest do
     assert %{start: {Strategy, :start_link, [[^state]]}} = Strategy.child_spec([state])
   end
 
-  test "with libcluster loaded, connects and disconnects go through Cluster.Strategy", %{
-    recorder: rec
-  } do
-    # A stand-in with the two functions of libcluster 3.x that the engine
-    # calls; it reports the calls and then applies the MFAs as libcluster does.
-    Process.register(self(), :dynamic_srv_libcluster_sink)
-
-    Code.compile_string("""
-    defmodule Cluster.Strategy do
-      def connect_nodes(topology, {m, f, a}, list_nodes, nodes) do
-        send(:dynamic_srv_libcluster_sink, {:libcluster, :connect_nodes, topology, list_nodes, nodes})
-        Enum.each(nodes, &apply(m, f, a ++ [&1]))
-        :ok
-      end
-
-      def disconnect_nodes(topology, {m, f, a}, list_nodes, nodes) do
-        send(:dynamic_srv_libcluster_sink, {:libcluster, :disconnect_nodes, topology, list_nodes, nodes})
-        Enum.each(nodes, &apply(m, f, a ++ [&1]))
-        :ok
-      end
-    end
-
-    defmodule Cluster.Logger do
-      for level <- [:debug, :info, :warn, :error] do
-        def unquote(level)(topology, message),
-          do: send(:dynamic_srv_libcluster_sink, {:cluster_logger, unquote(level), topology, message})
-      end
-    end
-    """)
-
-    on_exit(fn ->
-      for module <- [Cluster.Strategy, Cluster.Logger] do
-        :code.purge(module)
-        :code.delete(module)
-      end
-    end)
-
-    {fun, set} = resolver(srv(["node-a", "node-b"]))
-    start([service: @svc, polling_interval: @interval, resolver: fun], rec)
-    list = Recorder.mfas(rec)[:list_nodes]
-
-    assert_receive {:libcluster, :connect_nodes, :dyn_srv, ^list,
-                    [:"node-a@my-service.service.consul"]},
-                   @first_poll
-
-    assert_receive {:connect, :"node-a@my-service.service.consul"}, @first_poll
-
-    set.(srv(["node-a"]))
-
-    assert_receive {:libcluster, :disconnect_nodes, :dyn_srv, ^list,
-                    [:"node-b@my-service.service.consul"]},
-                   2_000
-
-    assert_receive {:disconnect, :"node-b@my-service.service.consul"}, @first_poll
-
-    # The strategy's own lines go through libcluster's logger.
-    set.(:boom)
-
-    assert_receive {:cluster_logger, :warn, :dyn_srv,
-                    "membership source failed: Unexpected response from resolver: :boom" <> _},
-                   2_000
-  end
-
   test "without libcluster, the strategy's lines carry libcluster's prefix", %{recorder: rec} do
     {fun, set} = resolver(srv(["node-a"]))
 
@@ -542,5 +394,126 @@ defmodule Cluster.Strategy.DynamicSrvTest do
       start([service: @svc, polling_interval: 50, resolver: fun], rec)
       for _ <- 1..3, do: assert_receive({:resolved, ~c"my-service.service.consul"}, @first_poll)
     end
+  end
+end
+
+defmodule Cluster.Strategy.DynamicSrvGlobalTest do
+  @moduledoc """
+  The strategy's tests that read or change what the whole VM shares: the
+  atom table's count, and modules compiled into the VM (a libcluster
+  stand-in). They run alone.
+  """
+  use DynamicSrv.Test.StrategyCase, async: false
+
+  # Runs the strategy once on `answer`, so that every module its path uses
+  # is loaded (loading a module creates atoms) before atoms are counted.
+  defp warm_up(answer, rec, config \\ []) do
+    {fun, _} = resolver(answer)
+    pid = start([service: @svc, polling_interval: 60_000, resolver: fun] ++ config, rec)
+    assert_receive {:resolved, _}, @first_poll
+    Process.sleep(200)
+    Process.unlink(pid)
+    Process.exit(pid, :kill)
+    flush_connects()
+  end
+
+  defp flush_connects do
+    receive do
+      {:connect, _} -> flush_connects()
+    after
+      0 -> :ok
+    end
+  end
+
+  test "a 5,000-target answer creates at most max_nodes atoms", %{recorder: rec} do
+    answer = fn tag -> for i <- 1..5_000, do: {0, 1, 4000, ~c"fresh-#{tag}-#{i}.#{@svc}"} end
+    warm_up(answer.(System.unique_integer([:positive])), rec, max_nodes: 50)
+
+    {fun, _} = resolver(answer.(System.unique_integer([:positive])))
+    before = :erlang.system_info(:atom_count)
+    start([service: @svc, polling_interval: 60_000, resolver: fun, max_nodes: 50], rec)
+    assert_receive {:resolved, _}, @first_poll
+    for _ <- 1..50, do: assert_receive({:connect, _}, 2_000)
+    refute_receive {:connect, _}, 200
+    assert :erlang.system_info(:atom_count) - before <= 50
+  end
+
+  test "junk targets create no atom", %{recorder: rec} do
+    junk = fn tag ->
+      for(i <- 1..500, do: {0, 1, 4000, ~c"junk #{tag} #{i}!.#{@svc}"}) ++
+        [{0, 1, 4000, ~c"x.y.#{tag}.elsewhere"}]
+    end
+
+    warm_up(junk.(System.unique_integer([:positive])), rec)
+
+    {fun, _} = resolver(junk.(System.unique_integer([:positive])))
+    before = :erlang.system_info(:atom_count)
+    start([service: @svc, polling_interval: 60_000, resolver: fun], rec)
+    assert_receive {:resolved, _}, @first_poll
+    refute_receive {:connect, _}, 200
+    assert :erlang.system_info(:atom_count) - before < 5
+  end
+
+  test "with libcluster loaded, connects and disconnects go through Cluster.Strategy", %{
+    recorder: rec
+  } do
+    # A stand-in with the two functions of libcluster 3.x that the engine
+    # calls; it reports the calls and then applies the MFAs as libcluster does.
+    Process.register(self(), :dynamic_srv_libcluster_sink)
+
+    Code.compile_string("""
+    defmodule Cluster.Strategy do
+      def connect_nodes(topology, {m, f, a}, list_nodes, nodes) do
+        send(:dynamic_srv_libcluster_sink, {:libcluster, :connect_nodes, topology, list_nodes, nodes})
+        Enum.each(nodes, &apply(m, f, a ++ [&1]))
+        :ok
+      end
+
+      def disconnect_nodes(topology, {m, f, a}, list_nodes, nodes) do
+        send(:dynamic_srv_libcluster_sink, {:libcluster, :disconnect_nodes, topology, list_nodes, nodes})
+        Enum.each(nodes, &apply(m, f, a ++ [&1]))
+        :ok
+      end
+    end
+
+    defmodule Cluster.Logger do
+      for level <- [:debug, :info, :warn, :error] do
+        def unquote(level)(topology, message),
+          do: send(:dynamic_srv_libcluster_sink, {:cluster_logger, unquote(level), topology, message})
+      end
+    end
+    """)
+
+    on_exit(fn ->
+      for module <- [Cluster.Strategy, Cluster.Logger] do
+        :code.purge(module)
+        :code.delete(module)
+      end
+    end)
+
+    {fun, set} = resolver(srv(["node-a", "node-b"]))
+    start([service: @svc, polling_interval: @interval, resolver: fun], rec)
+    list = Recorder.mfas(rec)[:list_nodes]
+
+    assert_receive {:libcluster, :connect_nodes, :dyn_srv, ^list,
+                    [:"node-a@my-service.service.consul"]},
+                   @first_poll
+
+    assert_receive {:connect, :"node-a@my-service.service.consul"}, @first_poll
+
+    set.(srv(["node-a"]))
+
+    assert_receive {:libcluster, :disconnect_nodes, :dyn_srv, ^list,
+                    [:"node-b@my-service.service.consul"]},
+                   2_000
+
+    assert_receive {:disconnect, :"node-b@my-service.service.consul"}, @first_poll
+
+    # The strategy's own lines go through libcluster's logger.
+    set.(:boom)
+
+    assert_receive {:cluster_logger, :warn, :dyn_srv,
+                    "membership source failed: Unexpected response from resolver: :boom" <> _},
+                   2_000
   end
 end

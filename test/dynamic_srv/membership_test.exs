@@ -1,5 +1,10 @@
 defmodule DynamicSrv.MembershipTest do
-  use ExUnit.Case, async: false
+  @moduledoc """
+  The engine's rules, in one VM: the recorder stands in for `:net_kernel`
+  and a function for the provider. Nothing here touches what the VM shares,
+  so it runs with the other async tests.
+  """
+  use ExUnit.Case, async: true
   import ExUnit.CaptureLog
 
   alias DynamicSrv.Membership
@@ -138,50 +143,6 @@ defmodule DynamicSrv.MembershipTest do
   def connect(parent, node) do
     send(parent, {:connected, node})
     true
-  end
-
-  test "emits telemetry when :telemetry is loaded, and nothing breaks without it" do
-    # Without :telemetry the engine runs as usual (the other tests).
-    refute Code.ensure_loaded?(:telemetry)
-
-    # A stand-in with telemetry's execute/3, removed at the end.
-    Process.register(self(), :dynamic_srv_telemetry_sink)
-
-    Code.compile_string("""
-    defmodule :telemetry do
-      def execute(event, measurements, metadata),
-        do: send(:dynamic_srv_telemetry_sink, {:telemetry, event, measurements, metadata})
-    end
-    """)
-
-    on_exit(fn ->
-      :code.purge(:telemetry)
-      :code.delete(:telemetry)
-    end)
-
-    {:ok, answer} = Agent.start_link(fn -> {:ok, [:a@host, :b@host]} end)
-    start(fn -> Agent.get(answer, & &1) end, topology: :telemetry_test)
-
-    assert_receive {:telemetry, [:libcluster_dynamic_srv, :poll], %{duration: d, nodes: 2},
-                    %{topology: :telemetry_test, result: :ok}}
-                   when is_integer(d),
-                   5_000
-
-    assert_receive {:telemetry, [:libcluster_dynamic_srv, :connect], %{duration: _},
-                    %{node: :a@host, result: true}},
-                   5_000
-
-    Agent.update(answer, fn _ -> {:error, :timeout} end)
-
-    assert_receive {:telemetry, [:libcluster_dynamic_srv, :poll], %{nodes: 0},
-                    %{result: :error, reason: :timeout}},
-                   5_000
-
-    Agent.update(answer, fn _ -> {:ok, [:a@host]} end)
-
-    assert_receive {:telemetry, [:libcluster_dynamic_srv, :disconnect], %{count: 1},
-                    %{nodes: [:b@host]}},
-                   5_000
   end
 
   describe "fencing (the local node left the answer)" do
@@ -463,5 +424,66 @@ defmodule DynamicSrv.MembershipTest do
 
       assert log =~ "fencing"
     end
+  end
+end
+
+defmodule DynamicSrv.MembershipTelemetryTest do
+  @moduledoc """
+  The engine with `:telemetry` loaded: a stand-in module compiled into the
+  VM, which every engine started meanwhile would see, so it runs alone.
+  """
+  use ExUnit.Case, async: false
+
+  alias DynamicSrv.Membership
+  alias DynamicSrv.Test.Recorder
+
+  test "emits telemetry when :telemetry is loaded, and nothing breaks without it" do
+    # Without :telemetry the engine runs as usual (the other tests).
+    refute Code.ensure_loaded?(:telemetry)
+
+    # A stand-in with telemetry's execute/3, removed at the end.
+    Process.register(self(), :dynamic_srv_telemetry_sink)
+
+    Code.compile_string("""
+    defmodule :telemetry do
+      def execute(event, measurements, metadata),
+        do: send(:dynamic_srv_telemetry_sink, {:telemetry, event, measurements, metadata})
+    end
+    """)
+
+    on_exit(fn ->
+      :code.purge(:telemetry)
+      :code.delete(:telemetry)
+    end)
+
+    {:ok, answer} = Agent.start_link(fn -> {:ok, [:a@host, :b@host]} end)
+    rec = Recorder.start(self())
+
+    {:ok, _} =
+      Membership.start_link(
+        [poll: fn -> Agent.get(answer, & &1) end, interval: 50, log_results: false] ++
+          [topology: :telemetry_test] ++ Recorder.mfas(rec)
+      )
+
+    assert_receive {:telemetry, [:libcluster_dynamic_srv, :poll], %{duration: d, nodes: 2},
+                    %{topology: :telemetry_test, result: :ok}}
+                   when is_integer(d),
+                   5_000
+
+    assert_receive {:telemetry, [:libcluster_dynamic_srv, :connect], %{duration: _},
+                    %{node: :a@host, result: true}},
+                   5_000
+
+    Agent.update(answer, fn _ -> {:error, :timeout} end)
+
+    assert_receive {:telemetry, [:libcluster_dynamic_srv, :poll], %{nodes: 0},
+                    %{result: :error, reason: :timeout}},
+                   5_000
+
+    Agent.update(answer, fn _ -> {:ok, [:a@host]} end)
+
+    assert_receive {:telemetry, [:libcluster_dynamic_srv, :disconnect], %{count: 1},
+                    %{nodes: [:b@host]}},
+                   5_000
   end
 end
