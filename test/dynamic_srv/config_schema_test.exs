@@ -9,7 +9,6 @@ defmodule DynamicSrv.ConfigSchemaTest do
 
   # Every module whose configuration is validated, with its schema.
   @schemas [
-    {DynamicSrv.SrvPoll, &DynamicSrv.SrvPoll.schema/0},
     {DynamicSrv.Via.Srv, &DynamicSrv.Via.Srv.schema/0},
     {DynamicSrv.Via.Dns, &DynamicSrv.Via.Dns.schema/0},
     {DynamicSrv.Via.List, &DynamicSrv.Via.List.schema/0},

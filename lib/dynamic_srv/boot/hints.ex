@@ -1,16 +1,15 @@
 defmodule DynamicSrv.Hints do
-  @moduledoc """
-  Short-lived facts that spare a DNS query or a probe, kept apart from the
-  port book (in `DynamicSrv.PortBook.Tables`' second table):
-
-  | fact | written by | read by |
-  | --- | --- | --- |
-  | the port chosen for a node with several ports, and whose turn is next | `DynamicSrv.Epmd` (its port choice) | `DynamicSrv.Epmd`, so both asks of one connection attempt get one port |
-  | an SRV query's answer was completed over TCP | the SRV poll (`DynamicSrv.SrvPoll`, which keeps this fact itself) | the SRV poll, so that is done once per book lifetime |
-
-  Like the port book, nothing here is needed for correctness: a missing
-  fact costs one more query, and without `DynamicSrv.Epmd` nothing is kept.
-  """
+  @moduledoc false
+  # Short-lived facts that spare a DNS query or a probe, kept apart from the
+  # port book (in `DynamicSrv.PortBook.Tables`' second table):
+  #
+  # | fact | written by | read by |
+  # | --- | --- | --- |
+  # | the port chosen for a node with several ports, and whose turn is next | `DynamicSrv.Epmd` (its port choice) | `DynamicSrv.Epmd`, so both asks of one connection attempt get one port |
+  # | an SRV query's answer was completed over TCP | the SRV poll (`DynamicSrv.SrvPoll`, which keeps this fact itself) | the SRV poll, so that is done once per book lifetime |
+  #
+  # Like the port book, nothing here is needed for correctness: a missing
+  # fact costs one more query, and without `DynamicSrv.Epmd` nothing is kept.
 
   alias DynamicSrv.PortBook.Tables
 

@@ -3,7 +3,7 @@ defmodule DynamicSrv.PortBook do
   The ports and addresses of nodes by node name, so that `DynamicSrv.Epmd`
   answers without asking DNS again.
 
-  Writers: the SRV poll (`DynamicSrv.SrvPoll`: the ports, and the target's
+  Writers: the SRV poll (the strategy's and `DynamicSrv.Via.Srv`'s: the ports, and the target's
   addresses when the server sent them in the additional section), the
   List and UDP providers, and `DynamicSrv.Epmd` itself, which keeps each
   DNS answer for a short while so that one connection attempt costs one
@@ -20,7 +20,7 @@ defmodule DynamicSrv.PortBook do
 
   ## The owner
 
-  The book's table, and `DynamicSrv.Hints`', are owned by one plain process
+  The book's table, and the table of the epmd module's port choices, are owned by one plain process
   registered as `DynamicSrv.PortBook`, started unlinked by
   `DynamicSrv.Epmd.start_link/0`: nothing supervises it and nothing depends
   on it. It traps exits and ignores every message but its own sweep timer

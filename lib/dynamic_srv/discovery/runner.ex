@@ -64,9 +64,10 @@ defmodule DynamicSrv.Runner do
 
   The runner is a `GenServer` that traps exits and keeps its children (the
   provider process and the membership engine, registered as
-  `DynamicSrv.Runner.Membership`) itself, with `DynamicSrv.Runner.Child`,
-  rather than an OTP supervisor: a supervisor crashes on a call or cast it
-  does not know and gives up after a few restarts. Unknown calls get
+  `DynamicSrv.Runner.Membership`) itself rather than through an OTP
+  supervisor: a `Supervisor` or `DynamicSupervisor` exits on a call it does
+  not know (`GenServer.call(pid, :hello)` ends it with `function_clause`, on
+  OTP 25 as on OTP 29) and gives up after a few restarts. Unknown calls get
   `{:error, :unknown_call}`; casts, stray messages and exits of linked
   processes other than its parent and children are ignored. When its parent
   stops it, it stops the engine, then the provider.

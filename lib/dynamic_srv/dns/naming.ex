@@ -12,8 +12,8 @@ defmodule DynamicSrv.Naming do
   | label | `A-Z a-z 0-9 _ -`, 1 to a given length |
   | release helper | `rem-<id>-<node>` or `rpc-<id>-<node>` works for `<node>` |
 
-  Nothing here creates an atom; `DynamicSrv.NodeAtoms` turns validated names
-  into atoms, boundedly.
+  Nothing here creates an atom; the SRV poll turns validated names into
+  atoms, at most `max_nodes` per answer.
   """
 
   @doc """

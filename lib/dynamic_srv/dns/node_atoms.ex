@@ -1,25 +1,24 @@
 defmodule DynamicSrv.NodeAtoms do
-  @moduledoc """
-  Turns SRV targets into node atoms, boundedly, by the rule of
-  `DynamicSrv.Naming`.
-
-  A target `<label>.<service-domain>` names the node
-  `:"<label>@<service-domain>"` with the label in lowercase and the domain
-  as configured: DNS names are case-insensitive, so
-  `Node-1.<domain>` and `node-1.<domain>` are one node. Node names are
-  case-sensitive, so nodes must be started with lowercase names to be
-  reached. Any other target is ignored with a reason.
-
-  Atoms are created only for names that passed validation, and at most
-  `max_nodes` per call, so a hostile or broken DNS answer cannot fill the
-  atom table. When an answer names more than `max_nodes` nodes, the choice
-  does not depend on the answer's order (servers rotate their answers): the
-  names that already exist as atoms come first, then the others in sorted
-  order. A rotating answer therefore gives the same names on every call, and
-  new atoms are made only while fewer than `max_nodes` of the answer's names
-  exist as atoms: over the life of the node, the atoms taken from DNS grow
-  only as the listed names themselves change.
-  """
+  @moduledoc false
+  # Turns SRV targets into node atoms, boundedly, by the rule of
+  # `DynamicSrv.Naming`.
+  #
+  # A target `<label>.<service-domain>` names the node
+  # `:"<label>@<service-domain>"` with the label in lowercase and the domain
+  # as configured: DNS names are case-insensitive, so
+  # `Node-1.<domain>` and `node-1.<domain>` are one node. Node names are
+  # case-sensitive, so nodes must be started with lowercase names to be
+  # reached. Any other target is ignored with a reason.
+  #
+  # Atoms are created only for names that passed validation, and at most
+  # `max_nodes` per call, so a hostile or broken DNS answer cannot fill the
+  # atom table. When an answer names more than `max_nodes` nodes, the choice
+  # does not depend on the answer's order (servers rotate their answers): the
+  # names that already exist as atoms come first, then the others in sorted
+  # order. A rotating answer therefore gives the same names on every call, and
+  # new atoms are made only while fewer than `max_nodes` of the answer's names
+  # exist as atoms: over the life of the node, the atoms taken from DNS grow
+  # only as the listed names themselves change.
 
   @type ignored :: {String.t(), String.t()}
 

@@ -1,17 +1,16 @@
 defmodule DynamicSrv.Runner.Child do
-  @moduledoc """
-  One child the runner keeps running (its provider process or its engine):
-  how it starts, and what happens when a start fails or the child exits.
-  A data structure the runner process holds, not a process: the runner
-  owns the link, and its timer messages come back as
-  `{DynamicSrv.Runner.Child, :start, id}`.
-
-  A start that fails is logged once with what to fix (again only when the
-  reason changes) and retried after `next_delay/1`: 1 s, doubling up to
-  30 s. A child that exits is restarted after the current delay, which
-  goes back to 1 s once a child has run for 30 s. Unlike an OTP supervisor,
-  it never gives up, so neither the runner nor the application stops.
-  """
+  @moduledoc false
+  # One child the runner keeps running (its provider process or its engine):
+  # how it starts, and what happens when a start fails or the child exits.
+  # A data structure the runner process holds, not a process: the runner
+  # owns the link, and its timer messages come back as
+  # `{DynamicSrv.Runner.Child, :start, id}`.
+  #
+  # A start that fails is logged once with what to fix (again only when the
+  # reason changes) and retried after `next_delay/1`: 1 s, doubling up to
+  # 30 s. A child that exits is restarted after the current delay, which
+  # goes back to 1 s once a child has run for 30 s. Unlike an OTP supervisor,
+  # it never gives up, so neither the runner nor the application stops.
   require Logger
 
   @first_delay 1_000
