@@ -1,4 +1,24 @@
 defmodule DynamicSrv.SrvPoll do
+  @moduledoc false
+  # One SRV poll: the query, the answer, the node names and the port book.
+  # `Cluster.Strategy.DynamicSrv` and `DynamicSrv.Via.Srv` both poll through
+  # this module, with a `%DynamicSrv.SrvPoll{}` built by `new/2` from their
+  # keys, validated against `schema/0` (its key table is in the docs of
+  # both).
+  #
+  # What a poll finds stays in the port book for `book_ttl` ms (three
+  # polling intervals, at least 30 s: `DynamicSrv.Defaults.book_ttl/1`).
+  #
+  # Which records name which nodes, and what the port book keeps of them, is
+  # `DynamicSrv.SrvAnswer`'s rule, shared with `DynamicSrv.Epmd`: records with
+  # port 0 are ignored, and a node listed by several records (e.g. on its old
+  # port and its new one after a restart) gets all its ports, among which
+  # `DynamicSrv.Epmd` chooses when connecting.
+  #
+  # NXDOMAIN and an answer without SRV records count as an authoritative empty
+  # answer; any other failure is an error, so that the caller keeps its last
+  # membership.
+
   alias DynamicSrv.Defaults
 
   @schema [
@@ -21,26 +41,6 @@ defmodule DynamicSrv.SrvPoll do
                  "the most node names, hence atoms, taken from one answer; from a larger answer, names that already exist as atoms first, then the others in sorted order, so an answer the server rotates gives the same names on every poll"}
             ]
 
-  @moduledoc false
-  # One SRV poll: the query, the answer, the node names and the port book.
-  # `Cluster.Strategy.DynamicSrv` and `DynamicSrv.Via.Srv` both poll through
-  # this module, with a `%DynamicSrv.SrvPoll{}` built by `new/2` from their
-  # keys, validated against `schema/0`:
-  #
-  # (the key table is the strategy's and `DynamicSrv.Via.Srv`'s)
-  #
-  # What a poll finds stays in the port book for `book_ttl` ms (three
-  # polling intervals, at least 30 s: `DynamicSrv.Defaults.book_ttl/1`).
-  #
-  # Which records name which nodes, and what the port book keeps of them, is
-  # `DynamicSrv.SrvAnswer`'s rule, shared with `DynamicSrv.Epmd`: records with
-  # port 0 are ignored, and a node listed by several records (e.g. on its old
-  # port and its new one after a restart) gets all its ports, among which
-  # `DynamicSrv.Epmd` chooses when connecting.
-  #
-  # NXDOMAIN and an answer without SRV records count as an authoritative empty
-  # answer; any other failure is an error, so that the caller keeps its last
-  # membership.
   require Logger
 
   alias DynamicSrv.{NodeAtoms, PortBook, Resolver, SrvAnswer}
