@@ -15,7 +15,8 @@ defmodule DynamicSrv.SrvRecordsTest do
   defp unique_service, do: "s#{System.unique_integer([:positive])}.test"
 
   defp poll(service, resolver, max_nodes \\ 1024) do
-    SrvPoll.poll(%SrvPoll{service: service, resolver: resolver, max_nodes: max_nodes, book_ttl: 0})
+    config = %SrvPoll{service: service, resolver: resolver, max_nodes: max_nodes, book_ttl: 0}
+    SrvPoll.poll(config)
   end
 
   # How many of the 20 possible node names of `service` exist as atoms (the
