@@ -161,7 +161,7 @@ defmodule DynamicSrv.Membership do
     # answer has listed it, how many successful answers in a row have left
     # it out since, and, while fenced, the nodes cut off.
     self_listed: false,
-    self_missing: 0,
+    self_left_out: 0,
     fenced: nil
   ]
 
@@ -477,7 +477,7 @@ defmodule DynamicSrv.Membership do
   defp watch_self(%{fence: false} = state, _listed?, _verdicts), do: state
 
   defp watch_self(%{fenced: nil} = state, true, _verdicts),
-    do: %{state | self_listed: true, self_missing: 0}
+    do: %{state | self_listed: true, self_left_out: 0}
 
   defp watch_self(state, true, _verdicts) do
     log(
@@ -486,17 +486,17 @@ defmodule DynamicSrv.Membership do
       "#{node()} is listed again after #{state.fenced.polls} answer(s) without it: fence lifted, dialling the listed nodes"
     )
 
-    %{state | self_listed: true, self_missing: 0, fenced: nil}
+    %{state | self_listed: true, self_left_out: 0, fenced: nil}
   end
 
   defp watch_self(%{self_listed: false} = state, false, _verdicts), do: state
 
   defp watch_self(%{fenced: nil, confirm: nil} = state, false, _verdicts) do
-    missing = state.self_missing + 1
+    left_out = state.self_left_out + 1
 
-    if missing >= @removal_grace,
-      do: fence(%{state | self_missing: missing}, missing),
-      else: %{state | self_missing: missing}
+    if left_out >= @removal_grace,
+      do: fence(%{state | self_left_out: left_out}, left_out),
+      else: %{state | self_left_out: left_out}
   end
 
   defp watch_self(%{fenced: nil} = state, false, verdicts) do
@@ -578,7 +578,7 @@ defmodule DynamicSrv.Membership do
     # The answer that first leaves out the local node (after it was
     # listed) brings the next poll forward too, so a fence starts as soon
     # as a removed peer would be dropped.
-    self_first_miss? = state.fence and state.self_missing == 1
+    self_first_miss? = state.fence and state.self_left_out == 1
 
     %{
       state

@@ -34,7 +34,7 @@ defmodule DynamicSrv.Membership.Dialer do
             # nodes whose last setup failed, not dialled before the next poll
             held: MapSet.new(),
             # nodes whose setups keep failing (logged once, when it starts)
-            failing: MapSet.new(),
+            failing_nodes: MapSet.new(),
             one_side: true,
             grace: 2_000,
             # the quickest setup seen, ms
@@ -61,7 +61,7 @@ defmodule DynamicSrv.Membership.Dialer do
       dialer
       | wanted: wanted,
         waiting: waiting,
-        failing: MapSet.intersection(dialer.failing, wanted)
+        failing_nodes: MapSet.intersection(dialer.failing_nodes, wanted)
     }
   end
 
@@ -135,12 +135,12 @@ defmodule DynamicSrv.Membership.Dialer do
   end
 
   defp settle(dialer, node, :ok, took) do
-    event = if MapSet.member?(dialer.failing, node), do: :recovered
+    event = if MapSet.member?(dialer.failing_nodes, node), do: :recovered
 
     dialer = %{
       dialer
       | quickest: min(dialer.quickest || took, took),
-        failing: MapSet.delete(dialer.failing, node)
+        failing_nodes: MapSet.delete(dialer.failing_nodes, node)
     }
 
     {grow(dialer), event}
@@ -148,12 +148,12 @@ defmodule DynamicSrv.Membership.Dialer do
 
   defp settle(dialer, node, :failed, took) do
     dialer = if took >= slow(dialer), do: shrink(dialer), else: dialer
-    first = if MapSet.member?(dialer.failing, node), do: nil, else: :first_failure
+    first = if MapSet.member?(dialer.failing_nodes, node), do: nil, else: :first_failure
 
     {%{
        dialer
        | held: MapSet.put(dialer.held, node),
-         failing: MapSet.put(dialer.failing, node),
+         failing_nodes: MapSet.put(dialer.failing_nodes, node),
          failed: dialer.failed + 1
      }, first}
   end
