@@ -74,9 +74,12 @@ defmodule DynamicSrv.Via.DnsTest do
     log = Path.join(System.tmp_dir!(), "dsrv-dns-#{System.unique_integer([:positive])}.log")
     on_exit(fn -> File.rm(log) end)
 
+    # Polls are counted by the VM (call_count on the provider's poll/1).
     code = """
     :ok = :logger.add_handler(:dsrv_test_file, :logger_std_h,
       %{level: :info, config: %{file: #{inspect(String.to_charlist(log))}}})
+    {:module, _} = Code.ensure_loaded(DynamicSrv.Via.Dns)
+    1 = :erlang.trace_pattern({DynamicSrv.Via.Dns, :poll, 1}, true, [:call_count])
     {:ok, pid} = DynamicSrv.Runner.start_link(
       via: DynamicSrv.Via.Dns, dns_name: "localhost", app_name: "myapp", interval: 1)
     Process.unlink(pid)
@@ -86,7 +89,10 @@ defmodule DynamicSrv.Via.DnsTest do
     assert Node.eval(node, code) == :started
 
     polls = fn ->
-      Node.eval(node, ":sys.get_state(DynamicSrv.Runner.Membership).polls")
+      {:call_count, count} =
+        Node.eval(node, ":erlang.trace_info({DynamicSrv.Via.Dns, :poll, 1}, :call_count)")
+
+      count
     end
 
     assert {:ok, _} = Wait.until(fn -> polls.() >= 4 end, 10_000)
