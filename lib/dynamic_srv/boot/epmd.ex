@@ -28,10 +28,13 @@ defmodule DynamicSrv.Epmd do
 
   3. When DNS gives no answer (a timeout, SERVFAIL, refused, a network
      error), the last address and port known for the node, up to ten
-     minutes old (`DynamicSrv.PortBook.fetch_stale/2`): while a cluster
-     forms, `global` turns every failed connection attempt into a
-     cluster-wide disconnect of that node. An answer that says the node is
-     not there (NXDOMAIN, no data, not in the service's answer) is believed.
+     minutes old (`DynamicSrv.PortBook.fetch_stale/2`), else what up to
+     three connected nodes know of it (asked at once, 1 s at most): while
+     a cluster forms, `global` connects each node to the nodes its peers
+     know, often before its own DNS poll has listed them, and turns every
+     failed connection attempt into a cluster-wide disconnect of that
+     node. An answer that says the node is not there (NXDOMAIN, no data,
+     not in the service's answer) is believed.
 
   Each answer (also a failure) is kept for one second: OTP asks twice per
   connection attempt, and the second ask costs no DNS. Lookups use the

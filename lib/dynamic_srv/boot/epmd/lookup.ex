@@ -2,13 +2,18 @@ defmodule DynamicSrv.Epmd.Lookup do
   @moduledoc false
   # Where a peer node listens, for `DynamicSrv.Epmd` (its "Resolution of
   # name@host" is the user's account of this policy): the port book, else
-  # DNS, else the last answer known. Each answer, also a failure, is kept
-  # for one connection attempt (`DynamicSrv.Defaults.attempt_ttl/0`).
+  # DNS, else the last answer known, here or in a connected peer's book.
+  # Each answer, also a failure, is kept for one connection attempt
+  # (`DynamicSrv.Defaults.attempt_ttl/0`).
 
   alias DynamicSrv.{Defaults, PortBook, Resolver, SrvAnswer}
 
   # How long the nodes of a service answer asked for one node stay booked.
   @service_book_ttl 5_000
+  # How many connected peers are asked when DNS does not answer, and for
+  # how long (ms).
+  @peers_asked 3
+  @peer_timeout 1_000
 
   @type family :: :inet | :inet6
 
@@ -31,21 +36,42 @@ defmodule DynamicSrv.Epmd.Lookup do
   end
 
   # A lookup that got no answer (timeout, SERVFAIL, refused, a network
-  # error) falls back to the node's last known address and port: a DNS
-  # hiccup while the cluster forms must not fail connection attempts, since
-  # `global` turns each failed one into a cluster-wide disconnect of that
-  # node. An answer that says the node is not there is believed.
+  # error) falls back to the node's last known address and port, this
+  # node's or, failing that, a connected peer's: a DNS hiccup while the
+  # cluster forms must not fail connection attempts, since `global` turns
+  # each failed one into a cluster-wide disconnect of that node. (A cluster
+  # forming on a loaded host meets exactly this: `global` connects every
+  # node to the nodes its peers know, and DNS is slowest then.) An answer
+  # that says the node is not there is believed.
   defp resolve_or_last_known(node, name, host, family, own_port) do
     case resolve_miss(name, host, family, own_port) do
       {:error, reason} = error ->
-        case not said_absent?(reason) and PortBook.fetch_stale(node, family) do
+        with false <- said_absent?(reason),
+             :miss <- PortBook.fetch_stale(node, family),
+             :miss <- ask_peers(node, family) do
+          remember(node, family, error)
+        else
           {:ok, ip, ports} -> remember(node, family, {:ok, ip, ports})
-          _ -> remember(node, family, error)
+          true -> remember(node, family, error)
         end
 
       answer ->
         remember(node, family, answer)
     end
+  end
+
+  # The last address and ports that a few connected nodes know for `node`:
+  # the first that any of them answers. A peer without this package, or
+  # one that does not answer in time, counts as not knowing.
+  defp ask_peers(node, family) do
+    peers = Node.list() |> Enum.shuffle() |> Enum.take(@peers_asked)
+
+    peers
+    |> :erpc.multicall(PortBook, :fetch_stale, [node, family], @peer_timeout)
+    |> Enum.find_value(:miss, fn
+      {:ok, {:ok, ip, [_ | _] = ports}} when is_tuple(ip) -> {:ok, ip, ports}
+      _ -> nil
+    end)
   end
 
   defp said_absent?({:not_in_srv_answer, _}), do: true
