@@ -28,17 +28,22 @@ defmodule DynamicSrv.Membership do
 
   * The first poll runs at start, then every `:interval`.
   * Every node an answer lists (and every member confirmed by its own
-    name) that is not connected is dialled, at a pace that adapts to how
-    the setups go: at most a window of setups is in flight, which grows
-    while they succeed and halves when one fails slowly (a timeout), as
-    TCP's congestion window does (from 8, at most 64). Each pair of nodes
-    is dialled from one side: the node whose name sorts first dials at
-    once, the other only once the peer has stayed unconnected for two
-    polling intervals. A node connected meanwhile by someone else
-    (`global`'s transitive connects) is not dialled. A node whose setup
-    failed is dialled again on the next poll; its failure is logged when
-    it starts and when it ends, at debug level in between. The local node
-    is never dialled.
+    name) is to be connected, and the engine starts no more connection
+    setups than the host can finish. A node connected to none of them
+    joins through one, the first by name order, one setup at a time;
+    `global` (with OTP's default `connect_all`) then connects it to that
+    node's whole partition. While its connections keep growing, that is
+    all it dials. Once they have not grown for two polling intervals, it
+    dials the listed nodes still not connected (from one side per pair:
+    the node whose name sorts first dials at once, the other once the
+    peer has stayed unconnected for two intervals): one at a time, as one
+    connection is enough for `global` to merge two partitions; without
+    `connect_all`, with at most a window of setups in flight, which grows
+    while they succeed and halves when one fails slowly, as TCP's
+    congestion window does (from 8, at most 64). A node whose setup
+    failed is dialled again on the next poll; its
+    failure is logged when it starts and when it ends, at debug level in
+    between. The local node is never dialled.
   * **An answer is not trusted to list everyone.** DNS servers often
     answer with a subset of the records (Consul trims UDP answers without
     setting TC, Route 53 returns at most 8 records at random). With a
@@ -217,6 +222,7 @@ defmodule DynamicSrv.Membership do
       dialer:
         Dialer.new(
           one_side: Node.alive?(),
+          transitive: Application.get_env(:kernel, :connect_all, true),
           grace: @other_side_polls * interval
         )
     }

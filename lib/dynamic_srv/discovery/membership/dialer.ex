@@ -1,21 +1,36 @@
 defmodule DynamicSrv.Membership.Dialer do
   @moduledoc false
-  # How many connection setups the engine has in flight, and which: a
-  # window that adapts to how they go, as TCP's congestion window does.
+  # Which nodes to dial, and how many connection setups to have in flight.
   #
-  # The window starts at `@initial_window` and grows by one for each setup
-  # that succeeds (by 1/window past the threshold); a setup that fails
-  # slowly (it took `slow/1` or longer: 8 times the quickest seen, at least
-  # 1 s) halves it and lowers the threshold. A quick failure (nothing
-  # listens on the port yet) says nothing about load.
+  # A node that is connected to none of the wanted nodes joins the cluster
+  # through one of them, the first by name order, one setup at a time. With
+  # OTP's `connect_all`, `global` then connects it to every node of that
+  # node's partition, and every node of the partition to it. Every node
+  # dialling every other at once instead merges partitions of any size with
+  # each other, and each merge of partitions of a and b nodes makes
+  # `global` start a x b setups at once, unbounded: past what the host can
+  # finish within `net_setuptime`, one fails, `global` counts a failed
+  # connect as a lost connection, and `prevent_overlapping_partitions`
+  # turns it into cuts across the cluster. Joining one node at a time to
+  # one partition keeps each burst to the size of that partition.
   #
-  # Each pair of nodes is dialled from one side: the node whose name sorts
-  # first dials at once; the other dials only once the peer has stayed
-  # unconnected for `:grace` ms (a peer that does not run this engine, or
-  # whose engine is behind). A node connected meanwhile by someone else
-  # (`global`'s transitive connects, the peer's own dial) is not dialled:
-  # its connection is progress, not a race. A node whose setup failed is
-  # not dialled again before the next poll (`retry/1`).
+  # A node that is connected to some wanted node leaves the rest to
+  # `global` while its connections grow. Once they have not grown for
+  # `:grace` ms (partitions that answers listing different subsets left
+  # apart, a node that came up late, a node waiting for `global`), it
+  # dials the wanted nodes still not connected, from one side per pair:
+  # the node whose name sorts first dials at once, the other once the peer
+  # has stayed unconnected for `:grace` ms. With `global`'s transitive
+  # connects (`:transitive`, OTP's `connect_all`), one setup at a time: a
+  # single connection merges two partitions, and more only add merges
+  # that wait for `global`'s locks. Without them, every node needs its own
+  # setup, paced by a window that adapts to how they go, as TCP's
+  # congestion window does: it starts at `@initial_window`, grows by one
+  # for each setup that succeeds (by 1/window past the threshold), and a
+  # setup that fails slowly (it took `slow/1` or longer: 8 times the
+  # quickest seen, at least 1 s) halves it. A quick failure (nothing
+  # listens on the port yet) says nothing about load. A node whose setup
+  # failed is not dialled again before the next poll (`retry/1`).
   #
   # This module only decides; the engine starts and watches the setups.
 
@@ -36,7 +51,12 @@ defmodule DynamicSrv.Membership.Dialer do
             # nodes whose setups keep failing (logged once, when it starts)
             failing_nodes: MapSet.new(),
             one_side: true,
+            # global connects each new peer's partition (connect_all)
+            transitive: true,
             grace: 2_000,
+            # how many wanted nodes were connected, and since when (ms)
+            joined: 0,
+            joined_since: nil,
             # the quickest setup seen, ms
             quickest: nil,
             # setups started and failed since start, for benchmarks
@@ -84,8 +104,7 @@ defmodule DynamicSrv.Membership.Dialer do
         if MapSet.member?(connected, node), do: {node, now}, else: {node, since}
       end)
 
-    dialer = %{dialer | waiting: waiting}
-    free = trunc(dialer.window) - map_size(dialer.in_flight)
+    dialer = %{dialer | waiting: waiting} |> progress(connected, now)
 
     candidates =
       for node <- dialer.wanted,
@@ -93,14 +112,54 @@ defmodule DynamicSrv.Membership.Dialer do
           not MapSet.member?(connected, node),
           not MapSet.member?(busy, node),
           not MapSet.member?(dialer.held, node),
-          my_turn?(dialer, node, now),
           do: node
 
-    {candidates |> Enum.shuffle() |> Enum.take(max(free, 0)), dialer}
+    {pick(dialer, candidates, now), dialer}
   end
 
-  defp my_turn?(%{one_side: false}, _node, _now), do: true
+  # How many wanted nodes are connected, and since when that number holds.
+  defp progress(dialer, connected, now) do
+    joined = Enum.count(dialer.wanted, &MapSet.member?(connected, &1))
 
+    if joined == dialer.joined and dialer.joined_since != nil,
+      do: dialer,
+      else: %{dialer | joined: joined, joined_since: now}
+  end
+
+  # Without distribution (stand-in MFAs in tests) every node is dialled.
+  defp pick(%{one_side: false} = dialer, candidates, _now),
+    do: candidates |> Enum.shuffle() |> Enum.take(free(dialer))
+
+  # Alone: join through the first node by name, one setup at a time.
+  defp pick(%{joined: 0, in_flight: in_flight}, candidates, _now) when in_flight == %{},
+    do: candidates |> Enum.sort() |> Enum.take(1)
+
+  defp pick(%{joined: 0}, _candidates, _now), do: []
+
+  # Joined: global brings the partition while the connections grow.
+  defp pick(dialer, candidates, now) do
+    if now - dialer.joined_since >= dialer.grace do
+      candidates |> Enum.filter(&my_turn?(dialer, &1, now)) |> stalled(dialer)
+    else
+      []
+    end
+  end
+
+  # Stalled, with global's transitive connects: one setup at a time, to
+  # the first node by name; one connection between two partitions is
+  # enough for global to merge them. Without them: the window.
+  defp stalled(candidates, %{transitive: true, in_flight: in_flight}) when in_flight == %{},
+    do: candidates |> Enum.sort() |> Enum.take(1)
+
+  defp stalled(_candidates, %{transitive: true}), do: []
+
+  defp stalled(candidates, dialer),
+    do: candidates |> Enum.shuffle() |> Enum.take(free(dialer))
+
+  defp free(dialer), do: max(trunc(dialer.window) - map_size(dialer.in_flight), 0)
+
+  # The node whose name sorts first dials; the other once the peer has
+  # stayed unconnected for `:grace` ms.
   defp my_turn?(dialer, node, now),
     do: node() < node or now - Map.get(dialer.waiting, node, now) >= dialer.grace
 
