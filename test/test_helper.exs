@@ -46,4 +46,8 @@ end
 # 1.15 and newer) leaves out of the code path of a project not listing it.
 :ok = DynamicSrv.Build.Download.start_otp_app(:ssl)
 
-ExUnit.start(capture_log: true, exclude: Keyword.keys(missing))
+# `make test-stress` sets DYNAMIC_SRV_STRESS=1: tests tagged :stress (the
+# larger shared start) run only then.
+stress = if System.get_env("DYNAMIC_SRV_STRESS") == "1", do: [], else: [:stress]
+
+ExUnit.start(capture_log: true, exclude: Keyword.keys(missing) ++ stress)
