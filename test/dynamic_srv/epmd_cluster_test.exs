@@ -96,8 +96,8 @@ defmodule DynamicSrv.EpmdClusterTest do
     assert Node.eval(n0, "1 + 1") == 2
   end
 
-  test "when DNS does not answer, the last address known for a node is used; never without one",
-       %{ports: ports} do
+  test "when DNS does not answer, the last address known here is used, else a connected peer's; never without either",
+       %{nodes: nodes, ports: ports} do
     {:ok, silent} = :gen_udp.open(0, ip: {127, 0, 0, 1})
     {:ok, silent_port} = :inet.port(silent)
 
@@ -120,9 +120,24 @@ defmodule DynamicSrv.EpmdClusterTest do
       assert Node.eval(node, ~s|DynamicSrv.PortBook.fetch_ports("node-1@#{@svc}", :inet)|) ==
                :miss
 
+      # A node the silent DNS never answered for and nobody knows: false.
+      assert Node.eval(node, ~s|Node.connect(:"node-7@#{@svc}")|) == false
       assert Node.eval(node, ~s|Node.connect(:"node-1@#{@svc}")|) == true
-      # node-2 was never known: nothing to fall back to.
-      assert Node.eval(node, ~s|Node.connect(:"node-2@#{@svc}")|) == false
+
+      # node-2: never known here, known to node-1, which node-9 is now
+      # connected to (as global's transitive connects meet it).
+      node_1 = Enum.at(nodes, 1)
+
+      Node.eval(
+        node_1,
+        ~s|DynamicSrv.PortBook.put("node-2@#{@svc}", :inet, {:ok, {127, 0, 0, 1}, #{Enum.at(ports, 2)}}, 60_000)|
+      )
+
+      assert Node.eval(node, ~s|DynamicSrv.PortBook.fetch_stale("node-2@#{@svc}", :inet)|) ==
+               :miss
+
+      assert Node.eval(node, ~s|Node.connect(:"node-2@#{@svc}")|) == true
+      assert :"node-2@#{@svc}" in Node.eval(node, "Node.list()")
     after
       Node.stop(node)
       :gen_udp.close(silent)
