@@ -224,9 +224,9 @@ defmodule DynamicSrv.RobustnessTest do
   end
 
   test "a runtime Node.start/2 without or with a bad ERL_DIST_PORT is an error and the VM lives",
-       %{env: env} do
+       %{env: env, nodes: nodes} do
     vm = Node.start(nil, env: env)
-    on_exit(fn -> Node.stop(vm) end)
+    on_exit(fn -> stop_and_forget(vm, :"x@#{@svc}", nodes) end)
     port = DnsServer.free_port()
 
     start = ~s|Node.start(:"x@#{@svc}", :longnames)|
@@ -257,5 +257,24 @@ defmodule DynamicSrv.RobustnessTest do
 
     assert Node.eval(vm, "node()") == :"x@#{@svc}"
     assert Node.eval(vm, ~s|Node.connect(:"node-1@#{@svc}")|) == true
+  end
+
+  # Kills the VM, then waits until the shared nodes no longer list it: the
+  # next test expects them connected to each other only. If they still do,
+  # says whether the VM outlived its kill or a connection outlived the VM.
+  defp stop_and_forget(vm, name, nodes) do
+    Node.stop(vm)
+    listing = fn -> Enum.filter(nodes, &(name in Node.eval(&1, "Node.list()"))) end
+
+    case Wait.until(fn -> listing.() == [] end, 30_000) do
+      {:ok, _} ->
+        :ok
+
+      :timeout ->
+        flunk(
+          "#{inspect(Enum.map(listing.(), & &1.name))} still list #{name} 30 s after its VM " <>
+            "(OS pid #{vm.os_pid}, alive: #{File.exists?("/proc/#{vm.os_pid}")}) was killed"
+        )
+    end
   end
 end
