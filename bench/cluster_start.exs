@@ -18,6 +18,7 @@ defmodule Bench.ClusterStart do
   @interval 1_000
   @steady_ms 5_000
   @heal_sizes [20, 50]
+  @drop_alone_ms 5_000
   # Full mesh targets (ms): N <= 20 as before the paced engine; N = 50 and
   # 100 at most half the published package's median on this machine
   # (6,649 and 46,600 ms, shared/REFERENCE.md section 8).
@@ -54,7 +55,8 @@ defmodule Bench.ClusterStart do
       heal =
         if heal? and start.mesh_ms do
           healed = SharedStart.drop_all_connections(cluster)
-          SharedStart.summary(healed, SharedStart.await_mesh(healed, 60_000))
+          heal = SharedStart.summary(healed, SharedStart.await_mesh(healed, 60_000))
+          if heal.mesh_ms, do: Map.put(heal, :drop_alone, drop_alone(cluster)), else: heal
         end
 
       result = %{start: start, steady: steady, rss: rss, heal: heal}
@@ -67,6 +69,20 @@ defmodule Bench.ClusterStart do
     kind, reason ->
       IO.puts("  N=#{n} run #{round} FAILED: #{Exception.format_banner(kind, reason)}")
       %{error: Exception.format_banner(kind, reason)}
+  end
+
+  # The same drop with every strategy suspended: global's lines and the
+  # nodedowns that the drop itself causes, over @drop_alone_ms, with no
+  # engine reconnecting. (The strategies stay suspended: the cluster is
+  # stopped next.)
+  defp drop_alone(cluster) do
+    dropped = SharedStart.drop_all_connections(cluster, 1_000, true)
+    Process.sleep(1_000 + @drop_alone_ms)
+
+    SharedStart.summary(
+      dropped,
+      SharedStart.on_all(dropped, "DynamicSrv.Test.ClusterProbe.report()", 10_000)
+    )
   end
 
   # Connection setups the strategies started (not global's own), summed.
@@ -197,10 +213,18 @@ defmodule Bench.ClusterStart do
     full mesh again after #{fmt_int(mesh)} ms (median; per run \
     #{Enum.map_join(heals, "/", &(&1.mesh_ms || "none"))}; target <= #{2 * @interval} ms, \
     #{yes_no(length(healed) == length(heals) and mesh != nil and mesh <= 2 * @interval)}), \
-    overlap lines per run #{Enum.map_join(heals, "/", &"#{&1.overlap}")}, failed connects \
-    #{Enum.map_join(heals, "/", &"#{&1.failed}")} (all 0: #{yes_no(clean?)}).
+    overlap lines per run #{Enum.map_join(heals, "/", &"#{&1.overlap}")}, nodedowns \
+    #{Enum.map_join(heals, "/", &"#{&1.downs}")}, failed connects \
+    #{Enum.map_join(heals, "/", &"#{&1.failed}")} (all 0: #{yes_no(clean?)}); the same drop with \
+    the strategies suspended (the drop's own doing, #{@drop_alone_ms} ms): overlap lines \
+    #{Enum.map_join(heals, "/", &drop_alone(&1, :overlap))}, nodedowns \
+    #{Enum.map_join(heals, "/", &drop_alone(&1, :downs))}, failed connects \
+    #{Enum.map_join(heals, "/", &drop_alone(&1, :failed))}.
     """)
   end
+
+  defp drop_alone(%{drop_alone: alone}, key), do: "#{Map.fetch!(alone, key)}"
+  defp drop_alone(_heal, _key), do: "-"
 
   defp heals(results, n),
     do: results |> Map.get(n, []) |> Enum.map(&Map.get(&1, :heal)) |> Enum.reject(&is_nil/1)

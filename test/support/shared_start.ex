@@ -116,14 +116,19 @@ defmodule DynamicSrv.Test.SharedStart do
   @doc """
   Drops every connection of every node at one instant `lead_ms` from now,
   as a partition that heals at once would leave them, after forgetting the
-  recorded mesh time and counters. Returns the cluster with that instant.
+  recorded mesh time and counters; with `suspend?`, the strategies are
+  suspended first (the drop alone). Returns the cluster with that instant.
   """
-  @spec drop_all_connections(%__MODULE__{}, pos_integer()) :: %__MODULE__{}
-  def drop_all_connections(%__MODULE__{} = cluster, lead_ms \\ 1_000) do
+  @spec drop_all_connections(%__MODULE__{}, pos_integer(), boolean()) :: %__MODULE__{}
+  def drop_all_connections(%__MODULE__{} = cluster, lead_ms \\ 1_000, suspend? \\ false) do
     at = System.os_time(:microsecond) + lead_ms * 1_000
+    # Suspended, the strategy does not reconnect: what the nodes then
+    # record is the drop's own doing.
+    suspend = if suspend?, do: ":sys.suspend(:shared_start)", else: ":ok"
 
     arm(cluster, at, """
     DynamicSrv.Test.ClusterProbe.reset_at(#{at}, fn ->
+      #{suspend}
       Enum.each(Node.list(), &:erlang.disconnect_node/1)
     end)
     """)
