@@ -112,10 +112,7 @@ defmodule DynamicSrv.EpmdClusterTest do
 
     try do
       # An entry for node-1 that has already expired, as a poll long ago left it.
-      Node.eval(
-        node,
-        ~s|DynamicSrv.PortBook.put("node-1@#{@svc}", :inet, {:ok, {127, 0, 0, 1}, #{Enum.at(ports, 1)}}, 0)|
-      )
+      book(node, 1, Enum.at(ports, 1), 0)
 
       assert Node.eval(node, ~s|DynamicSrv.PortBook.fetch_ports("node-1@#{@svc}", :inet)|) ==
                :miss
@@ -126,12 +123,7 @@ defmodule DynamicSrv.EpmdClusterTest do
 
       # node-2: never known here, known to node-1, which node-9 is now
       # connected to (as global's transitive connects meet it).
-      node_1 = Enum.at(nodes, 1)
-
-      Node.eval(
-        node_1,
-        ~s|DynamicSrv.PortBook.put("node-2@#{@svc}", :inet, {:ok, {127, 0, 0, 1}, #{Enum.at(ports, 2)}}, 60_000)|
-      )
+      book(Enum.at(nodes, 1), 2, Enum.at(ports, 2), 60_000)
 
       assert Node.eval(node, ~s|DynamicSrv.PortBook.fetch_stale("node-2@#{@svc}", :inet)|) ==
                :miss
@@ -143,6 +135,14 @@ defmodule DynamicSrv.EpmdClusterTest do
       :gen_udp.close(silent)
     end
   end
+
+  # Books node-`i` at `port` in `on`'s port book for `ttl_ms`.
+  defp book(on, i, port, ttl_ms),
+    do:
+      Node.eval(
+        on,
+        ~s|DynamicSrv.PortBook.put("node-#{i}@#{@svc}", :inet, {:ok, {127, 0, 0, 1}, #{port}}, #{ttl_ms})|
+      )
 
   test "a rem- helper of node-0 reaches node-0 through the local path, without DNS", %{
     ports: ports
