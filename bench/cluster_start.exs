@@ -217,14 +217,14 @@ defmodule Bench.ClusterStart do
     #{Enum.map_join(heals, "/", &"#{&1.downs}")}, failed connects \
     #{Enum.map_join(heals, "/", &"#{&1.failed}")} (all 0: #{yes_no(clean?)}); the same drop with \
     the strategies suspended (the drop's own doing, #{@drop_alone_ms} ms): overlap lines \
-    #{Enum.map_join(heals, "/", &drop_alone(&1, :overlap))}, nodedowns \
-    #{Enum.map_join(heals, "/", &drop_alone(&1, :downs))}, failed connects \
-    #{Enum.map_join(heals, "/", &drop_alone(&1, :failed))}.
+    #{Enum.map_join(heals, "/", &alone_figure(&1, :overlap))}, nodedowns \
+    #{Enum.map_join(heals, "/", &alone_figure(&1, :downs))}, failed connects \
+    #{Enum.map_join(heals, "/", &alone_figure(&1, :failed))}.
     """)
   end
 
-  defp drop_alone(%{drop_alone: alone}, key), do: "#{Map.fetch!(alone, key)}"
-  defp drop_alone(_heal, _key), do: "-"
+  defp alone_figure(%{drop_alone: alone}, key), do: "#{Map.fetch!(alone, key)}"
+  defp alone_figure(_heal, _key), do: "-"
 
   defp heals(results, n),
     do: results |> Map.get(n, []) |> Enum.map(&Map.get(&1, :heal)) |> Enum.reject(&is_nil/1)

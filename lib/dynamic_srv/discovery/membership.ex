@@ -41,9 +41,9 @@ defmodule DynamicSrv.Membership do
     `connect_all`, with at most a window of setups in flight, which grows
     while they succeed and halves when one fails slowly, as TCP's
     congestion window does (from 8, at most 64). A node whose setup
-    failed is dialled again on the next poll; its
-    failure is logged when it starts and when it ends, at debug level in
-    between. The local node is never dialled.
+    failed is dialled again on the next poll; its failure is logged when
+    it starts and when it ends, at debug level in between. The local node
+    is never dialled.
   * **An answer is not trusted to list everyone.** DNS servers often
     answer with a subset of the records (Consul trims UDP answers without
     setting TC, Route 53 returns at most 8 records at random). With a

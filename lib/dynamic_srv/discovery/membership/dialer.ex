@@ -131,30 +131,26 @@ defmodule DynamicSrv.Membership.Dialer do
     do: candidates |> Enum.shuffle() |> Enum.take(free(dialer))
 
   # Alone: join through the first node by name, one setup at a time.
-  defp pick(%{joined: 0, in_flight: in_flight}, candidates, _now) when in_flight == %{},
-    do: candidates |> Enum.sort() |> Enum.take(1)
+  defp pick(%{joined: 0} = dialer, candidates, _now), do: first_by_name(dialer, candidates)
 
-  defp pick(%{joined: 0}, _candidates, _now), do: []
-
-  # Joined: global brings the partition while the connections grow.
+  # Joined: global brings the partition while the connections grow. Then,
+  # with global's transitive connects, one setup at a time (one connection
+  # between two partitions is enough for global to merge them); without
+  # them, the window.
   defp pick(dialer, candidates, now) do
-    if now - dialer.joined_since >= dialer.grace do
-      candidates |> Enum.filter(&my_turn?(dialer, &1, now)) |> stalled(dialer)
-    else
-      []
+    mine = Enum.filter(candidates, &my_turn?(dialer, &1, now))
+
+    cond do
+      now - dialer.joined_since < dialer.grace -> []
+      dialer.transitive -> first_by_name(dialer, mine)
+      true -> mine |> Enum.shuffle() |> Enum.take(free(dialer))
     end
   end
 
-  # Stalled, with global's transitive connects: one setup at a time, to
-  # the first node by name; one connection between two partitions is
-  # enough for global to merge them. Without them: the window.
-  defp stalled(candidates, %{transitive: true, in_flight: in_flight}) when in_flight == %{},
+  defp first_by_name(%{in_flight: in_flight}, candidates) when in_flight == %{},
     do: candidates |> Enum.sort() |> Enum.take(1)
 
-  defp stalled(_candidates, %{transitive: true}), do: []
-
-  defp stalled(candidates, dialer),
-    do: candidates |> Enum.shuffle() |> Enum.take(free(dialer))
+  defp first_by_name(_dialer, _candidates), do: []
 
   defp free(dialer), do: max(trunc(dialer.window) - map_size(dialer.in_flight), 0)
 
