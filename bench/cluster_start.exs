@@ -24,22 +24,40 @@ defmodule Bench.ClusterStart do
   # (6,649 and 46,600 ms, shared/REFERENCE.md section 8).
   @targets %{50 => 3_300, 100 => 23_000}
 
-  def run(sizes, runs) do
+  def run(sizes, runs, libcluster?) do
     Report.emit("""
     == B. Cluster start at one instant (polling_interval #{@interval} ms, #{runs} runs per size) ==
 
     """)
 
+    code_paths = if libcluster?, do: [libcluster_stand_in()], else: []
+
     results =
       for n <- sizes, into: %{} do
-        {n, for(round <- 1..runs, do: run_once(n, round, n in @heal_sizes))}
+        {n, for(round <- 1..runs, do: run_once(n, round, n in @heal_sizes, code_paths))}
       end
 
-    report(sizes, results)
+    Enum.each(code_paths, &File.rm_rf!/1)
+    report(sizes, results, libcluster?)
   end
 
-  defp run_once(n, round, heal?) do
-    cluster = SharedStart.boot(n, "start#{n}r#{round}.service.consul", interval: @interval)
+  # The libcluster stand-in of the tests (Cluster.Strategy's connect and
+  # disconnect helpers, Cluster.Logger), compiled for the nodes' code path:
+  # hex.pm, and so libcluster itself, is not reachable here.
+  defp libcluster_stand_in do
+    dir = Path.join(System.tmp_dir!(), "bench-libcluster-#{System.os_time()}")
+    File.mkdir_p!(dir)
+    sources = Path.wildcard("test/fixtures/libcluster/lib/**/*.ex")
+    {:ok, _modules, _warnings} = Kernel.ParallelCompiler.compile_to_path(sources, dir)
+    dir
+  end
+
+  defp run_once(n, round, heal?, code_paths) do
+    cluster =
+      SharedStart.boot(n, "start#{n}r#{round}.service.consul",
+        interval: @interval,
+        code_paths: code_paths
+      )
 
     try do
       cluster = SharedStart.start_strategies(cluster)
@@ -117,7 +135,7 @@ defmodule Bench.ClusterStart do
     |> median()
   end
 
-  defp report(sizes, results) do
+  defp report(sizes, results, libcluster?) do
     rows =
       for n <- sizes do
         ok = results |> Map.fetch!(n) |> Enum.reject(&Map.has_key?(&1, :error))
@@ -194,8 +212,9 @@ defmodule Bench.ClusterStart do
     cores. "steady": SRV queries per node \
     per polling interval over the #{div(@steady_ms, 1000)} s after the mesh (target 1). Each VM: \
     -start_epmd false -epmd_module Elixir.DynamicSrv.Epmd, DYNAMIC_SRV_TIMEOUT_MS=1000, OTP's \
-    defaults (prevent_overlapping_partitions and connect_all true), no libcluster, Logger \
-    level info.
+    defaults (prevent_overlapping_partitions and connect_all true), \
+    #{if libcluster?, do: "the libcluster stand-in loaded (connects through Cluster.Strategy.connect_nodes/4, lines through Cluster.Logger)", else: "no libcluster"}, \
+    Logger level info.
 
     """)
   end

@@ -10,7 +10,10 @@
 # answers list only some nodes; E, a DNS server that fails, listed first.
 # Environment: BENCH_PARTS ("a,b,c,d,e" by default; e.g. "b" runs one part),
 # BENCH_RUNS (cluster starts per size, default 5), BENCH_SIZES (cluster
-# sizes, default "5,10,20"), BENCH_SUBSET_SIZES (part D, default "8,20").
+# sizes, default "5,10,20"), BENCH_SUBSET_SIZES (part D, default "8,20"),
+# BENCH_LIBCLUSTER (1: part B's nodes load the libcluster stand-in of
+# test/fixtures/libcluster, so the strategy connects through
+# Cluster.Strategy.connect_nodes/4 and logs through Cluster.Logger).
 #
 # The tables are printed and written to bench/results/latest.txt.
 
@@ -39,12 +42,13 @@ int_list = fn var, default ->
 end
 
 sizes = int_list.("BENCH_SIZES", "5,10,20")
+libcluster? = System.get_env("BENCH_LIBCLUSTER") == "1"
 subset_sizes = int_list.("BENCH_SUBSET_SIZES", "8,20")
 
 started = System.monotonic_time(:millisecond)
 Report.header()
 if "a" in parts, do: Report.part("A", &ResolverBench.run/0)
-if "b" in parts, do: Report.part("B", fn -> ClusterStart.run(sizes, runs) end)
+if "b" in parts, do: Report.part("B", fn -> ClusterStart.run(sizes, runs, libcluster?) end)
 if "c" in parts, do: Report.part("C", &LargeAnswers.run/0)
 if "d" in parts, do: Report.part("D", fn -> SubsetAnswers.run(subset_sizes) end)
 if "e" in parts, do: Report.part("E", &Failover.run/0)

@@ -26,7 +26,9 @@ defmodule DynamicSrv.Test.SharedStart do
   `:logger_level` of the nodes (default `:info`, where users run them and
   where the strategy writes its connect and disconnect lines);
   `:lookup_timeout`, the nodes' DNS deadline in ms (`nil`: the package's
-  default; by default the DNS server's setting for tests, 1 s).
+  default; by default the DNS server's setting for tests, 1 s);
+  `:code_paths`, more directories of compiled modules for every node (the
+  bench's libcluster stand-in).
   """
   @spec boot(pos_integer(), String.t(), keyword()) :: %__MODULE__{}
   def boot(n, svc, opts \\ []) do
@@ -52,6 +54,8 @@ defmodule DynamicSrv.Test.SharedStart do
 
     probe = "DynamicSrv.Test.ClusterProbe.start(#{n - 1})"
     level = "-kernel logger_level #{Keyword.get(opts, :logger_level, :info)}"
+    code_paths = opts |> Keyword.get(:code_paths, []) |> Enum.map(&"-pa #{&1}")
+    erl = Enum.join([level | code_paths], " ")
 
     nodes =
       for {i, port} <- members do
@@ -59,7 +63,7 @@ defmodule DynamicSrv.Test.SharedStart do
           dist_port: port,
           env: env,
           eval: probe,
-          erl: level,
+          erl: erl,
           wait: false
         )
       end
