@@ -140,20 +140,46 @@ defmodule DynamicSrv.Test.DnsServer do
       raise "dnsmasq is not installed: apt-get install dnsmasq-base"
   end
 
-  @doc "A port free for both UDP and TCP on loopback."
+  @doc """
+  A port free for both UDP and TCP on loopback, for a server or a node to
+  bind later. Ports are handed out in turn from below the kernel's
+  ephemeral range, so that no port is handed out twice in a test run and
+  none is taken, before it is bound, by the local end of an outgoing
+  connection, as a port the kernel chose for `listen(0)` can be (a node
+  whose port is taken stops at boot: `register/listen error: eaddrinuse`).
+  """
   def free_port do
-    {:ok, tcp} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
-    {:ok, port} = :inet.port(tcp)
+    {low, span} = port_range()
+    # Monotonic, so no two calls in this VM get the same candidate (until
+    # the range wraps); the start depends on the OS pid, so that two test
+    # VMs on one machine start apart.
+    turn = System.unique_integer([:positive, :monotonic])
+    port = low + rem(:erlang.phash2(System.pid(), span) + turn, span)
+    if bindable?(port), do: port, else: free_port()
+  end
 
-    case :gen_udp.open(port, ip: {127, 0, 0, 1}) do
-      {:ok, udp} ->
-        :gen_udp.close(udp)
+  # The 10,000 ports below the ephemeral range, or (where it cannot be
+  # read or leaves no room) the 10,000 below 32768.
+  defp port_range do
+    with {:ok, text} <- File.read("/proc/sys/net/ipv4/ip_local_port_range"),
+         [low | _] <- String.split(text),
+         {low, ""} when low > 11_024 <- Integer.parse(low) do
+      {low - 10_000, 10_000}
+    else
+      _ -> {22_768, 10_000}
+    end
+  end
+
+  defp bindable?(port) do
+    case :gen_tcp.listen(port, ip: {127, 0, 0, 1}) do
+      {:ok, tcp} ->
+        udp = :gen_udp.open(port, ip: {127, 0, 0, 1})
+        with {:ok, socket} <- udp, do: :gen_udp.close(socket)
         :gen_tcp.close(tcp)
-        port
+        match?({:ok, _}, udp)
 
       {:error, _} ->
-        :gen_tcp.close(tcp)
-        free_port()
+        false
     end
   end
 

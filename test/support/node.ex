@@ -187,16 +187,18 @@ defmodule DynamicSrv.Test.Node do
     end
   end
 
-  defp await_result(port, timeout) do
+  # The node's other output is skipped; its last lines are kept for the
+  # case it exits, which they usually explain.
+  defp await_result(port, timeout, last \\ []) do
     receive do
       {^port, {:data, {:eol, @marker <> payload}}} ->
         payload |> Base.decode64!() |> :erlang.binary_to_term()
 
-      {^port, {:data, _other}} ->
-        await_result(port, timeout)
+      {^port, {:data, {_, line}}} ->
+        await_result(port, timeout, Enum.take([line | last], 20))
 
       {^port, {:exit_status, status}} ->
-        {:node_exited, status}
+        {:node_exited, status, last |> Enum.reverse() |> Enum.join("\n")}
     after
       timeout -> {:error, :agent_timeout}
     end
