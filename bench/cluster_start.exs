@@ -48,7 +48,10 @@ defmodule Bench.ClusterStart do
     dir = Path.join(System.tmp_dir!(), "bench-libcluster-#{System.os_time()}")
     File.mkdir_p!(dir)
     sources = Path.wildcard("test/fixtures/libcluster/lib/**/*.ex")
-    {:ok, _modules, _warnings} = Kernel.ParallelCompiler.compile_to_path(sources, dir)
+    # (return_diagnostics: Elixir 1.20 warns without it; 1.14 ignores it.)
+    {:ok, _modules, _diagnostics} =
+      Kernel.ParallelCompiler.compile_to_path(sources, dir, return_diagnostics: true)
+
     dir
   end
 
