@@ -24,6 +24,11 @@ defmodule DynamicSrv.Test.StrategyCase do
       # and within a scheduler's share of a loaded one; ExUnit's 100 ms
       # default is too short for a machine whose cores other processes take.
       @first_poll 2_000
+      # What a few polls bring (a departure needs two answers and a look at
+      # the node's own name): 5 polls on an idle machine. A bound for the
+      # wait, not a timing target: under make test-stress's hogs 500 ms
+      # (5 intervals) was once too short.
+      @few_polls 5_000
     end
   end
 
