@@ -73,25 +73,30 @@ defmodule Cluster.Strategy.DynamicSrvClusterTest do
            inspect(for {_, n} <- nodes, do: peers(n))
 
     # 2. node-3 deregisters (records gone, its strategy stopped, its VM up):
-    #    the others disconnect it within two intervals.
+    #    the others disconnect it, once a node has had two answers without
+    #    it (about two intervals; the wait is a bound, as below).
     {three, rest} = List.pop_at(nodes, 3)
     rest_members = Enum.take(members, 3)
     dns = DnsServer.set_records(dns, records(rest_members))
     Node.eval(elem(three, 1), "Process.exit(Process.whereis(:dyn_srv_test), :kill)")
 
-    assert {:ok, _} = wait_mesh(rest, rest_members, 2 * @interval),
+    assert {:ok, _} = wait_mesh(rest, rest_members, 10 * @interval),
            inspect(for {_, n} <- rest, do: peers(n))
 
-    # Every strategy has dropped node-3 itself by now, not merely lost the
-    # connection (global drops a peer's connection once another peer has
-    # disconnected it); a strategy that had not yet seen the change would
-    # rightly keep dialling node-3 through the outage below.
+    # Every strategy drops node-3 itself, not merely the connection (global
+    # drops a peer's connection once another peer has disconnected it); a
+    # strategy that had not yet seen the change would rightly keep dialling
+    # node-3 through the outage below. Each node drops it at its own second
+    # answer without it: up to about 2.2 intervals after the change (a poll
+    # every interval plus up to 10% jitter), later on a loaded host (a wait
+    # of two intervals from here failed in make test-stress run 3 on
+    # f149c6b). The wait is a bound, not a timing this test checks.
     assert {:ok, _} =
              Wait.until(
                fn ->
                  Enum.all?(rest, fn {i, n} -> members(n) == expected(rest_members, i) end)
                end,
-               2 * @interval
+               10 * @interval
              )
 
     # 3. DNS down for ten intervals: zero disconnects. The departure above
