@@ -30,6 +30,9 @@ defmodule DynamicSrv.Test.ClusterProbe do
     Process.register(pid, __MODULE__)
     receive do: (:probing -> :ok)
     :logger.add_primary_filter(__MODULE__, {&__MODULE__.filter/2, []})
+    # net_kernel's reports of its setup processes' exits name why a setup
+    # failed; the filter counts them and drops every such report.
+    :net_kernel.verbose(1)
     check_mesh()
     :ok
   end
@@ -120,12 +123,27 @@ defmodule DynamicSrv.Test.ClusterProbe do
       full_samples: get.(:full_samples, 0),
       first_overlap: get.(:first_overlap, nil),
       first_failed: get.(:first_failed, nil),
-      reasons: Map.new(:ets.match(@table, {{:reason, :"$1"}, :"$2"}), &List.to_tuple/1)
+      reasons: Map.new(:ets.match(@table, {{:reason, :"$1"}, :"$2"}), &List.to_tuple/1),
+      setup_exits: Map.new(:ets.match(@table, {{:setup_exit, :"$1"}, :"$2"}), &List.to_tuple/1),
+      failed_details: :ets.match(@table, {{:failed_detail, :_}, :"$1"}) |> Enum.map(&hd/1)
     }
   end
 
   @doc false
   # A primary logger filter: counts global's warnings, lets everything pass.
+  def filter(%{msg: {:report, report}}, _extra) when is_map(report) or is_tuple(report) do
+    case net_kernel_report(report) do
+      {:ok, term} ->
+        setup_exit(term)
+        :stop
+
+      :error ->
+        :ignore
+    end
+  catch
+    _, _ -> :ignore
+  end
+
   def filter(%{msg: msg} = event, _extra) do
     text = text(msg)
 
@@ -136,7 +154,8 @@ defmodule DynamicSrv.Test.ClusterProbe do
 
       String.contains?(text, "failed to connect to") ->
         :ets.insert_new(@table, {:first_failed, System.os_time(:microsecond)})
-        :ets.update_counter(@table, :failed, 1)
+        failed = :ets.update_counter(@table, :failed, 1)
+        if failed <= 3, do: failed_detail(failed, text)
 
       # The strategy's own lines: a fence starts, a node is disconnected.
       String.contains?(text, "fencing ") ->
@@ -161,6 +180,38 @@ defmodule DynamicSrv.Test.ClusterProbe do
     do: format |> :io_lib.format(args) |> to_string()
 
   def text(other), do: inspect(other)
+
+  defp net_kernel_report(%{report: {:net_kernel, term}}), do: {:ok, term}
+  defp net_kernel_report({:net_kernel, term}), do: {:ok, term}
+  defp net_kernel_report(_report), do: :error
+
+  # A setup process that exited abnormally: counted by its reason.
+  defp setup_exit({:EXIT, _from, reason}) when reason not in [:normal, :shutdown] do
+    key = {:setup_exit, reason |> inspect(limit: 5) |> String.slice(0, 120)}
+    :ets.update_counter(@table, key, 1, {key, 0})
+  end
+
+  defp setup_exit(_term), do: :ok
+
+  # The first failed connects: when (ms after the start), to whom, and what
+  # this node's port book held for that node then.
+  defp failed_detail(count, text) do
+    started = :ets.lookup(@table, :started)
+
+    since =
+      case started do
+        [{:started, at}] -> div(System.os_time(:microsecond) - at, 1_000)
+        [] -> nil
+      end
+
+    book =
+      case Regex.run(~r/failed to connect to '?([^'\s]+)'?/, text) do
+        [_, target] -> DynamicSrv.PortBook.fetch_ports(target, :inet)
+        nil -> :unparsed
+      end
+
+    :ets.insert(@table, {{:failed_detail, count}, {since, String.trim(text), book}})
+  end
 
   defp loop do
     receive do

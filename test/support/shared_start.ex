@@ -185,7 +185,12 @@ defmodule DynamicSrv.Test.SharedStart do
       queries: mesh && queries_between(cluster, cluster.at, mesh),
       overlap: sum(reports, :overlap),
       failed: sum(reports, :failed),
-      downs: sum(reports, :downs)
+      downs: sum(reports, :downs),
+      # Why setups failed, and the first failed connects, for a run that
+      # did not come out clean.
+      setup_exits:
+        Enum.reduce(reports, %{}, &Map.merge(&2, &1.setup_exits, fn _, a, b -> a + b end)),
+      failed_details: reports |> Enum.flat_map(& &1.failed_details) |> Enum.take(6)
     }
   end
 
