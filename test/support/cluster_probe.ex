@@ -130,7 +130,9 @@ defmodule DynamicSrv.Test.ClusterProbe do
   end
 
   @doc false
-  # A primary logger filter: counts global's warnings, lets everything pass.
+  # A primary logger filter: counts global's warnings and the strategy's
+  # lines, letting them pass, and net_kernel's reports of setup exits,
+  # dropping those (they are there only for this count).
   def filter(%{msg: {:report, report}}, _extra) when is_map(report) or is_tuple(report) do
     case net_kernel_report(report) do
       {:ok, term} ->
@@ -196,10 +198,8 @@ defmodule DynamicSrv.Test.ClusterProbe do
   # The first failed connects: when (ms after the start), to whom, and what
   # this node's port book held for that node then.
   defp failed_detail(count, text) do
-    started = :ets.lookup(@table, :started)
-
     since =
-      case started do
+      case :ets.lookup(@table, :started) do
         [{:started, at}] -> div(System.os_time(:microsecond) - at, 1_000)
         [] -> nil
       end
