@@ -73,7 +73,7 @@ system-deps:
 
 # `make test` three times in a row while two CPU hogs take both cores and an
 # unrelated epmd daemon listens on 4369, with the tests tagged :stress (a
-# 40-node shared start); every process it starts is stopped by its PID,
+# 50-node shared start); every process it starts is stopped by its PID,
 # also when a run fails or is interrupted.
 test-stress: system-deps
 	@pids=""; \

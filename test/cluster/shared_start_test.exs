@@ -5,7 +5,8 @@ defmodule Cluster.Strategy.SharedStartTest do
   rollout: the service's SRV answer is too big for UDP, so every poll
   needs TCP. The cluster must form a full mesh without `global` cutting a
   single connection. `make test` starts 24 nodes; `make test-stress`
-  (`DYNAMIC_SRV_STRESS=1`) also 40, on a host its CPU hogs keep busy.
+  (`DYNAMIC_SRV_STRESS=1`) also 50, on a host its CPU hogs keep busy
+  (100 nodes are measured by `make bench-scale`, see guides/benchmarks.md).
   """
   use ExUnit.Case, async: false
 
@@ -13,7 +14,7 @@ defmodule Cluster.Strategy.SharedStartTest do
 
   @moduletag timeout: 300_000
 
-  for {n, tags} <- [{24, []}, {100, [stress: true]}] do
+  for {n, tags} <- [{24, []}, {50, [stress: true]}] do
     @tag tags
     test "#{n} nodes started at one instant form a full mesh with no overlapping-partition disconnect" do
       n = unquote(n)
