@@ -40,10 +40,10 @@ bench: system-deps
 	MIX_ENV=dev mix compile
 	MIX_ENV=dev mix run --no-start bench/run.exs
 
-# Part B of the benchmark at 50 and 100 nodes (about 8 GB of RAM for 100 VMs).
+# Parts B and F of the benchmark at 50 and 100 nodes (about 8 GB of RAM for 100 VMs).
 bench-scale: system-deps
 	MIX_ENV=dev mix compile
-	BENCH_PARTS=b BENCH_SIZES=50,100 MIX_ENV=dev mix run --no-start bench/run.exs
+	BENCH_PARTS=b,f BENCH_SIZES=50,100 MIX_ENV=dev mix run --no-start bench/run.exs
 
 soak: system-deps
 	MIX_ENV=dev mix compile
