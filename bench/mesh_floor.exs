@@ -23,6 +23,7 @@ defmodule Bench.MeshFloor do
 
   @block 10
   @step_timeout_ms 60_000
+  @idle_ms 5_000
 
   def run(sizes, runs) do
     Report.emit("""
@@ -48,8 +49,10 @@ defmodule Bench.MeshFloor do
           "per run",
           "VMs' CPU s (median)",
           "per run",
-          "CPU ms per connection",
-          "CPU / #{cores} cores, s"
+          "idle CPU s/s",
+          "work s (median)",
+          "work ms per connection",
+          "floor s"
         ],
         rows
       )
@@ -58,10 +61,12 @@ defmodule Bench.MeshFloor do
     Report.emit("""
 
     "join ms": from the first step to the last node's full mesh, every step waited for. \
-    "VMs' CPU": user and system time of all node VMs over the join (from /proc); per \
-    connection: over N(N-1)/2. "CPU / cores": the least wall time any start of N VMs on \
-    this host needs for the same work. A run is clean when no node logged an overlap line \
-    or a failed connect, and none saw a nodedown.
+    "VMs' CPU": user and system time of all node VMs over the join (from /proc). "idle": \
+    what the booted VMs use per second doing nothing, measured over #{div(@idle_ms, 1000)} s \
+    before the join; "work": the CPU beyond that over the join (per connection: over \
+    N(N-1)/2). "floor": work / (#{cores} cores - idle), the least wall time in which any \
+    start of N VMs on this host does the same work. A run is clean when no node logged an \
+    overlap line or a failed connect, and none saw a nodedown.
 
     """)
   end
@@ -70,6 +75,7 @@ defmodule Bench.MeshFloor do
     cluster = SharedStart.boot(n, "floor#{n}#{order}r#{round}.service.consul")
 
     try do
+      idle = idle_rate(cluster)
       cluster = %{cluster | at: System.os_time(:microsecond)}
       cpu_before = SharedStart.cpu_seconds(cluster)
       started = System.monotonic_time(:millisecond)
@@ -78,7 +84,9 @@ defmodule Bench.MeshFloor do
       cpu = SharedStart.cpu_seconds(cluster) - cpu_before
       reports = SharedStart.await_mesh(cluster, 10_000)
       summary = SharedStart.summary(cluster, reports)
-      result = Map.merge(summary, %{join_ms: join_ms, cpu_s: cpu})
+      # The join's own work: what the VMs used beyond their idle rate.
+      work = cpu - idle * join_ms / 1000
+      result = Map.merge(summary, %{join_ms: join_ms, cpu_s: cpu, idle: idle, work_s: work})
       IO.puts("  N=#{n} #{order} run #{round}: #{inspect(result)}")
       result
     after
@@ -88,6 +96,14 @@ defmodule Bench.MeshFloor do
     kind, reason ->
       IO.puts("  N=#{n} #{order} run #{round} FAILED: #{Exception.format_banner(kind, reason)}")
       %{error: Exception.format_banner(kind, reason)}
+  end
+
+  # CPU seconds per second the booted VMs use doing nothing (timers, the
+  # probe), over @idle_ms.
+  defp idle_rate(cluster) do
+    before = SharedStart.cpu_seconds(cluster)
+    Process.sleep(@idle_ms)
+    (SharedStart.cpu_seconds(cluster) - before) * 1000 / @idle_ms
   end
 
   # Steps: {the nodes that connect, to whom, how many nodes then form the
@@ -149,6 +165,8 @@ defmodule Bench.MeshFloor do
     clean = Enum.filter(ok, &(&1.overlap == 0 and &1.failed == 0 and &1.downs == 0))
     pairs = n * (n - 1) / 2
     cpu = median(Enum.map(ok, & &1.cpu_s))
+    work = median(Enum.map(ok, & &1.work_s))
+    idle = median(Enum.map(ok, & &1.idle))
 
     [
       "#{n}",
@@ -158,8 +176,10 @@ defmodule Bench.MeshFloor do
       Enum.map_join(results, "/", &(Map.get(&1, :join_ms) || "failed")),
       fmt_float(cpu),
       Enum.map_join(ok, "/", &fmt_float(&1.cpu_s)),
-      fmt_float(cpu && cpu * 1000 / pairs),
-      fmt_float(cpu && cpu / cores)
+      fmt_float(idle),
+      fmt_float(work),
+      fmt_float(work && work * 1000 / pairs),
+      fmt_float(work && work / (cores - idle))
     ]
   end
 
