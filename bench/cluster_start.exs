@@ -56,40 +56,35 @@ defmodule Bench.ClusterStart do
   end
 
   defp run_once(n, round, heal?, code_paths) do
-    cluster =
+    boot = fn ->
       SharedStart.boot(n, "start#{n}r#{round}.service.consul",
         interval: @interval,
         code_paths: code_paths
       )
-
-    try do
-      cluster = SharedStart.start_strategies(cluster)
-      cpu_before = SharedStart.cpu_seconds(cluster)
-      reports = SharedStart.await_mesh(cluster, 60_000)
-      cpu = SharedStart.cpu_seconds(cluster) - cpu_before
-      setups = setups(cluster)
-
-      start = cluster |> SharedStart.summary(reports) |> Map.merge(%{cpu_s: cpu, setups: setups})
-      steady = steady_state(cluster)
-      rss = rss_mb(cluster)
-
-      heal =
-        if heal? and start.mesh_ms do
-          healed = SharedStart.drop_all_connections(cluster)
-          heal = SharedStart.summary(healed, SharedStart.await_mesh(healed, 60_000))
-          if heal.mesh_ms, do: Map.put(heal, :drop_alone, drop_alone(cluster)), else: heal
-        end
-
-      result = %{start: start, steady: steady, rss: rss, heal: heal}
-      IO.puts("  N=#{n} run #{round}: #{inspect(result)}")
-      result
-    after
-      SharedStart.stop(cluster)
     end
-  catch
-    kind, reason ->
-      IO.puts("  N=#{n} run #{round} FAILED: #{Exception.format_banner(kind, reason)}")
-      %{error: Exception.format_banner(kind, reason)}
+
+    Report.cluster_run("N=#{n} run #{round}", boot, &measure_start(&1, heal?))
+  end
+
+  defp measure_start(cluster, heal?) do
+    cluster = SharedStart.start_strategies(cluster)
+    cpu_before = SharedStart.cpu_seconds(cluster)
+    reports = SharedStart.await_mesh(cluster, 60_000)
+    cpu = SharedStart.cpu_seconds(cluster) - cpu_before
+    setups = setups(cluster)
+
+    start = cluster |> SharedStart.summary(reports) |> Map.merge(%{cpu_s: cpu, setups: setups})
+    steady = steady_state(cluster)
+    rss = rss_mb(cluster)
+
+    heal =
+      if heal? and start.mesh_ms do
+        healed = SharedStart.drop_all_connections(cluster)
+        heal = SharedStart.summary(healed, SharedStart.await_mesh(healed, 60_000))
+        if heal.mesh_ms, do: Map.put(heal, :drop_alone, drop_alone(cluster)), else: heal
+      end
+
+    %{start: start, steady: steady, rss: rss, heal: heal}
   end
 
   # The same drop with every strategy suspended: global's lines and the

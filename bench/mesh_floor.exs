@@ -72,30 +72,23 @@ defmodule Bench.MeshFloor do
   end
 
   defp run_once(n, order, round) do
-    cluster = SharedStart.boot(n, "floor#{n}#{order}r#{round}.service.consul")
+    boot = fn -> SharedStart.boot(n, "floor#{n}#{order}r#{round}.service.consul") end
+    Report.cluster_run("N=#{n} #{order} run #{round}", boot, &measure_join(&1, order))
+  end
 
-    try do
-      idle = idle_rate(cluster)
-      cluster = %{cluster | at: System.os_time(:microsecond)}
-      cpu_before = SharedStart.cpu_seconds(cluster)
-      started = System.monotonic_time(:millisecond)
-      :ok = join(cluster, order)
-      join_ms = System.monotonic_time(:millisecond) - started
-      cpu = SharedStart.cpu_seconds(cluster) - cpu_before
-      reports = SharedStart.await_mesh(cluster, 10_000)
-      summary = SharedStart.summary(cluster, reports)
-      # The join's own work: what the VMs used beyond their idle rate.
-      work = cpu - idle * join_ms / 1000
-      result = Map.merge(summary, %{join_ms: join_ms, cpu_s: cpu, idle: idle, work_s: work})
-      IO.puts("  N=#{n} #{order} run #{round}: #{inspect(result)}")
-      result
-    after
-      SharedStart.stop(cluster)
-    end
-  catch
-    kind, reason ->
-      IO.puts("  N=#{n} #{order} run #{round} FAILED: #{Exception.format_banner(kind, reason)}")
-      %{error: Exception.format_banner(kind, reason)}
+  defp measure_join(cluster, order) do
+    idle = idle_rate(cluster)
+    cluster = %{cluster | at: System.os_time(:microsecond)}
+    cpu_before = SharedStart.cpu_seconds(cluster)
+    started = System.monotonic_time(:millisecond)
+    :ok = join(cluster, order)
+    join_ms = System.monotonic_time(:millisecond) - started
+    cpu = SharedStart.cpu_seconds(cluster) - cpu_before
+    reports = SharedStart.await_mesh(cluster, 10_000)
+    summary = SharedStart.summary(cluster, reports)
+    # The join's own work: what the VMs used beyond their idle rate.
+    work = cpu - idle * join_ms / 1000
+    Map.merge(summary, %{join_ms: join_ms, cpu_s: cpu, idle: idle, work_s: work})
   end
 
   # CPU seconds per second the booted VMs use doing nothing (timers, the

@@ -27,6 +27,27 @@ defmodule Bench.Report do
     Enum.join([line.(headers), rule | Enum.map(rows, line)], "\n") <> "\n"
   end
 
+  @doc """
+  One measured run on a cluster: boots it with `boot`, returns what
+  `measure` returns for it (printed under `label`), and stops the cluster;
+  a run that fails is `%{error: banner}`, printed, and the bench goes on.
+  """
+  def cluster_run(label, boot, measure) do
+    cluster = boot.()
+
+    try do
+      result = measure.(cluster)
+      IO.puts("  #{label}: #{inspect(result)}")
+      result
+    after
+      DynamicSrv.Test.SharedStart.stop(cluster)
+    end
+  catch
+    kind, reason ->
+      IO.puts("  #{label} FAILED: #{Exception.format_banner(kind, reason)}")
+      %{error: Exception.format_banner(kind, reason)}
+  end
+
   @doc "Prints `text` now and keeps it for the results file."
   def emit(text) do
     IO.write(text)
