@@ -245,7 +245,4 @@ defmodule Bench.ClusterStart do
 
   defp heals(results, n),
     do: results |> Map.get(n, []) |> Enum.map(&Map.get(&1, :heal)) |> Enum.reject(&is_nil/1)
-
-  defp fmt_float(nil), do: "-"
-  defp fmt_float(value), do: :erlang.float_to_binary(value / 1, decimals: 2)
 end

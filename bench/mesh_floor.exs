@@ -99,34 +99,34 @@ defmodule Bench.MeshFloor do
     (SharedStart.cpu_seconds(cluster) - before) * 1000 / @idle_ms
   end
 
-  # Steps: {the nodes that connect, to whom, how many nodes then form the
-  # joined part}. Node numbers are 1-based, as the records name them.
+  # Each step: who dials, the nodes joined by it, to whom, how many nodes
+  # then form the joined part. Node numbers are 1-based, as the records
+  # name them.
   defp join(cluster, :star) do
-    Enum.each(2..cluster.n, fn i -> step(cluster, [i], 1, i) end)
+    Enum.each(2..cluster.n, fn i -> step(cluster, i, [i], 1, i) end)
   end
 
   defp join(cluster, :tree) do
     blocks = Enum.chunk_every(1..cluster.n, @block)
 
     Enum.each(blocks, fn [first | rest] ->
-      rest |> Enum.with_index(2) |> Enum.each(fn {i, k} -> step(cluster, [i], first, k) end)
+      rest |> Enum.with_index(2) |> Enum.each(fn {i, k} -> step(cluster, i, [i], first, k) end)
     end)
 
     blocks
     |> Enum.drop(1)
     |> Enum.reduce(length(hd(blocks)), fn block, joined ->
       joined = joined + length(block)
-      step(cluster, block, 1, joined, hd(block))
+      step(cluster, hd(block), block, 1, joined)
       joined
     end)
 
     :ok
   end
 
-  # `dialer` (default: the only node of `nodes`) connects to node `to`;
-  # then every node of `nodes` must see `size - 1` peers.
-  defp step(cluster, nodes, to, size, dialer \\ nil) do
-    dialer = dialer || hd(nodes)
+  # `dialer` connects to node `to`; then every node of `nodes` must see
+  # `size - 1` peers.
+  defp step(cluster, dialer, nodes, to, size) do
     peer = ~s|:"node-#{to}@#{cluster.svc}"|
     true = eval(cluster, dialer, "Node.connect(#{peer})")
 
@@ -175,7 +175,4 @@ defmodule Bench.MeshFloor do
       fmt_float(work && work / (cores - idle))
     ]
   end
-
-  defp fmt_float(nil), do: "-"
-  defp fmt_float(value), do: :erlang.float_to_binary(value / 1, decimals: 2)
 end

@@ -21,6 +21,9 @@ defmodule Bench.Stats do
   def fmt_int(nil), do: "-"
   def fmt_int(v), do: v |> round() |> Integer.to_string()
 
+  def fmt_float(nil), do: "-"
+  def fmt_float(value), do: :erlang.float_to_binary(value / 1, decimals: 2)
+
   def fmt_ms(nil), do: "-"
   def fmt_ms(us), do: :erlang.float_to_binary(us / 1000, decimals: 2)
 
